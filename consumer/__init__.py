@@ -1,0 +1,1 @@
+"""The consumer: consumer-group workers that apply queued Stripe events to the subscription tables."""

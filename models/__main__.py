@@ -1,0 +1,32 @@
+"""`python -m models migrate`: create or upgrade the schema (idempotent)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from models.config import ConfigError, Settings
+from models.db import OUTAGE_ERRORS, migrate, open_database
+
+
+@click.group()
+def cli() -> None:
+    """Database schema commands."""
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Create the tables and indexes that are missing (safe to run again)."""
+    try:
+        settings = Settings.from_env()
+        db = open_database(settings.database_url)
+        created = migrate(db)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OUTAGE_ERRORS as exc:
+        raise click.ClickException(f"database unreachable: {str(exc).strip()}") from None
+    click.echo(f"created: {', '.join(created)}" if created else "schema up to date")
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

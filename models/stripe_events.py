@@ -1,0 +1,204 @@
+"""Reading Stripe events, in every API shape, into one small value our handlers use.
+
+Stripe moved fields in API version 2025-03-31.basil:
+- an invoice's subscription and its metadata: `invoice.subscription` and
+  `invoice.subscription_details.metadata` became `invoice.parent.subscription_details.{subscription,metadata}`;
+- an invoice line's subscription: `line.type == "subscription"` / `line.subscription` became
+  `line.parent.subscription_item_details.subscription`;
+- a subscription's period: `subscription.current_period_*` moved onto each `items.data[]` item.
+This module is the one place that knows both; nothing else digs through the nested dicts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+HANDLED_TYPES = (
+    "checkout.session.completed",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+)
+
+
+class UnreadableEvent(ValueError):
+    """The event claims a type we handle but its payload is not that type's object."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BillingFacts:
+    event_id: str
+    event_type: str
+    created: int
+    object_id: str | None = None
+    community_id: str | None = None
+    tier: str | None = None  # as written in metadata: may be anything, validated by the handler
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    status: str | None = None  # a subscription's Stripe status
+    period_start: int | None = None
+    period_end: int | None = None
+    price_ids: tuple[str, ...] = ()
+    amount: int | None = None
+    currency: str | None = None
+    attempt_count: int | None = None
+
+
+def parse_envelope(body: bytes | str) -> dict[str, Any]:
+    """Parse a webhook body; raise ValueError unless it is a JSON object with string `id` and `type`."""
+    try:
+        event = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise ValueError("body is not a JSON object")
+    for field in ("id", "type"):
+        if not isinstance(event.get(field), str) or not event[field]:
+            raise ValueError(f"event has no {field!r}")
+    return event
+
+
+def event_created(event: dict[str, Any]) -> int:
+    created = event.get("created")
+    return int(created) if isinstance(created, (int, float)) and not isinstance(created, bool) else 0
+
+
+def read_facts(event: dict[str, Any]) -> BillingFacts:
+    """The facts of one of the HANDLED_TYPES. Raises UnreadableEvent if data.object is not an object."""
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise UnreadableEvent(f"{event.get('type')}: data.object is not an object")
+    base = dict(event_id=event["id"], event_type=event["type"], created=event_created(event), object_id=_str(obj.get("id")))
+    kind = event["type"].split(".")[0]
+    if kind == "checkout":
+        return _checkout_session(obj, base)
+    if kind == "invoice":
+        return _invoice(obj, base)
+    return _subscription(obj, base)
+
+
+def _checkout_session(session: dict, base: dict) -> BillingFacts:
+    metadata = _dict(session.get("metadata"))
+    line_items = _dict(session.get("line_items")).get("data")  # present only when expanded
+    return BillingFacts(
+        **base,
+        community_id=_str(metadata.get("community_id")),
+        tier=_str(metadata.get("tier")),
+        customer_id=_id(session.get("customer")),
+        subscription_id=_id(session.get("subscription")),
+        price_ids=_price_ids(line_items),
+    )
+
+
+def _invoice(invoice: dict, base: dict) -> BillingFacts:
+    details = _dict(_dict(invoice.get("parent")).get("subscription_details"))  # 2025-03-31 and later
+    legacy_details = _dict(invoice.get("subscription_details"))  # before
+    subscription_id = _id(details.get("subscription")) or _id(invoice.get("subscription"))
+    metadata = {**_dict(invoice.get("metadata")), **_dict(legacy_details.get("metadata")), **_dict(details.get("metadata"))}
+    lines = _list(_dict(invoice.get("lines")).get("data"))
+    line = _subscription_line(lines, subscription_id)
+    period = _dict(line.get("period")) if line else {}
+    paid = base["event_type"] == "invoice.paid"
+    return BillingFacts(
+        **base,
+        community_id=_str(metadata.get("community_id")),
+        tier=_str(metadata.get("tier")),
+        customer_id=_id(invoice.get("customer")),
+        subscription_id=subscription_id,
+        period_start=_int(period.get("start")),
+        period_end=_int(period.get("end")),
+        price_ids=_price_ids(lines),
+        amount=_int(invoice.get("amount_paid" if paid else "amount_due")),
+        currency=_str(invoice.get("currency")),
+        attempt_count=_int(invoice.get("attempt_count")),
+    )
+
+
+def _subscription_line(lines: list, subscription_id: str | None) -> dict | None:
+    """The invoice line that bills the subscription (not a proration or a one-off item)."""
+    candidates = []
+    for line in lines:
+        if not isinstance(line, dict) or line.get("proration") is True:
+            continue
+        item_details = _dict(_dict(line.get("parent")).get("subscription_item_details"))
+        if item_details.get("proration") is True:
+            continue
+        line_sub = _id(item_details.get("subscription")) or _id(line.get("subscription"))
+        if line.get("type") == "subscription" or item_details or (line_sub and line_sub == subscription_id):
+            candidates.append(line)
+    # Several lines (several items): they share the period; prefer the one ending last.
+    return max(candidates, key=lambda line: _int(_dict(line.get("period")).get("end")) or 0, default=None)
+
+
+def _subscription(subscription: dict, base: dict) -> BillingFacts:
+    metadata = _dict(subscription.get("metadata"))
+    items = _list(_dict(subscription.get("items")).get("data"))
+    start = _int(subscription.get("current_period_start"))  # before 2025-03-31
+    end = _int(subscription.get("current_period_end"))
+    if start is None or end is None:  # 2025-03-31 and later: on the items
+        starts = [_int(item.get("current_period_start")) for item in items if isinstance(item, dict)]
+        ends = [_int(item.get("current_period_end")) for item in items if isinstance(item, dict)]
+        start = min((s for s in starts if s is not None), default=None)
+        end = max((e for e in ends if e is not None), default=None)
+    return BillingFacts(
+        **base,
+        community_id=_str(metadata.get("community_id")),
+        tier=_str(metadata.get("tier")),
+        customer_id=_id(subscription.get("customer")),
+        subscription_id=_str(subscription.get("id")),
+        status=_str(subscription.get("status")),
+        period_start=start,
+        period_end=end,
+        price_ids=_price_ids(items),
+    )
+
+
+def _price_ids(items: Any) -> tuple[str, ...]:
+    """Price ids of subscription items or invoice lines, in any shape (`price`, `plan`, `pricing`)."""
+    found = []
+    for item in _list(items):
+        if not isinstance(item, dict):
+            continue
+        price = (
+            _id(item.get("price"))
+            or _id(_dict(_dict(item.get("pricing")).get("price_details")).get("price"))
+            or _id(item.get("plan"))
+        )
+        if price and price not in found:
+            found.append(price)
+    return tuple(found)
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (str, int)):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+def _id(value: Any) -> str | None:
+    """An id that may be expanded into its object."""
+    if isinstance(value, dict):
+        return _str(value.get("id"))
+    return _str(value)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    return None

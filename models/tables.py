@@ -1,0 +1,68 @@
+"""The three tables. Times are stored as naive UTC datetimes; `last_event_created` as Stripe's epoch seconds."""
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee
+
+from models.db import database_proxy
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def from_epoch(seconds: int | float | None) -> dt.datetime | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Subscription(BaseModel):
+    community_id = peewee.CharField(max_length=128, unique=True)
+    stripe_customer_id = peewee.CharField(max_length=255, null=True, index=True)
+    stripe_subscription_id = peewee.CharField(max_length=255, null=True, index=True)
+    tier = peewee.CharField(max_length=64)
+    status = peewee.CharField(max_length=32)
+    grace_until = peewee.DateTimeField(null=True)
+    current_period_start = peewee.DateTimeField(null=True)
+    current_period_end = peewee.DateTimeField(null=True)
+    last_event_created = peewee.BigIntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "subscriptions"
+        indexes = ((("status", "grace_until"), False),)
+
+
+class WebhookEvent(BaseModel):
+    stripe_event_id = peewee.CharField(max_length=255, unique=True)
+    event_type = peewee.CharField(max_length=255, index=True)
+    status = peewee.CharField(max_length=16, index=True)
+    error_message = peewee.TextField(null=True)
+    received_at = peewee.DateTimeField(default=utcnow)
+    processed_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook_events"
+
+
+class AuditLog(BaseModel):
+    id = peewee.BigAutoField()
+    event_type = peewee.CharField(max_length=64, index=True)
+    community_id = peewee.CharField(max_length=128, null=True, index=True)
+    event_data = peewee.TextField()  # JSON
+    created_at = peewee.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "billing_audit_log"
+
+
+ALL_TABLES = (Subscription, WebhookEvent, AuditLog)

@@ -1,0 +1,41 @@
+"""The receiver: a Flask app that takes Stripe's signed webhooks and queues them on a Redis Stream."""
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from models.config import Settings
+from models.db import database_proxy, open_database
+from models.redis_io import connect_redis
+from receiver.queue import EventQueue
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The app factory. Settings come from the environment unless a test passes its own."""
+    settings = settings or Settings.from_env()
+    settings.require_webhook_secrets()
+    app = Flask(__name__)
+    app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+
+    client = connect_redis(settings.redis_url, timeout=0.5)
+    app.extensions["redis"] = client
+    app.extensions["event_queue"] = EventQueue(client, settings.stream_key, settings.dedupe_ttl_seconds)
+    open_database(settings.database_url)
+
+    from receiver import health, webhooks
+
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify(error=exc.description), exc.code
+
+    @app.teardown_appcontext
+    def close_database(_exc):
+        if not database_proxy.is_closed():
+            database_proxy.close()
+
+    return app

@@ -1,0 +1,61 @@
+"""`python -m receiver serve | send`."""
+from __future__ import annotations
+
+import sys
+import urllib.error
+
+import click
+
+from models.config import ConfigError, Settings
+from receiver.sample_events import API_VERSIONS, EVENT_TYPES
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings.from_env()
+        settings.require_webhook_secrets()
+        return settings
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def cli() -> None:
+    """The Stripe webhook receiver."""
+
+
+@cli.command()
+@click.option("--bind", default=None, help="HOST:PORT to listen on [0.0.0.0:$PORT]")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn worker processes")
+def serve(bind: str | None, workers: int) -> None:
+    """Run the receiver under gunicorn."""
+    from receiver.serve import serve as run_server
+
+    settings = _settings()
+    run_server(settings, bind or f"0.0.0.0:{settings.port}", workers)
+
+
+@cli.command()
+@click.argument("event_type", type=click.Choice(EVENT_TYPES))
+@click.option("--community", default=None, help="metadata community_id (omit to send one without, like `stripe trigger`)")
+@click.option("--tier", default="premium", show_default=True, help="metadata tier")
+@click.option("--api-version", default="current", show_default=True, type=click.Choice(API_VERSIONS))
+@click.option("--url", default=None, help="webhook URL [http://localhost:$PORT/webhooks/stripe]")
+def send(event_type: str, community: str | None, tier: str, api_version: str, url: str | None) -> None:
+    """Build a realistic Stripe event, sign it with the first secret and POST it."""
+    from receiver.send import send as send_event
+
+    settings = _settings()
+    url = url or f"http://localhost:{settings.port}/webhooks/stripe"
+    try:
+        event, status, body = send_event(url, settings.webhook_secrets[0], event_type, community, tier, api_version)
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"could not reach {url}: {getattr(exc, 'reason', exc)}") from None
+    click.echo(f"sent {event['type']} {event['id']} (api_version {event['api_version']}) to {url}")
+    click.echo(f"{status} {body.strip()}")
+    if not 200 <= status < 300:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()
