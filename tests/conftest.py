@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.config import Settings
+from models.db import database_proxy, migrate, open_database
+from receiver.signing import signature_header
+from tests.services import PEER_EVENTS, SECRET, RedisServer, postgres_reachable, postgres_schema
+
+DATABASES = ["sqlite", "postgresql"] if postgres_reachable() else ["sqlite"]
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A clean database on the suite's shared redis-server."""
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, with append-only persistence, to stop, kill and restart."""
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/billing.db"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+@pytest.fixture
+def db(database_url):
+    database = open_database(database_url)
+    migrate(database)
+    yield database
+    database.close()
+    database_proxy.initialize(None)
+
+
+@pytest.fixture
+def settings(redis_url, database_url):
+    return Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=database_url)
+
+
+def sign(payload: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    return {"Stripe-Signature": signature_header(payload, secret, timestamp), "Content-Type": "application/json"}
+
+
+def load_peer_events() -> list[tuple[str, bytes]]:
+    """The 50 captured events, byte for byte: (file name, raw body)."""
+    files = sorted(p for p in PEER_EVENTS.glob("*.json") if p.name != "index.json")
+    assert len(files) == 50, f"expected the 50 peer events in {PEER_EVENTS}, found {len(files)}"
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+def peer_event(name: str) -> dict:
+    return json.loads((PEER_EVENTS / name).read_bytes())
