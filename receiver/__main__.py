@@ -1,6 +1,7 @@
 """`python -m receiver serve | send`."""
 from __future__ import annotations
 
+import http.client
 import sys
 import urllib.error
 
@@ -10,9 +11,9 @@ from models.config import ConfigError, Settings
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES
 
 
-def _settings() -> Settings:
+def _settings(environ: dict[str, str] | None = None) -> Settings:
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(environ)
         settings.require_webhook_secrets()
         return settings
     except ConfigError as exc:
@@ -43,13 +44,13 @@ def serve(bind: str | None, workers: int) -> None:
 @click.option("--url", default=None, help="webhook URL [http://localhost:$PORT/webhooks/stripe]")
 def send(event_type: str, community: str | None, tier: str, api_version: str, url: str | None) -> None:
     """Build a realistic Stripe event, sign it with the first secret and POST it."""
-    from receiver.send import send as send_event
+    from receiver.send import local_env, send as send_event
 
-    settings = _settings()
+    settings = _settings(local_env())
     url = url or f"http://localhost:{settings.port}/webhooks/stripe"
     try:
         event, status, body = send_event(url, settings.webhook_secrets[0], event_type, community, tier, api_version)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         raise click.ClickException(f"could not reach {url}: {getattr(exc, 'reason', exc)}") from None
     click.echo(f"sent {event['type']} {event['id']} (api_version {event['api_version']}) to {url}")
     click.echo(f"{status} {body.strip()}")
