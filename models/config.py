@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Callable, TypeVar
@@ -143,7 +144,7 @@ def _non_negative_int(raw: str) -> int:
 
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
-    if not value >= 0:
+    if not (value >= 0 and math.isfinite(value)):  # "inf" would pass >= 0, then break int() later
         raise ValueError("must be a number, 0 or more")
     return value
 

@@ -5,6 +5,7 @@ import logging
 
 import redis
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from models.stripe_events import event_created, parse_envelope
 from receiver.signature import SignatureRejected, verify
@@ -17,6 +18,10 @@ bp = Blueprint("webhooks", __name__)
 def stripe_webhook():
     settings = current_app.config["SETTINGS"]
     payload = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH without reading on
+    # A body with no Content-Length (chunked) is cut at MAX_CONTENT_LENGTH without an error: one
+    # more byte on the server's own stream means the body was longer.
+    if len(payload) >= current_app.config["MAX_CONTENT_LENGTH"] and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
     try:
         verify(payload, request.headers.get("Stripe-Signature"), settings.webhook_secrets, settings.webhook_tolerance)
     except SignatureRejected as exc:
