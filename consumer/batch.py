@@ -52,7 +52,13 @@ def apply_batch(db: peewee.Database, entries: list[Entry], already_processed: se
             except Exception as exc:
                 log.exception("event %s (%s) failed", entry.event_id, entry.event_type)
                 error = f"{type(exc).__name__}: {exc}"
-                _record_failure(entry, error)
+                try:
+                    with db.atomic():  # a savepoint too: on PostgreSQL a failed statement would abort the batch
+                        _record_failure(entry, error)
+                except OUTAGE_ERRORS:
+                    raise
+                except peewee.DatabaseError:  # e.g. an event id longer than the column: left unrecorded
+                    log.exception("could not record the failure of event %s", entry.event_id)
                 outcomes.append(Outcome(entry, "failed", error=error))
         faults.checkpoint("before_commit")
     faults.checkpoint("after_commit")

@@ -43,14 +43,17 @@ def apply_event(event: dict[str, Any], policy: Policy) -> Result:
         mode = (event["data"]["object"].get("mode") or "subscription")
         if mode != "subscription":
             return Result("ignored", reason=f"checkout session in {mode} mode")
+    if facts.event_type.startswith("invoice.") and not facts.subscription_id:
+        return Result("ignored", reason="one-off invoice: bills no subscription")
     sub = _find_subscription(facts)
     if sub is None and not facts.community_id:
         return Result("ignored", reason="no community_id in metadata and no known subscription")
+    if sub is not None and _about_another_subscription(facts, sub):
+        return Result("ignored", reason="about a subscription the community no longer has")
     if sub is not None and facts.created < sub.last_event_created:
         return Result("stale", sub.community_id, reason="older than the last event applied")
-    handler = HANDLERS[facts.event_type]
-    outcome = handler(facts, sub, policy)
-    return outcome or Result("processed", (sub.community_id if sub else facts.community_id))
+    HANDLERS[facts.event_type](facts, sub, policy)
+    return Result("processed", sub.community_id if sub else facts.community_id)
 
 
 def _find_subscription(facts: BillingFacts) -> Subscription | None:
@@ -65,6 +68,17 @@ def _find_subscription(facts: BillingFacts) -> Subscription | None:
     if is_postgres(database_proxy.obj):
         query = query.for_update()
     return query.first()
+
+
+def _about_another_subscription(facts: BillingFacts, sub: Subscription) -> bool:
+    """An event of an old subscription must not touch the community's current one (a checkout always
+    starts the current one). Once the current one is canceled, a live subscription's events take over;
+    a deletion only ever ends the subscription it names."""
+    if facts.event_type == "checkout.session.completed" or not (facts.subscription_id and sub.stripe_subscription_id):
+        return False
+    if facts.subscription_id == sub.stripe_subscription_id:
+        return False
+    return sub.status != "canceled" or facts.event_type == "customer.subscription.deleted"
 
 
 def checkout_completed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
@@ -98,12 +112,14 @@ def invoice_payment_failed(facts: BillingFacts, sub: Subscription | None, policy
 
 
 def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
+    is_new = sub is None
     sub = sub or _new_subscription(facts, policy)
     previous = {"tier": sub.tier, "status": sub.status}
     status = STATUS_MAP.get(facts.status or "", facts.status)
     if status not in KEPT_STATUSES:
         status = sub.status  # a status Stripe may add later: keep ours rather than guess
-    sub.tier = _resolve_tier(facts, sub, policy, default=sub.tier)
+    if not is_new:  # a new row's tier is resolved (an unresolved one audited) by _new_subscription
+        sub.tier = _resolve_tier(facts, sub, policy, default=sub.tier)
     grace_until = sub.grace_until
     if status == "active":
         grace_until = None
@@ -115,17 +131,14 @@ def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: 
            stripe_status=facts.status)
 
 
-def subscription_deleted(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Result | None:
-    if sub is not None and sub.stripe_subscription_id and facts.subscription_id not in (None, sub.stripe_subscription_id):
-        return Result("ignored", reason="deletes a subscription the community no longer has")
-    sub = sub or _new_subscription(facts, policy)
+def subscription_deleted(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
+    sub = sub or Subscription(community_id=facts.community_id)
     sub.tier = FREE_TIER
     _save(sub, facts, status="canceled", grace_until=None)
     _audit("subscription_canceled", sub, facts)
-    return None
 
 
-HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], Result | None]] = {
+HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], None]] = {
     "checkout.session.completed": checkout_completed,
     "invoice.paid": invoice_paid,
     "invoice.payment_failed": invoice_payment_failed,

@@ -52,6 +52,8 @@ def parse_envelope(body: bytes | str) -> dict[str, Any]:
         event = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the parser's recursion limit
+        raise ValueError("body is not JSON: nested too deeply") from None
     if not isinstance(event, dict):
         raise ValueError("body is not a JSON object")
     for field in ("id", "type"):
@@ -99,7 +101,9 @@ def _invoice(invoice: dict, base: dict) -> BillingFacts:
     subscription_id = _id(details.get("subscription")) or _id(invoice.get("subscription"))
     metadata = {**_dict(invoice.get("metadata")), **_dict(legacy_details.get("metadata")), **_dict(details.get("metadata"))}
     lines = _list(_dict(invoice.get("lines")).get("data"))
-    line = _subscription_line(lines, subscription_id)
+    sub_lines = _subscription_lines(lines, subscription_id)
+    # Several lines (several items): they share the period; prefer the one ending last.
+    line = max(sub_lines, key=lambda line: _int(_dict(line.get("period")).get("end")) or 0, default=None)
     period = _dict(line.get("period")) if line else {}
     paid = base["event_type"] == "invoice.paid"
     return BillingFacts(
@@ -110,15 +114,15 @@ def _invoice(invoice: dict, base: dict) -> BillingFacts:
         subscription_id=subscription_id,
         period_start=_int(period.get("start")),
         period_end=_int(period.get("end")),
-        price_ids=_price_ids(lines),
+        price_ids=_price_ids(sub_lines or lines),  # a proration's (old) price must not decide the tier
         amount=_int(invoice.get("amount_paid" if paid else "amount_due")),
         currency=_str(invoice.get("currency")),
         attempt_count=_int(invoice.get("attempt_count")),
     )
 
 
-def _subscription_line(lines: list, subscription_id: str | None) -> dict | None:
-    """The invoice line that bills the subscription (not a proration or a one-off item)."""
+def _subscription_lines(lines: list, subscription_id: str | None) -> list[dict]:
+    """The invoice lines that bill the subscription (not prorations or one-off items)."""
     candidates = []
     for line in lines:
         if not isinstance(line, dict) or line.get("proration") is True:
@@ -129,8 +133,7 @@ def _subscription_line(lines: list, subscription_id: str | None) -> dict | None:
         line_sub = _id(item_details.get("subscription")) or _id(line.get("subscription"))
         if line.get("type") == "subscription" or item_details or (line_sub and line_sub == subscription_id):
             candidates.append(line)
-    # Several lines (several items): they share the period; prefer the one ending last.
-    return max(candidates, key=lambda line: _int(_dict(line.get("period")).get("end")) or 0, default=None)
+    return candidates
 
 
 def _subscription(subscription: dict, base: dict) -> BillingFacts:
