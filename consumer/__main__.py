@@ -31,7 +31,9 @@ def cli(ctx: click.Context) -> None:
               help="entries read (and committed) per batch")
 @click.option("--block-ms", default=2000, show_default=True, type=click.IntRange(1, 60_000),
               help="how long one read waits for new entries")
-def run(name: str | None, batch_size: int, block_ms: int) -> None:
+@click.option("--deadline-ms", default=None, type=click.IntRange(1, None),
+              help="a batch not committed by then is rolled back; must be below CLAIM_IDLE_MS [CLAIM_IDLE_MS/2]")
+def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | None) -> None:
     """Run one worker: apply queued events exactly once, until SIGTERM/SIGINT."""
     from consumer.worker import Worker
     from models.db import open_database
@@ -41,11 +43,12 @@ def run(name: str | None, batch_size: int, block_ms: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        db = open_database(settings.database_url)
+        client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
+        worker = Worker(settings, db, client, name or default_name(), batch_size=batch_size, block_ms=block_ms,
+                        deadline_ms=deadline_ms)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    db = open_database(settings.database_url)
-    client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
-    worker = Worker(settings, db, client, name or default_name(), batch_size=batch_size, block_ms=block_ms)
     worker.install_signal_handlers()
     worker.run()
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import peewee
 
 from consumer import faults
 from consumer.handlers import Policy, apply_event
-from consumer.stream import Entry, Settlement
+from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
 from models.db import OUTAGE_ERRORS, database_proxy, is_postgres, write_transaction
 from models.stripe_events import parse_envelope
 from models.tables import WebhookEvent, from_epoch, utcnow
@@ -23,25 +24,32 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = ("processed", "ignored", "stale")
 
 
+class BatchDeadlineExceeded(Exception):
+    """The batch did not commit in time; rolled back so a reclaiming consumer never runs it twice."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     entry: Entry
-    outcome: str  # processed, ignored, stale, duplicate or failed
+    outcome: str  # processed, ignored, stale, duplicate, failed or dead
     community_id: str | None = None
     error: str | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self.outcome != "failed"
+    failure: Failure | None = None  # for failed and dead: the failures so far, this one included
 
 
-def apply_batch(db: peewee.Database, entries: list[Entry], already_processed: set[str], policy: Policy) -> list[Outcome]:
-    """Apply `entries` in one transaction. Raises an OUTAGE_ERRORS error (nothing committed) when the
-    database is unavailable; any other error is the event's own and is recorded as `failed`."""
+def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, policy: Policy,
+                max_deliveries: int, deadline: float | None = None) -> list[Outcome]:
+    """Apply `entries` in one transaction. Raises an OUTAGE_ERRORS error when the database is
+    unavailable and BatchDeadlineExceeded past `deadline` (time.monotonic()); either way nothing is
+    committed. Any other error is the event's own: recorded `failed`, or `dead` at its
+    `max_deliveries`th failure."""
     outcomes = []
     with write_transaction(db):
+        if deadline is not None and is_postgres(db):  # a lock wait must not outlive the deadline either
+            db.execute_sql(f"SET LOCAL statement_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
         for entry in entries:
-            if entry.event_id in already_processed:
+            _check(deadline)
+            if entry.event_id in prior.processed_event_ids:
                 outcomes.append(Outcome(entry, "duplicate"))
                 continue
             try:
@@ -51,27 +59,42 @@ def apply_batch(db: peewee.Database, entries: list[Entry], already_processed: se
                 raise
             except Exception as exc:
                 log.exception("event %s (%s) failed", entry.event_id, entry.event_type)
-                error = f"{type(exc).__name__}: {exc}"
-                try:
-                    with db.atomic():  # a savepoint too: on PostgreSQL a failed statement would abort the batch
-                        _record_failure(entry, error)
-                except OUTAGE_ERRORS:
-                    raise
-                except peewee.DatabaseError:  # e.g. an event id longer than the column: left unrecorded
-                    log.exception("could not record the failure of event %s", entry.event_id)
-                outcomes.append(Outcome(entry, "failed", error=error))
+                outcomes.append(_failed(db, entry, f"{type(exc).__name__}: {exc}", prior, max_deliveries))
+        _check(deadline)
         faults.checkpoint("before_commit")
     faults.checkpoint("after_commit")
     return outcomes
 
 
-def settlement_of(outcomes: list[Outcome]) -> Settlement:
-    settled = [o for o in outcomes if o.settled]
+def settlement_of(outcomes: list[Outcome], prior: PriorState) -> Settlement:
+    done = [o for o in outcomes if o.outcome not in ("failed", "dead")]
     return Settlement(
-        ack_ids=tuple(o.entry.entry_id for o in settled),
-        processed_event_ids=tuple(dict.fromkeys(o.entry.event_id for o in settled if o.entry.event_id)),
-        changed_communities=tuple(dict.fromkeys(o.community_id for o in settled if o.community_id)),
+        ack_ids=tuple(o.entry.entry_id for o in done),
+        processed_event_ids=tuple(dict.fromkeys(o.entry.event_id for o in done if o.entry.event_id)),
+        changed_communities=tuple(dict.fromkeys(o.community_id for o in done if o.community_id)),
+        failures={o.entry.entry_id: o.failure for o in outcomes if o.outcome == "failed"},
+        dead=tuple(DeadLetter(o.entry, o.error, o.failure) for o in outcomes if o.outcome == "dead"),
+        cleared_failures=tuple(o.entry.entry_id for o in done if o.entry.entry_id in prior.failures),
     )
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise BatchDeadlineExceeded("the batch ran past its deadline; rolled back")
+
+
+def _failed(db: peewee.Database, entry: Entry, error: str, prior: PriorState, max_deliveries: int) -> Outcome:
+    before = prior.failures.get(entry.entry_id)
+    failure = Failure(before.count + 1, before.first_failed_ms) if before else Failure(1, int(time.time() * 1000))
+    status = "dead" if failure.count >= max_deliveries else "failed"
+    try:
+        with db.atomic():  # a savepoint too: on PostgreSQL a failed statement would abort the batch
+            _record_failure(entry, error, status)
+    except OUTAGE_ERRORS:
+        raise
+    except peewee.DatabaseError:  # e.g. an event id longer than the column: left unrecorded
+        log.exception("could not record the failure of event %s", entry.event_id)
+    return Outcome(entry, status, error=error, failure=failure)
 
 
 def _apply_entry(entry: Entry, policy: Policy) -> Outcome:
@@ -106,17 +129,17 @@ def _claim(entry: Entry) -> bool:
         return row is not None and row.status not in FINAL_STATUSES
 
 
-def _record_failure(entry: Entry, error: str) -> None:
+def _record_failure(entry: Entry, error: str, status: str) -> None:
     if not entry.event_id:
         return
     (WebhookEvent.insert(
         stripe_event_id=entry.event_id,
         event_type=entry.event_type[:255],
-        status="failed",
+        status=status,
         error_message=error[:4000],
         received_at=from_epoch(entry.received_at_ms / 1000),
     ).on_conflict(
         conflict_target=[WebhookEvent.stripe_event_id],
-        update={WebhookEvent.status: "failed", WebhookEvent.error_message: error[:4000]},
+        update={WebhookEvent.status: status, WebhookEvent.error_message: error[:4000]},
         where=WebhookEvent.status.not_in(FINAL_STATUSES),
     ).execute())

@@ -3,10 +3,11 @@ Handlers and the batch logic never speak Redis; they get Entry values and return
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
 
 import redis
 
+from models.config import Settings
 from models.redis_io import entitlement_key, seen_key
 
 
@@ -48,21 +49,47 @@ class Entry:
 
 
 @dataclasses.dataclass(frozen=True)
+class Failure:
+    """How often an entry's handler has failed, and since when (epoch ms)."""
+
+    count: int
+    first_failed_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorState:
+    processed_event_ids: frozenset[str] = frozenset()
+    failures: Mapping[str, Failure] = dataclasses.field(default_factory=dict)  # by entry id
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    entry: Entry
+    error: str
+    failure: Failure
+
+
+@dataclasses.dataclass(frozen=True)
 class Settlement:
     """What to tell Redis once a batch has committed."""
 
-    ack_ids: tuple[str, ...]  # entries whose event is applied (or recognised as already applied)
-    processed_event_ids: tuple[str, ...]
-    changed_communities: tuple[str, ...]
+    ack_ids: tuple[str, ...] = ()  # entries whose event is applied (or recognised as already applied)
+    processed_event_ids: tuple[str, ...] = ()
+    changed_communities: tuple[str, ...] = ()
+    failures: Mapping[str, Failure] = dataclasses.field(default_factory=dict)  # failed, still pending
+    dead: tuple[DeadLetter, ...] = ()
+    cleared_failures: tuple[str, ...] = ()  # entries settled now that had failed before
 
 
 class EventStream:
-    def __init__(self, client: redis.Redis, stream_key: str, group: str, consumer: str, dedupe_ttl_seconds: int):
+    def __init__(self, client: redis.Redis, settings: Settings, consumer: str):
         self.client = client
-        self.stream_key = stream_key
-        self.group = group
+        self.stream_key = settings.stream_key
+        self.group = settings.consumer_group
+        self.dead_letter_key = settings.dead_letter_key
+        self.failures_key = failures_key(settings.stream_key)
         self.consumer = consumer
-        self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        self.dedupe_ttl_seconds = settings.dedupe_ttl_seconds
 
     def ensure_group(self) -> bool:
         """Create the group at the stream's start (so events queued before any consumer ran are read),
@@ -88,36 +115,122 @@ class EventStream:
         )
         entries, vanished = [], []
         for _stream, messages in _stream_messages(reply):
-            for raw_id, fields in messages:
-                entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-                if fields:
-                    entries.append(Entry.from_fields(entry_id, fields))
-                else:  # pending, but trimmed from the stream: nothing left to process
-                    vanished.append(entry_id)
-        if vanished:
-            self.client.xack(self.stream_key, self.group, *vanished)
+            _collect(messages, entries, vanished)
+        self._forget(vanished)
         return entries
 
-    def processed_event_ids(self, entries: Iterable[Entry]) -> set[str]:
-        """The fast path: events Redis remembers as processed (the database stays the lasting truth)."""
-        event_ids = [entry.event_id for entry in entries]
-        if not event_ids:
-            return set()
-        keys = [seen_key(self.stream_key, event_id) for event_id in event_ids]
-        values = self.client.mget(keys)
-        return {event_id for event_id, value in zip(event_ids, values) if value == b"processed"}
+    def reclaim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries that any consumer (a dead one, usually) has left idle for `min_idle_ms`."""
+        reply = self.client.xautoclaim(self.stream_key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
+        entries, vanished = [], []
+        _collect(reply[1], entries, vanished)
+        self._forget(vanished + [_text(entry_id) for entry_id in (reply[2] if len(reply) > 2 else [])])
+        return entries
+
+    def retry_own(self, due: Callable[[int, int], bool], count: int) -> list[Entry]:
+        """Claim again this consumer's own pending entries that are due for another try: entries that
+        failed here (with backoff, by `due(idle_ms, deliveries)`) and entries an operator claimed to it."""
+        rows = self.client.xpending_range(self.stream_key, self.group, "-", "+", count, consumername=self.consumer)
+        ids = [row["message_id"] for row in rows if due(row["time_since_delivered"], row["times_delivered"])]
+        if not ids:
+            return []
+        entries, vanished = [], []
+        _collect(self.client.xclaim(self.stream_key, self.group, self.consumer, 0, ids), entries, vanished)
+        claimed = {entry.entry_id for entry in entries}
+        self._forget([_text(i) for i in ids if _text(i) not in claimed])  # trimmed from under us
+        return entries
+
+    def prior_state(self, entries: list[Entry]) -> PriorState:
+        """In one round trip: events Redis remembers as processed (the fast path; the database stays
+        the truth) and the entries' earlier handler failures."""
+        if not entries:
+            return PriorState()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([seen_key(self.stream_key, entry.event_id) for entry in entries])
+        pipe.hmget(self.failures_key, [entry.entry_id for entry in entries])
+        seen, failures = pipe.execute()
+        return PriorState(
+            processed_event_ids=frozenset(e.event_id for e, value in zip(entries, seen) if value == b"processed"),
+            failures={e.entry_id: parse_failure(value) for e, value in zip(entries, failures) if value},
+        )
 
     def settle(self, settlement: Settlement) -> None:
-        """After the commit, in one round trip: remember the events as processed, drop the changed
-        communities' cached entitlements, and only then acknowledge the entries."""
+        """After the commit, in one atomic step: remember the events as processed, drop the changed
+        communities' cached entitlements, move dead letters, count failures, acknowledge."""
         pipe = self.client.pipeline(transaction=True)
         for event_id in settlement.processed_event_ids:
             pipe.set(seen_key(self.stream_key, event_id), "processed", ex=self.dedupe_ttl_seconds)
         for community_id in settlement.changed_communities:
             pipe.delete(entitlement_key(community_id))
-        if settlement.ack_ids:
-            pipe.xack(self.stream_key, self.group, *settlement.ack_ids)
+        for dead in settlement.dead:
+            pipe.xadd(self.dead_letter_key, dead_letter_fields(dead))
+        if settlement.failures:
+            pipe.hset(self.failures_key, mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()})
+        cleared = settlement.cleared_failures + tuple(d.entry.entry_id for d in settlement.dead)
+        if cleared:
+            pipe.hdel(self.failures_key, *cleared)
+        ack_ids = settlement.ack_ids + tuple(d.entry.entry_id for d in settlement.dead)
+        if ack_ids:
+            pipe.xack(self.stream_key, self.group, *ack_ids)
         pipe.execute()
+
+    def trim(self, retention_ms: int, now_ms: int) -> int:
+        """Drop entries older than the retention window that every group has acknowledged; never one
+        still pending or not yet delivered. Returns how many were removed."""
+        try:
+            groups = self.client.xinfo_groups(self.stream_key)
+        except redis.ResponseError:  # no stream yet
+            return 0
+        keep_from = [(now_ms - retention_ms, 0)]
+        for group in groups:
+            summary = self.client.xpending(self.stream_key, group["name"])
+            if summary["pending"]:
+                keep_from.append(_id_tuple(summary["min"]))
+            ms, seq = _id_tuple(group["last-delivered-id"])
+            keep_from.append((ms, seq + 1))  # everything after the last delivered entry is undelivered
+        ms, seq = min(keep_from)
+        return self.client.xtrim(self.stream_key, minid=f"{max(ms, 0)}-{seq}", approximate=False)
+
+    def _forget(self, entry_ids: list[str]) -> None:
+        """Pending entries whose data is gone from the stream (trimmed): nothing left to process."""
+        if entry_ids:
+            self.client.xack(self.stream_key, self.group, *entry_ids)
+
+
+def failures_key(stream_key: str) -> str:
+    return f"{stream_key}:failures"
+
+
+def parse_failure(value: bytes | str) -> Failure:
+    count, _, first = _text(value).partition(":")
+    return Failure(int(count or 0), int(first or 0))
+
+
+def dead_letter_fields(dead: DeadLetter) -> dict[str, str | bytes | int]:
+    entry = dead.entry
+    return {
+        "event_id": entry.event_id, "event_type": entry.event_type, "created": entry.created,
+        "payload": entry.payload, "received_at": entry.received_at_ms,
+        "error": dead.error[:4000], "deliveries": dead.failure.count,
+        "first_failed_at": dead.failure.first_failed_ms, "source_id": entry.entry_id,
+    }
+
+
+def _collect(messages, entries: list[Entry], vanished: list[str]) -> None:
+    for raw_id, fields in messages or []:
+        if fields:
+            entries.append(Entry.from_fields(_text(raw_id), fields))
+        else:  # pending, but trimmed from the stream
+            vanished.append(_text(raw_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _stream_messages(reply) -> list:

@@ -1,6 +1,12 @@
-"""One worker of the consumer group: the run loop, its signals and its shutdown, top to bottom."""
+"""One worker of the consumer group: the run loop, its signals and its shutdown, top to bottom.
+
+Each pass of the loop reads new entries and applies them as one batch. Every `tick` it also retries
+its own failed entries (with backoff), takes over entries other consumers left idle longer than
+CLAIM_IDLE_MS, and trims the stream. A batch has a deadline shorter than CLAIM_IDLE_MS and is rolled
+back past it, so no other consumer can reclaim entries a live consumer is still applying."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -11,16 +17,17 @@ from typing import TypeVar
 import peewee
 import redis
 
-from consumer.batch import apply_batch, settlement_of
+from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
 from consumer.stream import Entry, EventStream
-from models.config import Settings
+from models.config import ConfigError, Settings
 from models.db import OUTAGE_ERRORS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+TRIM_EVERY_SECONDS = 60
 
 
 class Backoff:
@@ -37,18 +44,48 @@ class Backoff:
         self.delay = self.first
 
 
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """The consumer's clocks, all derived from CLAIM_IDLE_MS unless given."""
+
+    claim_idle_ms: int
+    deadline_ms: int
+    tick_ms: int
+
+    @classmethod
+    def for_settings(cls, settings: Settings, deadline_ms: int | None = None) -> "Timing":
+        deadline_ms = deadline_ms if deadline_ms is not None else settings.claim_idle_ms // 2
+        if not 0 < deadline_ms < settings.claim_idle_ms:
+            raise ConfigError(
+                f"the batch deadline ({deadline_ms} ms) must be shorter than CLAIM_IDLE_MS "
+                f"({settings.claim_idle_ms} ms), or a slow batch could be reclaimed and run twice"
+            )
+        return cls(settings.claim_idle_ms, deadline_ms, tick_ms=max(50, min(settings.claim_idle_ms // 4, 5000)))
+
+    def retry_due(self, idle_ms: int, deliveries: int) -> bool:
+        """An own pending entry is tried again after tick, 2 ticks, 4 ticks ... (capped below
+        CLAIM_IDLE_MS, so its owner retries it before anyone else would reclaim it)."""
+        wait = min(self.tick_ms * 2 ** max(0, deliveries - 1), self.claim_idle_ms // 2)
+        return idle_ms >= wait
+
+
 class Worker:
     def __init__(self, settings: Settings, db: peewee.Database, client: redis.Redis, name: str,
-                 batch_size: int = 100, block_ms: int = 2000):
+                 batch_size: int = 100, block_ms: int = 2000, deadline_ms: int | None = None):
         self.db = db
-        self.stream = EventStream(client, settings.stream_key, settings.consumer_group, name,
-                                  settings.dedupe_ttl_seconds)
+        self.client = client
+        self.stream = EventStream(client, settings, name)
         self.policy = Policy(settings.grace_period_seconds, settings.price_tiers)
+        self.timing = Timing.for_settings(settings, deadline_ms)
+        self.max_deliveries = settings.max_deliveries
+        self.retention_ms = settings.stream_retention_seconds * 1000
         self.name = name
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.stopping = threading.Event()
         self.backoff = Backoff()
+        self._next_tick = 0.0
+        self._next_trim = 0.0
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -59,11 +96,15 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
-        log.info("consumer %s starting", self.name)
+        log.info("consumer %s starting (deadline %d ms, claim idle %d ms)", self.name,
+                 self.timing.deadline_ms, self.timing.claim_idle_ms)
         self._retrying(self.stream.ensure_group)
         self._finish_own_pending()
         while not self.stopping.is_set():
-            entries = self._retrying(lambda: self.stream.read_new(self.batch_size, self.block_ms))
+            if time.monotonic() >= self._next_tick:
+                self._tick()
+            wait_ms = max(1, min(self.block_ms, int((self._next_tick - time.monotonic()) * 1000)))
+            entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms))
             if entries:
                 self.process(entries)
         log.info("consumer %s stopped", self.name)
@@ -79,20 +120,68 @@ class Worker:
             self.process(entries)
             cursor = entries[-1].entry_id
 
+    def _tick(self) -> None:
+        self._next_tick = time.monotonic() + self.timing.tick_ms / 1000
+        retries = self._retrying(lambda: self.stream.retry_own(self.timing.retry_due, self.batch_size))
+        if retries:
+            log.info("retrying %d of our own pending entries", len(retries))
+            self.process(retries)
+        reclaimed = self._retrying(lambda: self.stream.reclaim_idle(self.timing.claim_idle_ms, self.batch_size))
+        if reclaimed:
+            log.warning("reclaimed %d entries idle over %d ms", len(reclaimed), self.timing.claim_idle_ms)
+            self.process(reclaimed)
+        if time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
+            trimmed = self._retrying(lambda: self.stream.trim(self.retention_ms, int(time.time() * 1000)))
+            if trimmed:
+                log.info("trimmed %d acknowledged entries older than the retention window", trimmed)
+
     def process(self, entries: list[Entry]) -> None:
-        """Apply and settle one batch. Outages pause here and retry the same batch, so nothing
-        read is ever left behind; a stop request is honoured only between batches."""
-        already = self._retrying(lambda: self.stream.processed_event_ids(entries), allow_stop=False)
-        outcomes = self._retrying(lambda: apply_batch(self.db, entries, already, self.policy), allow_stop=False)
-        self._retrying(lambda: self.stream.settle(settlement_of(outcomes)), allow_stop=False)
+        """Apply and settle one batch before its deadline. If the database or Redis is unavailable,
+        or the deadline passes, nothing is acknowledged: the entries stay pending here and are retried
+        once the outage is over. A stop request is honoured only between batches."""
+        deadline = time.monotonic() + self.timing.deadline_ms / 1000
+        try:
+            prior = self.stream.prior_state(entries)
+            outcomes = apply_batch(self.db, entries, prior, self.policy, self.max_deliveries, deadline)
+            self.stream.settle(settlement_of(outcomes, prior))
+        except BatchDeadlineExceeded:
+            self.batch_size = max(1, self.batch_size // 2)
+            log.warning("batch of %d missed its %d ms deadline; rolled back, batch size now %d",
+                        len(entries), self.timing.deadline_ms, self.batch_size)
+            return
+        except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
+            log.warning("batch of %d not applied, will retry: %s", len(entries), _describe(exc))
+            self._reset_db_connection()
+            self._await_recovery()
+            return
+        self.backoff.reset()
         for outcome in outcomes:
             log.info("%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id, outcome.entry.event_type,
                      outcome.outcome, f" ({outcome.error})" if outcome.error else "")
 
-    def _retrying(self, step: Callable[[], T], allow_stop: bool = True) -> T | None:
-        """Run `step` until it succeeds, pausing with capped backoff while Redis or the database is
-        unavailable. With allow_stop, a stop request ends the wait (returning None)."""
-        while True:
+    def _await_recovery(self) -> None:
+        """Pause, with capped backoff, until both Redis and the database answer (or we are stopped)."""
+        def probe() -> bool:
+            self.client.ping()
+            self.db.execute_sql("SELECT 1")
+            return True
+
+        while not self.stopping.is_set():
+            try:
+                probe()
+                log.info("Redis and the database answer again; resuming")
+                return
+            except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
+                self._reset_db_connection()
+                delay = self.backoff.next()
+                log.warning("%s; retrying in %.1fs", _describe(exc), delay)
+                self.stopping.wait(delay)
+
+    def _retrying(self, step: Callable[[], T]) -> T | None:
+        """Run a Redis step until it succeeds, pausing with capped backoff while Redis is unavailable
+        and recreating the stream and group if Redis lost them. None if stopped meanwhile."""
+        while not self.stopping.is_set():
             try:
                 result = step()
                 self.backoff.reset()
@@ -100,19 +189,16 @@ class Worker:
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                log.warning("stream or group missing (Redis lost its data?); recreating")
-                self.stream.ensure_group()
-                continue
+                log.warning("stream or group missing (Redis restarted empty?); recreating them")
+                try:
+                    self.stream.ensure_group()
+                except REDIS_ERRORS:
+                    pass  # the next try meets the outage and backs off
             except REDIS_ERRORS as exc:
-                what = f"Redis unavailable: {exc}"
-            except OUTAGE_ERRORS as exc:
-                what = f"database unavailable: {str(exc).strip()}"
-                self._reset_db_connection()
-            delay = self.backoff.next()
-            log.warning("%s; retrying in %.1fs", what, delay)
-            if allow_stop and self.stopping.is_set():
-                return None
-            time.sleep(delay) if not allow_stop else self.stopping.wait(delay)
+                delay = self.backoff.next()
+                log.warning("%s; retrying in %.1fs", _describe(exc), delay)
+                self.stopping.wait(delay)
+        return None
 
     def _reset_db_connection(self) -> None:
         try:
@@ -120,3 +206,8 @@ class Worker:
                 self.db.close()
         except Exception:  # the connection is already gone; a fresh one is opened on next use
             pass
+
+
+def _describe(exc: BaseException) -> str:
+    what = "database" if isinstance(exc, OUTAGE_ERRORS) else "Redis"
+    return f"{what} unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"

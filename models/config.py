@@ -35,6 +35,7 @@ class Settings:
     port: int = 8000
     metrics_port: int = 9101
     tiers_file: str = ""
+    stream_retention_seconds: int = 86_400
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -61,6 +62,9 @@ class Settings:
             port=reader.get("PORT", _port, defaults.port),
             metrics_port=reader.get("METRICS_PORT", _port_or_off, defaults.metrics_port),
             tiers_file=reader.get("TIERS_FILE", str.strip, ""),
+            stream_retention_seconds=reader.get(
+                "STREAM_RETENTION_SECONDS", _positive_int, defaults.stream_retention_seconds
+            ),
         )
 
     def require_webhook_secrets(self) -> None:

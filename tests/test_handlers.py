@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from consumer.batch import FINAL_STATUSES, apply_batch
+from consumer.batch import FINAL_STATUSES, BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
-from consumer.stream import Entry
+from consumer.stream import Entry, Failure, PriorState
 from models.stripe_events import HANDLED_TYPES, event_created, read_facts
 from models.tables import AuditLog, Subscription, WebhookEvent, from_epoch
 from models.tiers import STATUSES, TIERS
@@ -26,6 +26,10 @@ def api(request):
     return request.param
 
 
+def run_batch(db, entries, already=()):
+    return apply_batch(db, entries, PriorState(processed_event_ids=frozenset(already)), POLICY, max_deliveries=5)
+
+
 def entry_for(event, payload=None):
     ms = int(time.time() * 1000)
     return Entry(entry_id=f"{ms}-0", event_id=event["id"], event_type=event["type"], created=event_created(event),
@@ -41,7 +45,7 @@ def ev(event_type, api, community_id="c1", **kw):
 def apply(db, *events, already=()):
     """Apply the events (or entries) as one batch; the outcome names, in order."""
     entries = [e if isinstance(e, Entry) else entry_for(e) for e in events]
-    outcomes = apply_batch(db, entries, set(already), POLICY)
+    outcomes = run_batch(db, entries, already)
     assert not db.in_transaction()  # committed
     return [o.outcome for o in outcomes]
 
@@ -76,7 +80,7 @@ def past_due(db, api, created=T0):
 @pytest.mark.parametrize("tier,expected", [("premium", "premium"), (None, "basic")])
 def test_checkout_creates_the_subscription(db, api, tier, expected):
     event = ev("checkout.session.completed", api, tier=tier)
-    outcomes = apply_batch(db, [entry_for(event)], set(), POLICY)
+    outcomes = run_batch(db, [entry_for(event)])
     assert [(o.outcome, o.community_id) for o in outcomes] == [("processed", "c1")]
     sub = row()
     assert (sub.stripe_customer_id, sub.stripe_subscription_id, sub.tier, sub.status, sub.grace_until) == \
@@ -232,7 +236,7 @@ def test_a_one_off_invoice_is_ignored(db, api):
 def test_found_by_stored_subscription_id(db, api, event_type, expected):
     checkout(db, api, tier="exclusive")
     event = ev(event_type, api, community_id=None, tier=None, created=T0 + 5)
-    outcomes = apply_batch(db, [entry_for(event)], set(), POLICY)
+    outcomes = run_batch(db, [entry_for(event)])
     assert [(o.outcome, o.community_id) for o in outcomes] == [("processed", "c1")]
     assert row().status == expected
     assert Subscription.select().count() == 1
@@ -290,9 +294,9 @@ def test_a_failing_event_does_not_spoil_its_batch(db, api):
     good1 = ev("checkout.session.completed", api, community_id="c1")
     bad = _broken(ev("invoice.paid", api, community_id="c2"))
     good2 = ev("invoice.paid", api, community_id="c3", created=T0 + 1)
-    outcomes = apply_batch(db, [entry_for(good1), entry_for(bad), entry_for(good2)], set(), POLICY)
+    outcomes = run_batch(db, [entry_for(good1), entry_for(bad), entry_for(good2)])
     assert [o.outcome for o in outcomes] == ["processed", "failed", "processed"]
-    assert "UnreadableEvent" in outcomes[1].error and not outcomes[1].settled
+    assert "UnreadableEvent" in outcomes[1].error and outcomes[1].failure.count == 1
     assert row("c1").status == row("c3").status == "active" and row("c2") is None
     hook = webhook(bad)
     assert hook.status == "failed" and "data.object is not an object" in hook.error_message
@@ -300,6 +304,24 @@ def test_a_failing_event_does_not_spoil_its_batch(db, api):
     # Redelivered unchanged: fails again, one row, still failed.
     assert apply(db, bad) == ["failed"]
     assert webhook(bad).status == "failed" and WebhookEvent.select().count() == 3
+
+
+def test_the_last_allowed_failure_makes_the_event_dead(db, api):
+    bad = entry_for(_broken(ev("invoice.paid", api, community_id="c2")))
+    prior = PriorState(failures={bad.entry_id: Failure(count=4, first_failed_ms=1_700_000_000_000)})
+    [outcome] = apply_batch(db, [bad], prior, POLICY, max_deliveries=5)
+    assert (outcome.outcome, outcome.failure) == ("dead", Failure(5, 1_700_000_000_000))
+    assert webhook({"id": bad.event_id}).status == "dead"
+    settlement = settlement_of([outcome], prior)
+    assert settlement.ack_ids == () and [d.entry for d in settlement.dead] == [bad]
+    assert settlement.processed_event_ids == () and not settlement.failures
+
+
+def test_a_deadline_rolls_the_whole_batch_back(db, api):
+    with pytest.raises(BatchDeadlineExceeded):
+        apply_batch(db, [entry_for(ev("checkout.session.completed", api))], PriorState(), POLICY,
+                    max_deliveries=5, deadline=time.monotonic() - 1)
+    assert WebhookEvent.select().count() == 0 and row() is None
 
 
 def test_an_unrecordable_event_does_not_spoil_its_batch(db, api):
@@ -327,7 +349,7 @@ def test_peer_events(db):
     ids = []
     for name, raw in peers:  # raw, byte for byte, one batch each, in file order
         event = json.loads(raw)
-        outcomes = apply_batch(db, [entry_for(event, payload=raw)], set(), POLICY)
+        outcomes = run_batch(db, [entry_for(event, payload=raw)])
         assert len(outcomes) == 1 and outcomes[0].outcome in ("processed", "ignored", "stale", "duplicate"), \
             (name, outcomes)
         ids.append(event["id"])
@@ -344,7 +366,7 @@ def test_peer_events(db):
         obj = event["data"]["object"]
         event.update(id=f"evt_peer_{n}", created=now)
         obj["metadata"] = {**(obj.get("metadata") or {}), "community_id": f"peer-{n}"}
-        [outcome] = apply_batch(db, [entry_for(event)], set(), POLICY)
+        [outcome] = run_batch(db, [entry_for(event)])
         one_off_invoice = event["type"].startswith("invoice.") and not read_facts(event).subscription_id
         expected = "ignored" if obj.get("mode") in ("payment", "setup") or one_off_invoice else "processed"
         assert outcome.outcome == expected, (name, outcome)
