@@ -124,7 +124,7 @@ class EventStream:
         reply = self.client.xautoclaim(self.stream_key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
         entries, vanished = [], []
         _collect(reply[1], entries, vanished)
-        self._forget(vanished + [_text(entry_id) for entry_id in (reply[2] if len(reply) > 2 else [])])
+        self._forget(vanished + [as_text(entry_id) for entry_id in (reply[2] if len(reply) > 2 else [])])
         return entries
 
     def retry_own(self, due: Callable[[int, int], bool], count: int) -> list[Entry]:
@@ -137,7 +137,7 @@ class EventStream:
         entries, vanished = [], []
         _collect(self.client.xclaim(self.stream_key, self.group, self.consumer, 0, ids), entries, vanished)
         claimed = {entry.entry_id for entry in entries}
-        self._forget([_text(i) for i in ids if _text(i) not in claimed])  # trimmed from under us
+        self._forget([as_text(i) for i in ids if as_text(i) not in claimed])  # trimmed from under us
         return entries
 
     def prior_state(self, entries: list[Entry]) -> PriorState:
@@ -185,8 +185,8 @@ class EventStream:
         for group in groups:
             summary = self.client.xpending(self.stream_key, group["name"])
             if summary["pending"]:
-                keep_from.append(_id_tuple(summary["min"]))
-            ms, seq = _id_tuple(group["last-delivered-id"])
+                keep_from.append(id_tuple(summary["min"]))
+            ms, seq = id_tuple(group["last-delivered-id"])
             keep_from.append((ms, seq + 1))  # everything after the last delivered entry is undelivered
         ms, seq = min(keep_from)
         return self.client.xtrim(self.stream_key, minid=f"{max(ms, 0)}-{seq}", approximate=False)
@@ -202,7 +202,7 @@ def failures_key(stream_key: str) -> str:
 
 
 def parse_failure(value: bytes | str) -> Failure:
-    count, _, first = _text(value).partition(":")
+    count, _, first = as_text(value).partition(":")
     return Failure(int(count or 0), int(first or 0))
 
 
@@ -219,17 +219,17 @@ def dead_letter_fields(dead: DeadLetter) -> dict[str, str | bytes | int]:
 def _collect(messages, entries: list[Entry], vanished: list[str]) -> None:
     for raw_id, fields in messages or []:
         if fields:
-            entries.append(Entry.from_fields(_text(raw_id), fields))
+            entries.append(Entry.from_fields(as_text(raw_id), fields))
         else:  # pending, but trimmed from the stream
-            vanished.append(_text(raw_id))
+            vanished.append(as_text(raw_id))
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _text(entry_id).partition("-")
+def id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = as_text(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 

@@ -1,0 +1,252 @@
+"""`python -m consumer ...`: the worker and the commands ops use to see and fix stuck work.
+A thin layer over consumer.ops: it parses, prints (aligned tables, or --json) and turns errors into
+one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any, Callable
+
+import click
+import redis
+
+from consumer import ops
+from models.config import ConfigError, Settings
+from models.db import OUTAGE_ERRORS, open_database
+from models.redis_io import connect_redis
+
+
+def default_name() -> str:
+    """Stable across restarts under a process manager that names its processes (honcho/foreman set PS,
+    Heroku sets DYNO), so a restarted worker finds its own pending entries; unique per process otherwise."""
+    suffix = os.environ.get("PS") or os.environ.get("DYNO") or str(os.getpid())
+    return f"{socket.gethostname()}-{suffix}"
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Consumer-group workers and the commands that operate them. With no command: run a worker."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+def operation(func: Callable) -> Callable:
+    """Give a command its settings and Redis client, and turn every expected failure into one line."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            settings = Settings.from_env()
+            open_database(settings.database_url)
+            return func(settings, connect_redis(settings.redis_url, timeout=5), *args, **kwargs)
+        except (ConfigError, ops.OpsError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except redis.ConnectionError as exc:
+            raise click.ClickException(f"Redis unreachable at {settings.redis_url}: {exc}") from None
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis refused: {exc}") from None
+        except OUTAGE_ERRORS as exc:
+            raise click.ClickException(f"database unreachable (audit row not written): {str(exc).strip()}") from None
+    return wrapper
+
+
+def json_option(func: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")(func)
+
+
+@cli.command()
+@click.option("--name", default=None, help="consumer name in the group [HOSTNAME-$PS or HOSTNAME-PID]")
+@click.option("--batch", "batch_size", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="entries read (and committed) per batch")
+@click.option("--block-ms", default=2000, show_default=True, type=click.IntRange(1, 60_000),
+              help="how long one read waits for new entries")
+@click.option("--deadline-ms", default=None, type=click.IntRange(1, None),
+              help="a batch not committed by then is rolled back; must be below CLAIM_IDLE_MS [CLAIM_IDLE_MS/2]")
+def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | None) -> None:
+    """Run one worker: apply queued events exactly once, until SIGTERM/SIGINT."""
+    from consumer.worker import Worker
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        db = open_database(settings.database_url)
+        client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
+        worker = Worker(settings, db, client, name or default_name(), batch_size=batch_size, block_ms=block_ms,
+                        deadline_ms=deadline_ms)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    worker.install_signal_handlers()
+    worker.run()
+
+
+@cli.command()
+@json_option
+@click.option("--watch", is_flag=True, help="refresh every 2 seconds until Ctrl-C")
+@operation
+def stats(settings: Settings, client: redis.Redis, as_json: bool, watch: bool) -> None:
+    """Stream length, group lag, consumers, pending entries, oldest pending age, dead letters."""
+    while True:
+        data = ops.stats(client, settings)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+        else:
+            if watch:
+                click.clear()
+            _print_stats(data)
+        if not watch:
+            return
+        try:
+            time.sleep(2)
+        except KeyboardInterrupt:
+            return
+
+
+def _print_stats(data: dict) -> None:
+    age = data["oldest_pending_age_seconds"]
+    pairs = [("stream", f"{data['stream']} ({data['stream_length']} entries)"), ("group", data["group"]),
+             ("lag (undelivered)", data["group_lag"]), ("pending", data["pending"]),
+             ("oldest pending", f"{data['oldest_pending_id']} ({_duration(age * 1000)} old)" if age is not None else "-"),
+             ("dead letters", data["dead_letters"])]
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        click.echo(f"{key:<{width}}  {value}")
+    click.echo()
+    _table(data["consumers"], [("CONSUMER", "name"), ("PENDING", "pending"), ("IDLE", "idle_ms", _duration),
+                               ("INACTIVE", "inactive_ms", _duration)], empty="no consumers")
+
+
+@cli.command()
+@json_option
+@click.option("--min-idle", "min_idle_ms", type=click.IntRange(0, None), help="only entries idle at least MS")
+@click.option("--consumer", default=None, help="only this consumer's entries")
+@click.option("--count", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@operation
+def pending(settings: Settings, client: redis.Redis, as_json: bool, min_idle_ms: int | None,
+            consumer: str | None, count: int) -> None:
+    """Entries delivered but not acknowledged: who holds them, for how long, how often delivered."""
+    rows = ops.pending(client, settings, min_idle_ms=min_idle_ms, consumer=consumer, count=count)
+    _show(rows, as_json, ENTRY_COLUMNS, empty="nothing pending")
+
+
+ENTRY_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_type"), ("CONSUMER", "consumer"),
+                 ("IDLE", "idle_ms", lambda ms: _duration(ms)), ("DELIVERIES", "deliveries")]
+
+
+@cli.command()
+@click.argument("entry_ids", nargs=-1)
+@click.option("--to", "to", required=True, help="consumer to give the entries to (a running one applies them)")
+@click.option("--idle", "min_idle_ms", type=click.IntRange(0, None), help="claim every entry idle at least MS")
+@click.option("--dry-run", is_flag=True, help="show what would move, move nothing")
+@json_option
+@operation
+def claim(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], to: str, min_idle_ms: int | None,
+          dry_run: bool, as_json: bool) -> None:
+    """Give pending entries to consumer NAME: by ENTRY_ID..., or all idle at least --idle MS."""
+    if bool(entry_ids) == (min_idle_ms is not None):
+        raise click.UsageError("give entry ids or --idle MS (one of the two)")
+    rows = ops.claim(client, settings, to, entry_ids=list(entry_ids) or None, min_idle_ms=min_idle_ms, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"to": to, "dry_run": dry_run, "entries": rows}, indent=2))
+        return
+    _table(rows, ENTRY_COLUMNS, empty="no entry matches")
+    if rows:
+        click.echo(f"{'would move' if dry_run else 'moved'} {len(rows)} entries to {to}")
+
+
+@cli.group()
+def dead() -> None:
+    """Dead letters: events whose handler failed MAX_DELIVERIES times."""
+
+
+DEAD_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_type"), ("DELIVERIES", "deliveries"),
+                ("FIRST FAILED", "first_failed_at", lambda ms: _iso(ms)), ("ERROR", "error", lambda e: (e or "")[:80])]
+
+
+@dead.command("list")
+@json_option
+@click.option("--count", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@operation
+def dead_list(settings: Settings, client: redis.Redis, as_json: bool, count: int) -> None:
+    """Each dead letter with its event id, type, error and deliveries."""
+    _show(ops.dead_list(client, settings, count), as_json, DEAD_COLUMNS, empty="no dead letters")
+
+
+@dead.command("retry")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="retry every dead letter")
+@json_option
+@operation
+def dead_retry(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], retry_all: bool,
+               as_json: bool) -> None:
+    """Put dead letters back on the stream (an event already applied is recognised, not applied twice)."""
+    if bool(entry_ids) == retry_all:
+        raise click.UsageError("give dead-letter entry ids or --all (one of the two)")
+    rows = ops.dead_retry(client, settings, None if retry_all else list(entry_ids))
+    _show(rows, as_json, DEAD_COLUMNS[:3] + [("NEW ENTRY", "new_entry_id")], empty="no dead letters")
+
+
+@dead.command("drop")
+@click.argument("entry_ids", nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="confirm dropping more than one")
+@json_option
+@operation
+def dead_drop(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], yes: bool, as_json: bool) -> None:
+    """Delete dead letters for good (their payloads are kept in the audit row)."""
+    if len(entry_ids) > 1 and not yes:
+        raise click.UsageError(f"dropping {len(entry_ids)} dead letters needs --yes")
+    _show(ops.dead_drop(client, settings, list(entry_ids)), as_json, DEAD_COLUMNS[:3], empty="nothing dropped")
+
+
+@cli.group()
+def consumers() -> None:
+    """The group's consumers."""
+
+
+@consumers.command("prune")
+@click.option("--idle", "min_idle_ms", default=3_600_000, show_default=True, type=click.IntRange(0, None),
+              help="delete consumers inactive at least MS with nothing pending")
+@click.option("--dry-run", is_flag=True)
+@json_option
+@operation
+def consumers_prune(settings: Settings, client: redis.Redis, min_idle_ms: int, dry_run: bool, as_json: bool) -> None:
+    """Delete consumers that have been idle long and hold nothing pending."""
+    rows = ops.prune_consumers(client, settings, min_idle_ms, dry_run)
+    _show(rows, as_json, [("CONSUMER", "name"), ("IDLE", "idle_ms", _duration)], empty="no consumer to prune")
+
+
+def _show(rows: list[dict], as_json: bool, columns: list, empty: str) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _table(rows, columns, empty)
+
+
+def _table(rows: list[dict], columns: list, empty: str) -> None:
+    if not rows:
+        click.echo(empty)
+        return
+    cells = [[str((col[2] if len(col) > 2 else str)(row[col[1]])) for col in columns] for row in rows]
+    widths = [max(len(col[0]), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
+    click.echo("  ".join(col[0].ljust(w) for col, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else "-"

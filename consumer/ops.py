@@ -1,0 +1,179 @@
+"""What ops can see and do to the stream, as plain functions returning plain data; `cli.py` shows it.
+Every manual action writes an audit row: who (the OS user), what, which entries."""
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from typing import Any
+
+import redis
+
+from consumer.stream import id_tuple, as_text, failures_key
+from models.config import Settings
+from models.redis_io import ENTRY_FIELDS
+from models.tables import AuditLog
+
+
+class OpsError(Exception):
+    """Something an operator asked for cannot be done; the message is the one line to show."""
+
+
+def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) -> dict[str, Any]:
+    now_ms = now_ms or int(time.time() * 1000)
+    group = _group_info(client, settings)
+    summary = client.xpending(settings.stream_key, settings.consumer_group)
+    consumers = client.xinfo_consumers(settings.stream_key, settings.consumer_group)
+    oldest = as_text(summary["min"]) if summary["pending"] else None
+    return {
+        "stream": settings.stream_key,
+        "group": settings.consumer_group,
+        "stream_length": client.xlen(settings.stream_key),
+        "group_lag": group.get("lag"),
+        "last_delivered_id": as_text(group["last-delivered-id"]),
+        "pending": summary["pending"],
+        "oldest_pending_id": oldest,
+        "oldest_pending_age_seconds": round((now_ms - id_tuple(oldest)[0]) / 1000, 3) if oldest else None,
+        "dead_letters": client.xlen(settings.dead_letter_key),
+        "consumers": [
+            {"name": as_text(c["name"]), "pending": c["pending"], "idle_ms": c["idle"],
+             "inactive_ms": c.get("inactive", c["idle"])}
+            for c in consumers
+        ],
+    }
+
+
+def pending(client: redis.Redis, settings: Settings, *, min_idle_ms: int | None = None,
+            consumer: str | None = None, count: int = 50) -> list[dict[str, Any]]:
+    _group_info(client, settings)
+    rows = client.xpending_range(settings.stream_key, settings.consumer_group, "-", "+", count,
+                                 consumername=consumer, idle=min_idle_ms)
+    fields = _fields_of(client, settings.stream_key, [row["message_id"] for row in rows])
+    return [
+        {"entry_id": as_text(row["message_id"]),
+         "event_id": fields[i].get("event_id"), "event_type": fields[i].get("event_type"),
+         "consumer": as_text(row["consumer"]), "idle_ms": row["time_since_delivered"],
+         "deliveries": row["times_delivered"]}
+        for i, row in enumerate(rows)
+    ]
+
+
+def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[str] | None = None,
+          min_idle_ms: int | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Move pending entries, by id or by idle time, to consumer `to`; it applies them on its next tick."""
+    if entry_ids:
+        moving = [row for row in pending(client, settings, count=10_000) if row["entry_id"] in set(entry_ids)]
+        unknown = sorted(set(entry_ids) - {row["entry_id"] for row in moving})
+        if unknown:
+            raise OpsError(f"not pending in group {settings.consumer_group}: {', '.join(unknown)}")
+    else:
+        moving = pending(client, settings, min_idle_ms=min_idle_ms, count=10_000)
+    if dry_run or not moving:
+        return moving
+    ids = [row["entry_id"] for row in moving]
+    # JUSTID: a manual move is not a delivery; `to` applies them on its next tick.
+    client.xclaim(settings.stream_key, settings.consumer_group, to, 0, ids, justid=True)
+    audit("ops_claim", {"to": to, "entries": ids, "min_idle_ms": min_idle_ms})
+    return moving
+
+
+def dead_list(client: redis.Redis, settings: Settings, count: int = 100) -> list[dict[str, Any]]:
+    return [_dead_row(entry_id, fields) for entry_id, fields in client.xrange(settings.dead_letter_key, count=count)]
+
+
+def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[dict[str, Any]]:
+    """Put dead letters back on the stream as new entries (the database decides if they already applied)."""
+    letters = _dead_letters(client, settings, entry_ids)
+    pipe = client.pipeline(transaction=True)
+    for entry_id, fields in letters:
+        pipe.xadd(settings.stream_key, {name: fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in fields})
+        pipe.xdel(settings.dead_letter_key, entry_id)
+    results = pipe.execute()
+    retried = [{**_dead_row(entry_id, fields), "new_entry_id": as_text(results[2 * i])}
+               for i, (entry_id, fields) in enumerate(letters)]
+    audit("ops_dead_retry", {"entries": [r["entry_id"] for r in retried],
+                             "new_entries": [r["new_entry_id"] for r in retried],
+                             "event_ids": [r["event_id"] for r in retried]})
+    return retried
+
+
+def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> list[dict[str, Any]]:
+    letters = _dead_letters(client, settings, entry_ids)
+    client.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
+    dropped = [_dead_row(entry_id, fields) for entry_id, fields in letters]
+    audit("ops_dead_drop", {"entries": [r["entry_id"] for r in dropped], "event_ids": [r["event_id"] for r in dropped],
+                            "payloads": [fields[b"payload"].decode("utf-8", "replace") for _, fields in letters]})
+    return dropped
+
+
+def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int, dry_run: bool = False) -> list[dict]:
+    """Delete consumers with nothing pending that have been idle at least `min_idle_ms`."""
+    _group_info(client, settings)
+    idle = [c for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)
+            if c["pending"] == 0 and c.get("inactive", c["idle"]) >= min_idle_ms]
+    rows = [{"name": as_text(c["name"]), "idle_ms": c.get("inactive", c["idle"])} for c in idle]
+    if rows and not dry_run:
+        for row in rows:
+            client.xgroup_delconsumer(settings.stream_key, settings.consumer_group, row["name"])
+        audit("ops_consumers_prune", {"consumers": [r["name"] for r in rows], "min_idle_ms": min_idle_ms})
+    return rows
+
+
+def failure_counts(client: redis.Redis, settings: Settings) -> dict[str, str]:
+    return {as_text(k): as_text(v) for k, v in client.hgetall(failures_key(settings.stream_key)).items()}
+
+
+def audit(action: str, details: dict[str, Any]) -> None:
+    AuditLog.create(event_type=action, community_id=None,
+                    event_data=json.dumps({"who": _who(), **details}, sort_keys=True))
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in a bare container
+        return "unknown"
+
+
+def _group_info(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    try:
+        groups = client.xinfo_groups(settings.stream_key)
+    except redis.ResponseError:
+        raise OpsError(f"no stream {settings.stream_key!r} (no event has been received yet, or Redis lost it)") from None
+    for group in groups:
+        if as_text(group["name"]) == settings.consumer_group:
+            return group
+    raise OpsError(f"no consumer group {settings.consumer_group!r} on {settings.stream_key!r} (no consumer has run yet)")
+
+
+def _fields_of(client: redis.Redis, key: str, entry_ids: list) -> list[dict[str, str]]:
+    pipe = client.pipeline(transaction=False)
+    for entry_id in entry_ids:
+        pipe.xrange(key, entry_id, entry_id, count=1)
+    found = []
+    for result in pipe.execute():
+        fields = result[0][1] if result else {}
+        found.append({as_text(k): as_text(v) for k, v in fields.items() if as_text(k) in ("event_id", "event_type")})
+    return found
+
+
+def _dead_letters(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[tuple[str, dict]]:
+    if entry_ids is None:
+        return [(as_text(i), f) for i, f in client.xrange(settings.dead_letter_key)]
+    letters, unknown = [], []
+    for entry_id in entry_ids:
+        try:
+            found = client.xrange(settings.dead_letter_key, entry_id, entry_id, count=1)
+        except redis.ResponseError:
+            found = []
+        (letters.append((entry_id, found[0][1])) if found else unknown.append(entry_id))
+    if unknown:
+        raise OpsError(f"no dead letter {', '.join(unknown)} in {settings.dead_letter_key}")
+    return letters
+
+
+def _dead_row(entry_id, fields: dict) -> dict[str, Any]:
+    text = {as_text(k): as_text(v) for k, v in fields.items() if as_text(k) != "payload"}
+    return {"entry_id": as_text(entry_id), "event_id": text.get("event_id"), "event_type": text.get("event_type"),
+            "error": text.get("error"), "deliveries": int(text.get("deliveries") or 0),
+            "first_failed_at": int(text.get("first_failed_at") or 0), "source_id": text.get("source_id")}
