@@ -158,3 +158,37 @@ def start_receiver(env: dict[str, str], log_dir: str, workers: int = 2) -> tuple
     wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200,
              what=f"receiver on {port}: {proc.output()[-2000:]}")
     return proc, base
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server a test may stop and start (initdb refuses root: run as postgres)."""
+
+    def __init__(self):
+        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        self.bin = Path(bindir)
+        self.dir = tempfile.mkdtemp(prefix="billing-pg-")
+        shutil.chown(self.dir, "postgres", "postgres")
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self._as_postgres([str(self.bin / "initdb"), "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync"])
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, args: list[str]) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, cwd=self.dir)
+
+    def start(self) -> "PostgresServer":
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", self.data, "-o", options, "-l",
+                           os.path.join(self.dir, "log"), "-w", "start"])
+        return self
+
+    def stop(self) -> None:
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop"])
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
