@@ -10,9 +10,11 @@ import logging
 import os
 import socket
 import time
+import urllib.parse
 from typing import Any, Callable
 
 import click
+import peewee
 import redis
 
 from consumer import ops
@@ -46,13 +48,29 @@ def operation(func: Callable) -> Callable:
             return func(settings, connect_redis(settings.redis_url, timeout=5), *args, **kwargs)
         except (ConfigError, ops.OpsError) as exc:
             raise click.ClickException(str(exc)) from None
-        except redis.ConnectionError as exc:
-            raise click.ClickException(f"Redis unreachable at {settings.redis_url}: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # refused, or no answer within 5 s
+            raise click.ClickException(f"Redis unreachable at {_without_password(settings.redis_url)}: {exc}") from None
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis refused: {exc}") from None
         except OUTAGE_ERRORS as exc:
-            raise click.ClickException(f"database unreachable (audit row not written): {str(exc).strip()}") from None
+            raise click.ClickException(f"database unreachable (audit row not written): {_first_line(exc)}") from None
+        except peewee.DatabaseError as exc:  # e.g. PostgreSQL's "relation does not exist" before a migration
+            raise click.ClickException(f"database error (audit row not written): {_first_line(exc)}") from None
     return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    """psycopg2's messages go on for lines (a hint, the statement with a caret): the first says what is wrong."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _without_password(url: str) -> str:
+    """The URL fit for a terminal or a pasted log: redis://:secret@host becomes redis://:***@host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***" if parts.username else ":***"
+    return parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def json_option(func: Callable) -> Callable:

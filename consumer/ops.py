@@ -37,7 +37,7 @@ def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) ->
         "dead_letters": client.xlen(settings.dead_letter_key),
         "consumers": [
             {"name": as_text(c["name"]), "pending": c["pending"], "idle_ms": c["idle"],
-             "inactive_ms": c.get("inactive", c["idle"])}
+             "inactive_ms": _inactive_ms(c)}
             for c in consumers
         ],
     }
@@ -71,8 +71,11 @@ def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[s
     if dry_run or not moving:
         return moving
     ids = [row["entry_id"] for row in moving]
-    # JUSTID: a manual move is not a delivery; `to` applies them on its next tick.
-    client.xclaim(settings.stream_key, settings.consumer_group, to, 0, ids, justid=True)
+    # JUSTID: a manual move is not a delivery. IDLE of CLAIM_IDLE_MS/2, the cap of a consumer's retry backoff:
+    # `to` retries its own entries only once they are idle that long, so with a fresh idle time an entry
+    # delivered a few times before would wait up to CLAIM_IDLE_MS/2; this way `to` applies it on its next tick.
+    client.xclaim(settings.stream_key, settings.consumer_group, to, 0, ids, idle=settings.claim_idle_ms // 2,
+                  justid=True)
     audit("ops_claim", {"to": to, "entries": ids, "min_idle_ms": min_idle_ms})
     return moving
 
@@ -84,6 +87,8 @@ def dead_list(client: redis.Redis, settings: Settings, count: int = 100) -> list
 def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[dict[str, Any]]:
     """Put dead letters back on the stream as new entries (the database decides if they already applied)."""
     letters = _dead_letters(client, settings, entry_ids)
+    if not letters:
+        return []
     pipe = client.pipeline(transaction=True)
     for entry_id, fields in letters:
         pipe.xadd(settings.stream_key, {name: fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in fields})
@@ -99,10 +104,11 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
 
 def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> list[dict[str, Any]]:
     letters = _dead_letters(client, settings, entry_ids)
-    client.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
     dropped = [_dead_row(entry_id, fields) for entry_id, fields in letters]
+    # The audit row first: once the entries are deleted it is the only copy of their payloads.
     audit("ops_dead_drop", {"entries": [r["entry_id"] for r in dropped], "event_ids": [r["event_id"] for r in dropped],
                             "payloads": [fields[b"payload"].decode("utf-8", "replace") for _, fields in letters]})
+    client.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
     return dropped
 
 
@@ -110,8 +116,8 @@ def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int, d
     """Delete consumers with nothing pending that have been idle at least `min_idle_ms`."""
     _group_info(client, settings)
     idle = [c for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)
-            if c["pending"] == 0 and c.get("inactive", c["idle"]) >= min_idle_ms]
-    rows = [{"name": as_text(c["name"]), "idle_ms": c.get("inactive", c["idle"])} for c in idle]
+            if c["pending"] == 0 and _inactive_ms(c) >= min_idle_ms]
+    rows = [{"name": as_text(c["name"]), "idle_ms": _inactive_ms(c)} for c in idle]
     if rows and not dry_run:
         for row in rows:
             client.xgroup_delconsumer(settings.stream_key, settings.consumer_group, row["name"])
@@ -133,6 +139,13 @@ def _who() -> str:
         return getpass.getuser()
     except Exception:  # no user name in a bare container
         return "unknown"
+
+
+def _inactive_ms(consumer: dict[str, Any]) -> int:
+    """Since the consumer last read or claimed something. Redis 7.2+ says so in `inactive` (-1 for a consumer that
+    never did: then `idle`, since it last tried); before 7.2, `idle` meant just that."""
+    inactive = consumer.get("inactive", -1)
+    return inactive if inactive >= 0 else consumer["idle"]
 
 
 def _group_info(client: redis.Redis, settings: Settings) -> dict[str, Any]:
@@ -161,7 +174,7 @@ def _dead_letters(client: redis.Redis, settings: Settings, entry_ids: list[str] 
     if entry_ids is None:
         return [(as_text(i), f) for i, f in client.xrange(settings.dead_letter_key)]
     letters, unknown = [], []
-    for entry_id in entry_ids:
+    for entry_id in dict.fromkeys(entry_ids):  # the same id twice is one entry
         try:
             found = client.xrange(settings.dead_letter_key, entry_id, entry_id, count=1)
         except redis.ResponseError:
