@@ -160,15 +160,17 @@ ENTRY_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_t
 @click.argument("entry_ids", nargs=-1)
 @click.option("--to", "to", required=True, help="consumer to give the entries to (a running one applies them)")
 @click.option("--idle", "min_idle_ms", type=click.IntRange(0, None), help="claim every entry idle at least MS")
+@click.option("--new-consumer", is_flag=True, help="allow a NAME the group does not know yet")
 @click.option("--dry-run", is_flag=True, help="show what would move, move nothing")
 @json_option
 @operation
 def claim(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], to: str, min_idle_ms: int | None,
-          dry_run: bool, as_json: bool) -> None:
+          new_consumer: bool, dry_run: bool, as_json: bool) -> None:
     """Give pending entries to consumer NAME: by ENTRY_ID..., or all idle at least --idle MS."""
     if bool(entry_ids) == (min_idle_ms is not None):
         raise click.UsageError("give entry ids or --idle MS (one of the two)")
-    rows = ops.claim(client, settings, to, entry_ids=list(entry_ids) or None, min_idle_ms=min_idle_ms, dry_run=dry_run)
+    rows = ops.claim(client, settings, to, entry_ids=list(entry_ids) or None, min_idle_ms=min_idle_ms,
+                     dry_run=dry_run, new_consumer=new_consumer)
     if as_json:
         click.echo(json.dumps({"to": to, "dry_run": dry_run, "entries": rows}, indent=2))
         return

@@ -59,8 +59,15 @@ def pending(client: redis.Redis, settings: Settings, *, min_idle_ms: int | None 
 
 
 def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[str] | None = None,
-          min_idle_ms: int | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Move pending entries, by id or by idle time, to consumer `to`; it applies them on its next tick."""
+          min_idle_ms: int | None = None, dry_run: bool = False, new_consumer: bool = False) -> list[dict[str, Any]]:
+    """Move pending entries, by id or by idle time, to consumer `to`; it applies them on its next tick.
+    `to` must be a consumer of the group (a typo would park the entries where nobody reads them),
+    unless `new_consumer` says it is one about to start."""
+    known = [as_text(c["name"]) for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)] \
+        if _group_info(client, settings) else []
+    if to not in known and not new_consumer:
+        raise OpsError(f"no consumer {to!r} in group {settings.consumer_group} (consumers: "
+                       f"{', '.join(known) or 'none'}); pass --new-consumer to give entries to one not started yet")
     if entry_ids:
         moving = [row for row in pending(client, settings, count=10_000) if row["entry_id"] in set(entry_ids)]
         unknown = sorted(set(entry_ids) - {row["entry_id"] for row in moving})
@@ -119,10 +126,21 @@ def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int, d
             if c["pending"] == 0 and _inactive_ms(c) >= min_idle_ms]
     rows = [{"name": as_text(c["name"]), "idle_ms": _inactive_ms(c)} for c in idle]
     if rows and not dry_run:
-        for row in rows:
-            client.xgroup_delconsumer(settings.stream_key, settings.consumer_group, row["name"])
-        audit("ops_consumers_prune", {"consumers": [r["name"] for r in rows], "min_idle_ms": min_idle_ms})
+        delete = client.register_script(_DELETE_IF_NOTHING_PENDING)
+        rows = [row for row in rows if delete(keys=[settings.stream_key], args=[settings.consumer_group, row["name"]])]
+        if rows:
+            audit("ops_consumers_prune", {"consumers": [r["name"] for r in rows], "min_idle_ms": min_idle_ms})
     return rows
+
+
+# Checked and deleted in one step: a consumer that read entries since we looked keeps them (deleting a
+# consumer drops its pending entries from the group for good).
+_DELETE_IF_NOTHING_PENDING = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return 0
+end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) + 1
+"""
 
 
 def failure_counts(client: redis.Redis, settings: Settings) -> dict[str, str]:

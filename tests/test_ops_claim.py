@@ -33,6 +33,7 @@ def ids(client):
     assert deliver(client, "dead-worker", 3) == entry_ids[:3]
     age(client, "dead-worker", entry_ids[:2], idle_ms=300_000, deliveries=3)
     assert deliver(client, "other", 1) == entry_ids[3:4]
+    client.xgroup_createconsumer(STREAM, GROUP, "rescuer")  # a consumer that has started and holds nothing
     return entry_ids
 
 
@@ -83,6 +84,16 @@ def test_claim_of_an_entry_not_pending_names_it_and_moves_nothing(env, client, i
         assert unknown in error and ids[0] not in error
     assert owners(client) == before
     assert audit_rows("ops_claim") == []
+
+
+def test_claim_to_a_consumer_the_group_does_not_know_is_refused(env, client, ids):
+    before = owners(client)
+    error = one_line_error(invoke(env, "claim", ids[0], "--to", "rescuerr"))
+    assert "no consumer 'rescuerr'" in error and "rescuer" in error and "--new-consumer" in error
+    assert owners(client) == before and not audit_rows("ops_claim")
+    result = invoke(env, "claim", ids[0], "--to", "rescuerr", "--new-consumer")
+    assert result.exit_code == 0, result.output
+    assert owners(client)[ids[0]] == "rescuerr"
 
 
 def test_claim_needs_ids_or_idle_but_not_both(env, client, ids):
