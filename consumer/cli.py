@@ -270,3 +270,18 @@ def _duration(ms: float | None) -> str:
 
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else "-"
+
+
+@cli.command()
+@json_option
+@operation
+def sweep(settings: Settings, client: redis.Redis, as_json: bool) -> None:
+    """End every expired grace period now (running consumers do it within a minute anyway)."""
+    from consumer.sweep import end_expired_grace
+    from models.db import database_proxy
+
+    ended = end_expired_grace(database_proxy.obj, client)
+    if as_json:
+        click.echo(json.dumps({"ended": ended}, indent=2))
+    else:
+        click.echo(f"grace period ended for {len(ended)} communities" + (f": {', '.join(ended)}" if ended else ""))

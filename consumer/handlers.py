@@ -11,7 +11,7 @@ from typing import Any, Callable
 from models.db import database_proxy, is_postgres
 from models.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
 from models.tables import AuditLog, Subscription, from_epoch, utcnow
-from models.tiers import FREE_TIER, is_tier
+from models.tiers import TierMatrix
 
 # Stripe subscription statuses we do not keep as such.
 STATUS_MAP = {"incomplete": "unpaid", "incomplete_expired": "unpaid", "paused": "unpaid"}
@@ -25,6 +25,11 @@ class Policy:
 
     grace_period_seconds: int
     price_tiers: Mapping[str, str]
+    tiers: TierMatrix = dataclasses.field(default_factory=TierMatrix.default)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Policy":
+        return cls(settings.grace_period_seconds, settings.price_tiers, settings.tiers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +138,7 @@ def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: 
 
 def subscription_deleted(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
     sub = sub or Subscription(community_id=facts.community_id)
-    sub.tier = FREE_TIER
+    sub.tier = policy.tiers.free.name
     _save(sub, facts, status="canceled", grace_until=None)
     _audit("subscription_canceled", sub, facts)
 
@@ -150,7 +155,7 @@ HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], None]]
 def _new_subscription(facts: BillingFacts, policy: Policy) -> Subscription:
     """A community we have no row for yet (Stripe does not promise order: invoice.paid often comes
     before checkout.session.completed)."""
-    sub = Subscription(community_id=facts.community_id, status="active", tier=FREE_TIER)
+    sub = Subscription(community_id=facts.community_id, status="active", tier=policy.tiers.free.name)
     sub.tier = _resolve_tier(facts, sub, policy, default=DEFAULT_CHECKOUT_TIER)
     return sub
 
@@ -158,14 +163,14 @@ def _new_subscription(facts: BillingFacts, policy: Policy) -> Subscription:
 def _resolve_tier(facts: BillingFacts, sub: Subscription, policy: Policy, default: str) -> str:
     """Metadata tier if it is one of ours, else the price's tier from STRIPE_PRICE_TIERS, else `default`.
     A metadata tier we do not know never grants anything: we keep the current tier and say why."""
-    if is_tier(facts.tier):
+    if facts.tier in policy.tiers:
         return facts.tier
     for price_id in facts.price_ids:
         if price_id in policy.price_tiers:
             return policy.price_tiers[price_id]
     if facts.tier is None:
         return default
-    kept = sub.tier if is_tier(sub.tier) else FREE_TIER
+    kept = sub.tier if sub.tier in policy.tiers else policy.tiers.free.name
     _audit("tier_unresolved", sub, facts, metadata_tier=facts.tier, price_ids=list(facts.price_ids), kept_tier=kept,
            reason="metadata tier is not in the tier matrix and no price maps to a tier in STRIPE_PRICE_TIERS")
     return kept

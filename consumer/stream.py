@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import redis
 
 from models.config import Settings
-from models.redis_io import entitlement_key, seen_key
+from models.redis_io import invalidate_entitlements, seen_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +161,7 @@ class EventStream:
         for event_id in settlement.processed_event_ids:
             pipe.set(seen_key(self.stream_key, event_id), "processed", ex=self.dedupe_ttl_seconds)
         for community_id in settlement.changed_communities:
-            pipe.delete(entitlement_key(community_id))
+            invalidate_entitlements(pipe, community_id)
         for dead in settlement.dead:
             pipe.xadd(self.dead_letter_key, dead_letter_fields(dead))
         if settlement.failures:

@@ -20,6 +20,7 @@ import redis
 from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
 from consumer.stream import Entry, EventStream
+from consumer.sweep import SWEEP_EVERY_SECONDS, sweep_if_ours
 from models.config import ConfigError, Settings
 from models.db import OUTAGE_ERRORS
 
@@ -75,7 +76,7 @@ class Worker:
         self.db = db
         self.client = client
         self.stream = EventStream(client, settings, name)
-        self.policy = Policy(settings.grace_period_seconds, settings.price_tiers)
+        self.policy = Policy.from_settings(settings)
         self.timing = Timing.for_settings(settings, deadline_ms)
         self.max_deliveries = settings.max_deliveries
         self.retention_ms = settings.stream_retention_seconds * 1000
@@ -86,6 +87,7 @@ class Worker:
         self.backoff = Backoff()
         self._next_tick = 0.0
         self._next_trim = 0.0
+        self._next_sweep = 0.0
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -130,11 +132,24 @@ class Worker:
         if reclaimed:
             log.warning("reclaimed %d entries idle over %d ms", len(reclaimed), self.timing.claim_idle_ms)
             self.process(reclaimed)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+            self._sweep()
         if time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
             trimmed = self._retrying(lambda: self.stream.trim(self.retention_ms, int(time.time() * 1000)))
             if trimmed:
                 log.info("trimmed %d acknowledged entries older than the retention window", trimmed)
+
+    def _sweep(self) -> None:
+        try:
+            ended = sweep_if_ours(self.db, self.client, self.name)
+        except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
+            log.warning("grace sweep skipped: %s", _describe(exc))
+            self._reset_db_connection()
+            return
+        if ended:
+            log.info("grace period ended for %d communities: %s", len(ended), ", ".join(ended[:20]))
 
     def process(self, entries: list[Entry]) -> None:
         """Apply and settle one batch before its deadline. If the database or Redis is unavailable,

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Callable, TypeVar
 
-from models.tiers import TIERS
+from models.tiers import TierFileError, TierMatrix
 
 T = TypeVar("T")
 
@@ -36,13 +36,19 @@ class Settings:
     metrics_port: int = 9101
     tiers_file: str = ""
     stream_retention_seconds: int = 86_400
+    tiers: TierMatrix = dataclasses.field(default_factory=TierMatrix.default)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         reader = _Reader(env)
         defaults = cls()
-        return cls(
+        tiers_file = reader.get("TIERS_FILE", str.strip, "")
+        try:
+            tiers = TierMatrix.load(tiers_file) if tiers_file else TierMatrix.default()
+        except TierFileError as exc:
+            raise ConfigError(f"TIERS_FILE: {exc}") from None
+        settings = cls(
             webhook_secrets=reader.get("STRIPE_WEBHOOK_SECRET", _secrets, ()),
             webhook_tolerance=reader.get("STRIPE_WEBHOOK_TOLERANCE", _non_negative_int, defaults.webhook_tolerance),
             price_tiers=reader.get("STRIPE_PRICE_TIERS", _price_tiers, {}),
@@ -61,11 +67,17 @@ class Settings:
             dedupe_ttl_seconds=reader.get("DEDUPE_TTL_SECONDS", _positive_int, defaults.dedupe_ttl_seconds),
             port=reader.get("PORT", _port, defaults.port),
             metrics_port=reader.get("METRICS_PORT", _port_or_off, defaults.metrics_port),
-            tiers_file=reader.get("TIERS_FILE", str.strip, ""),
+            tiers_file=tiers_file,
+            tiers=tiers,
             stream_retention_seconds=reader.get(
                 "STREAM_RETENTION_SECONDS", _positive_int, defaults.stream_retention_seconds
             ),
         )
+        unknown = {price: tier for price, tier in settings.price_tiers.items() if tier not in tiers}
+        if unknown:
+            raise ConfigError(f"STRIPE_PRICE_TIERS names tiers not in the tier matrix: "
+                              f"{', '.join(f'{p}={t}' for p, t in unknown.items())} (tiers: {', '.join(tiers.names)})")
+        return settings
 
     def require_webhook_secrets(self) -> None:
         if not self.webhook_secrets:
@@ -107,8 +119,6 @@ def _price_tiers(raw: str) -> dict[str, str]:
         price, sep, tier = pair.partition("=")
         if not sep or not price.strip():
             raise ValueError(f"expected price_id=tier pairs, got {pair!r}")
-        if tier.strip() not in TIERS:
-            raise ValueError(f"unknown tier {tier.strip()!r} for {price.strip()} (tiers: {', '.join(TIERS)})")
         mapping[price.strip()] = tier.strip()
     return mapping
 

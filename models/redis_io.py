@@ -29,3 +29,18 @@ def seen_key(stream_key: str, event_id: str) -> str:
 def entitlement_key(community_id: str) -> str:
     """The cached entitlements of one community; deleted after every committed change to it."""
     return f"billing:entitlements:{community_id}"
+
+
+def entitlement_generation_key(community_id: str) -> str:
+    """Bumped with every invalidation, so a reader that read the database before a change cannot
+    write its older answer into the cache after it."""
+    return f"billing:entitlements:gen:{community_id}"
+
+
+GENERATION_TTL_SECONDS = 86_400  # far longer than any read takes
+
+
+def invalidate_entitlements(pipe: redis.client.Pipeline, community_id: str) -> None:
+    pipe.delete(entitlement_key(community_id))
+    pipe.incr(entitlement_generation_key(community_id))
+    pipe.expire(entitlement_generation_key(community_id), GENERATION_TTL_SECONDS)

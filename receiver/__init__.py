@@ -7,6 +7,7 @@ from werkzeug.exceptions import HTTPException
 from models.config import Settings
 from models.db import database_proxy, open_database
 from models.redis_io import connect_redis
+from receiver.entitlement_cache import EntitlementCache
 from receiver.queue import EventQueue
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -22,12 +23,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     client = connect_redis(settings.redis_url, timeout=0.5)
     app.extensions["redis"] = client
     app.extensions["event_queue"] = EventQueue(client, settings.stream_key, settings.dedupe_ttl_seconds)
+    app.extensions["entitlement_cache"] = EntitlementCache(client)
     open_database(settings.database_url)
 
-    from receiver import health, webhooks
+    from receiver import api, health, openapi, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -11,9 +11,11 @@ from consumer.handlers import Policy
 from consumer.stream import Entry, Failure, PriorState
 from models.stripe_events import HANDLED_TYPES, event_created, read_facts
 from models.tables import AuditLog, Subscription, WebhookEvent, from_epoch
-from models.tiers import STATUSES, TIERS
+from models.tiers import STATUSES, TierMatrix
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES, build_event
 from tests.conftest import load_peer_events
+
+TIERS = TierMatrix.default().names
 
 DAY = 86_400
 T0 = 1_760_000_000
