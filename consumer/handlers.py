@@ -168,11 +168,13 @@ def _resolve_tier(facts: BillingFacts, sub: Subscription, policy: Policy, defaul
     for price_id in facts.price_ids:
         if price_id in policy.price_tiers:
             return policy.price_tiers[price_id]
-    if facts.tier is None:
+    if facts.tier is None and default in policy.tiers:
         return default
     kept = sub.tier if sub.tier in policy.tiers else policy.tiers.free.name
+    reason = ("metadata tier is not in the tier matrix" if facts.tier is not None else
+              f"no tier in metadata and the default {default!r} is not in the tier matrix")
     _audit("tier_unresolved", sub, facts, metadata_tier=facts.tier, price_ids=list(facts.price_ids), kept_tier=kept,
-           reason="metadata tier is not in the tier matrix and no price maps to a tier in STRIPE_PRICE_TIERS")
+           reason=f"{reason}, and no price maps to a tier in STRIPE_PRICE_TIERS")
     return kept
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
 import peewee
 import redis
@@ -14,8 +15,13 @@ from models.entitlements import iso
 from models.redis_io import invalidate_entitlements
 from models.tables import AuditLog, Subscription, utcnow
 
+log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 30
 LOCK_KEY = "billing:sweep:lock"
+# The lock frees this long before its owner's next try (SWEEP_EVERY_SECONDS later): held for the full
+# interval, the owner's own lock could still be there, by a millisecond, when it tries again, and then
+# nobody would sweep for a whole second interval.
+LOCK_MARGIN_MS = 1000
 
 
 def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.datetime | None = None) -> list[str]:
@@ -35,13 +41,17 @@ def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.d
         pipe = client.pipeline(transaction=True)
         for sub in ended:
             invalidate_entitlements(pipe, sub.community_id)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # harmless: no cached answer outlives its grace_until
+            log.warning("grace ended for %d communities, cache not dropped: %s", len(ended), exc)
     return [sub.community_id for sub in ended]
 
 
 def sweep_if_ours(db: peewee.Database, client: redis.Redis, owner: str) -> list[str] | None:
-    """Sweep unless another consumer swept within the interval (None then): the lock is kept for the
-    whole interval, so all consumers together sweep once per interval, and a crash frees it in time."""
-    if not client.set(LOCK_KEY, owner, nx=True, px=SWEEP_EVERY_SECONDS * 1000):
+    """Sweep unless another consumer swept within the interval (None then): the lock is kept for (just
+    under) the whole interval, so all consumers together sweep about once per interval, and a crash frees it
+    in time."""
+    if not client.set(LOCK_KEY, owner, nx=True, px=SWEEP_EVERY_SECONDS * 1000 - LOCK_MARGIN_MS):
         return None
     return end_expired_grace(db, client)

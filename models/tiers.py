@@ -96,7 +96,7 @@ def _validate(path: str, data: Any) -> list[tuple[str, int | None, tuple[str, ..
             raise TierFileError(f"{where}: expected a table/object with name, max_members, features")
         name = entry.get("name")
         where += f" ({name!r})" if isinstance(name, str) else ""
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise TierFileError(f"{where}: name must be lowercase letters, digits, '_' or '-'")
         if name in seen:
             raise TierFileError(f"{where}: tier {name!r} is listed twice")

@@ -1,13 +1,14 @@
 """GET /v1/communities/<id>/subscription and /entitlements: what a community has and may use."""
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import re
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from models.entitlements import cache_ttl, entitlements, subscription_view
-from models.tables import Subscription, utcnow
+from models.tables import Subscription
 from receiver.metrics import CACHE_REQUESTS
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -28,7 +29,7 @@ def require_token():
 
 
 def _community(community_id: str) -> str:
-    if not COMMUNITY_ID.match(community_id):
+    if not COMMUNITY_ID.fullmatch(community_id):  # not match(): its $ also matches before a final newline
         abort(400, description="malformed community id: 1-128 of letters, digits, '_', '.', ':' or '-'")
     return community_id
 
@@ -51,7 +52,9 @@ def community_entitlements(community_id: str):
         return jsonify({**cached, "source": "cache"})
     CACHE_REQUESTS.labels("miss").inc()
     settings = current_app.config["SETTINGS"]
-    now = utcnow()
+    # Not utcnow(), which drops the microseconds: a TTL counted from up to a second ago would keep an
+    # in-grace answer cached up to a second past grace_until.
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     answer = entitlements(community_id, Subscription.get_or_none(Subscription.community_id == community_id),
                           settings.tiers, now)
     cache.put(community_id, answer, generation, cache_ttl(answer, settings.entitlement_ttl_seconds, now))

@@ -1,0 +1,307 @@
+"""GET /v1/communities/<id>/subscription and /entitlements through the Flask test client, on a real
+redis-server and both databases: the answers, the cache and its invalidation, grace, Redis down, the token."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import signal
+import time
+
+import pytest
+from prometheus_client import REGISTRY
+
+from consumer.batch import apply_batch, settlement_of
+from consumer.handlers import Policy
+from consumer.stream import EventStream
+from models.db import database_proxy
+from models.redis_io import entitlement_key, invalidate_entitlements
+from models.tables import AuditLog, Subscription, utcnow
+from receiver import create_app
+from receiver.queue import EventQueue
+from receiver.sample_events import EVENT_TYPES, build_event
+from tests.conftest import sign
+from tests.services import wait_for
+from tests.test_entitlements import STARTER, TIER_NAMES, expected_tier
+
+V1 = "/v1/communities"
+TOKEN = "s3cret-token"
+ENTITLEMENT_FIELDS = {"community_id", "tier", "status", "max_members", "features", "in_grace_period", "grace_until",
+                      "source"}
+
+
+@pytest.fixture
+def make_client(settings, db):
+    """A test client of create_app(settings with `overrides`), sharing the test's database connection."""
+    apps = []
+
+    def make(**overrides):
+        app = create_app(dataclasses.replace(settings, **overrides))
+        database_proxy.initialize(db)  # create_app bound the models to a database object of its own
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["redis"].close()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture
+def r(redis_server, redis_url):
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+def ents(client, community_id="c1", **headers) -> dict:
+    response = client.get(f"{V1}/{community_id}/entitlements", headers=headers)
+    assert response.status_code == 200 and response.is_json, response.data
+    assert set(response.get_json()) == ENTITLEMENT_FIELDS
+    return response.get_json()
+
+
+def row(community_id="c1", tier="premium", status="active", **fields) -> Subscription:
+    return Subscription.create(community_id=community_id, tier=tier, status=status, **fields)
+
+
+def cache_counts() -> tuple[float, float]:
+    sample = REGISTRY.get_sample_value
+    return (sample("billing_entitlement_cache_requests_total", {"result": "hit"}) or 0.0,
+            sample("billing_entitlement_cache_requests_total", {"result": "miss"}) or 0.0)
+
+
+def test_subscription_answers_every_contract_field(client):
+    t = dt.datetime(2026, 3, 16, 11, 3, 41)
+    row("c1", "elite", "past_due", stripe_customer_id="cus_1", stripe_subscription_id="sub_1",
+        grace_until=t + dt.timedelta(days=1), current_period_start=t, current_period_end=t + dt.timedelta(days=30),
+        updated_at=t + dt.timedelta(seconds=5))
+    response = client.get(f"{V1}/c1/subscription")
+    assert response.status_code == 200 and response.is_json
+    assert response.get_json() == {
+        "community_id": "c1", "tier": "elite", "status": "past_due", "stripe_customer_id": "cus_1",
+        "stripe_subscription_id": "sub_1", "grace_until": "2026-03-17T11:03:41Z",
+        "current_period_start": "2026-03-16T11:03:41Z", "current_period_end": "2026-04-15T11:03:41Z",
+        "updated_at": "2026-03-16T11:03:46Z"}
+
+
+def test_no_subscription_is_404_but_starter_entitlements(client):
+    response = client.get(f"{V1}/nobody/subscription")
+    assert response.status_code == 404 and response.is_json and response.get_json()["error"]
+    assert ents(client, "nobody") == {"community_id": "nobody", "tier": "starter", "status": None,
+                                      "max_members": 100, "features": STARTER, "in_grace_period": False,
+                                      "grace_until": None, "source": "database"}
+
+
+@pytest.mark.parametrize("community_id", ["bad%20id!", "x" * 129, "x" * 200, "..", ".hidden", "-x", "abc%0A",
+                                          "caf%C3%A9", "a%00b"])
+@pytest.mark.parametrize("what", ["subscription", "entitlements"])
+def test_a_malformed_community_id_is_400_json(client, r, community_id, what):
+    response = client.get(f"{V1}/{community_id}/{what}")
+    assert response.status_code == 400 and response.is_json, response.data
+    assert "community id" in response.get_json()["error"]
+    assert r.keys("billing:entitlements:*") == []  # nothing cached under a strange key
+
+
+def test_the_longest_id_and_every_allowed_character_are_accepted(client):
+    for community_id in ["x" * 128, "Ab9_.:-z"]:
+        assert client.get(f"{V1}/{community_id}/subscription").status_code == 404
+        assert ents(client, community_id)["community_id"] == community_id
+
+
+@pytest.mark.parametrize("tier", TIER_NAMES)
+def test_each_tier_through_the_api(client, tier):
+    row("c1", tier)
+    max_members, features = expected_tier(tier)
+    answer = ents(client)
+    assert (answer["tier"], answer["status"], answer["max_members"]) == (tier, "active", max_members)
+    assert answer["features"] == features
+
+
+def test_cache_first_with_hit_and_miss_counted(make_client, r):
+    client = make_client(entitlement_ttl_seconds=120)
+    row("c1", "exclusive")
+    hits, misses = cache_counts()
+    first = ents(client)
+    assert first["source"] == "database" and cache_counts() == (hits, misses + 1)
+    assert 0 < r.ttl(entitlement_key("c1")) <= 120
+    second = ents(client)
+    assert second["source"] == "cache" and cache_counts() == (hits + 1, misses + 1)
+    assert {**second, "source": "database"} == first
+    Subscription.update(tier="basic").execute()  # written behind the consumer's back: the cache still answers
+    assert (ents(client)["source"], ents(client)["tier"]) == ("cache", "exclusive")
+
+
+def test_an_in_grace_answer_is_never_cached_past_grace_until(client, r):
+    grace_until = utcnow() + dt.timedelta(seconds=10)
+    row("c1", "premium", "past_due", grace_until=grace_until)
+    # Mid-second, so a TTL counted from the start of the second would overshoot by 400 ms or more.
+    wait_for(lambda: 0.4 <= time.time() % 1 < 0.8, interval=0.005, what="mid-second")
+    answer = ents(client)
+    pttl, now_ms = r.pttl(entitlement_key("c1")), time.time() * 1000
+    assert (answer["in_grace_period"], answer["grace_until"]) == (True, grace_until.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert 0 < r.ttl(entitlement_key("c1")) <= 10
+    grace_ms = grace_until.replace(tzinfo=dt.timezone.utc).timestamp() * 1000
+    assert now_ms + pttl <= grace_ms + 200, f"cached until {now_ms + pttl - grace_ms:.0f} ms after grace ends"
+
+
+@pytest.mark.parametrize("status", ["canceled", "unpaid"])
+def test_ended_subscriptions_answer_starter(client, status):
+    row("c1", "elite", status)
+    answer = ents(client)
+    assert (answer["tier"], answer["status"], answer["features"], answer["max_members"]) == \
+        ("starter", status, STARTER, 100)
+
+
+def test_in_grace_keeps_the_tier(client):
+    grace_until = utcnow() + dt.timedelta(hours=1)
+    row("c1", "elite", "past_due", grace_until=grace_until)
+    answer = ents(client)
+    assert (answer["tier"], answer["status"], answer["in_grace_period"]) == ("elite", "past_due", True)
+    assert answer["grace_until"] == grace_until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert answer["features"] == expected_tier("elite")[1]
+
+
+def test_expired_grace_is_starter_unpaid_at_read_time_with_nothing_written(client):
+    grace_until = utcnow() - dt.timedelta(seconds=5)
+    row("c1", "elite", "past_due", grace_until=grace_until)
+    answer = ents(client)
+    assert answer == {"community_id": "c1", "tier": "starter", "status": "unpaid", "max_members": 100,
+                      "features": STARTER, "in_grace_period": False, "grace_until": None, "source": "database"}
+    stored = client.get(f"{V1}/c1/subscription").get_json()
+    assert (stored["tier"], stored["status"]) == ("elite", "past_due")  # the sweep writes it, not the reader
+    assert Subscription.get(Subscription.community_id == "c1").status == "past_due"
+    assert AuditLog.select().count() == 0
+
+
+# --- invalidation ------------------------------------------------------------------------------------------
+
+def consume(settings, db, r, *events) -> None:
+    """Queue the events and run them through the consumer's own steps: read, apply_batch, settle (XACK)."""
+    queue = EventQueue(r, settings.stream_key, settings.dedupe_ttl_seconds)
+    for event in events:
+        queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
+    stream = EventStream(r, settings, "t1")
+    stream.ensure_group()
+    entries = stream.read_new(100, 100)
+    assert len(entries) == len(events)
+    prior = stream.prior_state(entries)
+    outcomes = apply_batch(db, entries, prior, Policy.from_settings(settings), settings.max_deliveries)
+    assert [o.outcome for o in outcomes] == ["processed"] * len(events)
+    stream.settle(settlement_of(outcomes, prior))
+    assert r.xpending(settings.stream_key, settings.consumer_group)["pending"] == 0
+
+
+def event(event_type, created, **kw):
+    return build_event(event_type, "c1", customer_id="cus_1", subscription_id="sub_1", created=created, **kw)
+
+
+# event type -> (events before it, the event's own arguments, expected (tier, status, in grace) after it)
+CHANGES = {
+    "checkout.session.completed": (["checkout"], {"tier": "elite"}, ("elite", "active", False)),
+    "invoice.paid": (["checkout", "invoice.payment_failed"], {}, ("basic", "active", False)),
+    "invoice.payment_failed": (["checkout"], {}, ("basic", "past_due", True)),
+    "customer.subscription.updated": (["checkout"], {"tier": "elite", "status": "active"}, ("elite", "active", False)),
+    "customer.subscription.deleted": (["checkout"], {}, ("starter", "canceled", False)),
+}
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_each_event_type_drops_the_cached_answer(settings, client, db, r, event_type):
+    assert set(CHANGES) == set(EVENT_TYPES)
+    before, kwargs, expected = CHANGES[event_type]
+    start = int(time.time()) - 100  # recent: a grace period started by these events has not ended
+    consume(settings, db, r, *[event("checkout.session.completed" if e == "checkout" else e, start + i, tier="basic")
+                               for i, e in enumerate(before)])
+    old = ents(client)
+    assert ents(client) == {**old, "source": "cache"}
+    consume(settings, db, r, event(event_type, start + 50, **kwargs))
+    new = ents(client)
+    assert new["source"] == "database"
+    assert (new["tier"], new["status"], new["in_grace_period"]) == expected
+    assert (new["tier"], new["status"]) != (old["tier"], old["status"])
+    assert ents(client) == {**new, "source": "cache"}
+
+
+def test_a_reader_older_than_an_invalidation_cannot_cache_its_answer(client, r):
+    cache = client.application.extensions["entitlement_cache"]
+    cached, generation = cache.get("c1")
+    assert cached is None
+    stale = {"community_id": "c1", "tier": "elite", "status": "active", "max_members": 10000,
+             "features": ["api_access"], "in_grace_period": False, "grace_until": None}
+    pipe = r.pipeline(transaction=True)  # the consumer commits a change and invalidates meanwhile
+    invalidate_entitlements(pipe, "c1")
+    pipe.execute()
+    cache.put("c1", stale, generation, 300)
+    assert r.exists(entitlement_key("c1")) == 0
+    assert ents(client)["tier"] == "starter"  # the database's answer, not the stale one
+    cached, generation = cache.get("c1")
+    assert cached is not None and cached["tier"] == "starter"
+    cache.put("c1", stale, str(int(generation) + 1), 300)  # a generation that is not the current one
+    assert cache.get("c1")[0]["tier"] == "starter"
+
+
+# --- Redis down ----------------------------------------------------------------------------------------------
+
+def timed(client, path):
+    started = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("outage", ["killed", "hung"])
+def test_redis_down_answers_from_the_database_fast(make_client, own_redis, outage):
+    client = make_client(redis_url=own_redis.url)
+    row("c1", "premium")
+    assert ents(client)["source"] == "database" and ents(client)["source"] == "cache"
+    if outage == "killed":
+        own_redis.kill()
+    else:
+        own_redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    for _ in range(3):
+        response, seconds = timed(client, f"{V1}/c1/entitlements")
+        assert response.status_code == 200 and seconds < 1.0, seconds
+        assert (response.get_json()["source"], response.get_json()["tier"]) == ("database", "premium")
+        response, seconds = timed(client, f"{V1}/c1/subscription")
+        assert response.status_code == 200 and response.get_json()["tier"] == "premium" and seconds < 1.0
+    if outage == "killed":
+        own_redis.start()
+    else:
+        own_redis.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: ents(client)["source"] == "cache", what="the cache to answer again")
+
+
+# --- API_TOKEN ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer wrong", f"Bearer {TOKEN}x",
+                                           f"Bearer {TOKEN[:-1]}", f"Basic {TOKEN}", TOKEN, f"Token {TOKEN}"])
+@pytest.mark.parametrize("path", ["c1/subscription", "c1/entitlements", "bad%20id/entitlements"])
+def test_without_the_right_token_v1_is_401_json(make_client, authorization, path):
+    client = make_client(api_token=TOKEN)
+    row("c1", "premium")
+    response = client.get(f"{V1}/{path}", headers={} if authorization is None else {"Authorization": authorization})
+    assert response.status_code == 401 and response.is_json
+    assert "token" in response.get_json()["error"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("authorization", [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"Bearer  {TOKEN} "])
+def test_the_right_token_opens_v1(make_client, authorization):
+    client = make_client(api_token=TOKEN)
+    row("c1", "premium")
+    headers = {"Authorization": authorization}
+    assert client.get(f"{V1}/c1/subscription", headers=headers).get_json()["tier"] == "premium"
+    assert ents(client, **headers)["tier"] == "premium"
+
+
+def test_the_token_guards_only_v1(make_client):
+    client = make_client(api_token=TOKEN)
+    body = json.dumps(build_event("invoice.paid", "c1")).encode()
+    response = client.post("/webhooks/stripe", data=body, headers=sign(body))
+    assert response.status_code == 200 and response.get_json()["status"] == "queued"
+    for path in ["/healthz", "/readyz", "/openapi.json"]:
+        assert client.get(path).status_code == 200, path
