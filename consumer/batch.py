@@ -35,6 +35,7 @@ class Outcome:
     community_id: str | None = None
     error: str | None = None
     failure: Failure | None = None  # for failed and dead: the failures so far, this one included
+    seconds: float = 0.0  # time spent applying it (its savepoint, or recording its failure); not the commit
 
 
 def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, policy: Policy,
@@ -49,21 +50,27 @@ def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, po
             db.execute_sql(f"SET LOCAL statement_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
         for entry in entries:
             _check(deadline)
-            if entry.event_id in prior.processed_event_ids:
-                outcomes.append(Outcome(entry, "duplicate"))
-                continue
-            try:
-                with db.atomic():  # a savepoint: a failing event never rolls back the others
-                    outcomes.append(_apply_entry(entry, policy))
-            except OUTAGE_ERRORS:
-                raise
-            except Exception as exc:
-                log.exception("event %s (%s) failed", entry.event_id, entry.event_type)
-                outcomes.append(_failed(db, entry, f"{type(exc).__name__}: {exc}", prior, max_deliveries))
+            started = time.perf_counter()
+            outcome = _apply_one(db, entry, prior, policy, max_deliveries)
+            outcomes.append(dataclasses.replace(outcome, seconds=time.perf_counter() - started))
         _check(deadline)
         faults.checkpoint("before_commit")
     faults.checkpoint("after_commit")
     return outcomes
+
+
+def _apply_one(db: peewee.Database, entry: Entry, prior: PriorState, policy: Policy,
+               max_deliveries: int) -> Outcome:
+    if entry.event_id in prior.processed_event_ids:
+        return Outcome(entry, "duplicate")
+    try:
+        with db.atomic():  # a savepoint: a failing event never rolls back the others
+            return _apply_entry(entry, policy)
+    except OUTAGE_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("event %s (%s) failed", entry.event_id, entry.event_type)
+        return _failed(db, entry, f"{type(exc).__name__}: {exc}", prior, max_deliveries)
 
 
 def settlement_of(outcomes: list[Outcome], prior: PriorState) -> Settlement:

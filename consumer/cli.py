@@ -87,6 +87,8 @@ def json_option(func: Callable) -> Callable:
               help="a batch not committed by then is rolled back; must be below CLAIM_IDLE_MS [CLAIM_IDLE_MS/2]")
 def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | None) -> None:
     """Run one worker: apply queued events exactly once, until SIGTERM/SIGINT."""
+    from consumer.metrics import MetricsServerError, serve_metrics
+    from consumer.stream import read_group_state
     from consumer.worker import Worker
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -97,7 +99,11 @@ def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | Non
         client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
         worker = Worker(settings, db, client, name or default_name(), batch_size=batch_size, block_ms=block_ms,
                         deadline_ms=deadline_ms)
-    except ConfigError as exc:
+        if settings.metrics_port:
+            # A client of its own, quick to give up: a scrape must not wait on a Redis that hangs.
+            scrape_client = connect_redis(settings.redis_url, timeout=1.0)
+            serve_metrics(settings.metrics_port, lambda: read_group_state(scrape_client, settings))
+    except (ConfigError, MetricsServerError) as exc:
         raise click.ClickException(str(exc)) from None
     worker.install_signal_handlers()
     worker.run()

@@ -81,6 +81,40 @@ class Settlement:
     cleared_failures: tuple[str, ...] = ()  # entries settled now that had failed before
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupState:
+    """The whole group's backlog at one moment (what the consumers' gauges show)."""
+
+    stream_length: int
+    group_lag: int | None  # None when Redis cannot count it
+    pending: int
+    oldest_pending_ms: int | None  # the id time of the oldest pending entry; None when none is pending
+    dead_letters: int
+
+
+def read_group_state(client: redis.Redis, settings: Settings) -> GroupState:
+    """In one round trip. A stream or group that does not exist yet reads as empty."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(settings.stream_key)
+    pipe.xinfo_groups(settings.stream_key)
+    pipe.xpending(settings.stream_key, settings.consumer_group)
+    pipe.xlen(settings.dead_letter_key)
+    length, groups, summary, dead = pipe.execute(raise_on_error=False)  # connection errors still raise
+    for reply in (length, dead):
+        if isinstance(reply, Exception):
+            raise reply
+    group = next((g for g in groups if as_text(g["name"]) == settings.consumer_group), None) \
+        if isinstance(groups, list) else None
+    pending = summary["pending"] if isinstance(summary, dict) else 0
+    return GroupState(
+        stream_length=length,
+        group_lag=group.get("lag") if group else length,  # a group yet to be created starts at 0: all of it
+        pending=pending,
+        oldest_pending_ms=id_tuple(summary["min"])[0] if pending else None,
+        dead_letters=dead,
+    )
+
+
 class EventStream:
     def __init__(self, client: redis.Redis, settings: Settings, consumer: str):
         self.client = client

@@ -17,6 +17,7 @@ from typing import TypeVar
 import peewee
 import redis
 
+from consumer import metrics
 from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
 from consumer.stream import Entry, EventStream
@@ -109,6 +110,8 @@ class Worker:
             entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms))
             if entries:
                 self.process(entries)
+            elif entries is not None:  # nothing new: idle, and healthy
+                metrics.LAST_SUCCESS.set_to_current_time()
         log.info("consumer %s stopped", self.name)
 
     def _finish_own_pending(self) -> None:
@@ -130,6 +133,7 @@ class Worker:
             self.process(retries)
         reclaimed = self._retrying(lambda: self.stream.reclaim_idle(self.timing.claim_idle_ms, self.batch_size))
         if reclaimed:
+            metrics.RECLAIMED.inc(len(reclaimed))
             log.warning("reclaimed %d entries idle over %d ms", len(reclaimed), self.timing.claim_idle_ms)
             self.process(reclaimed)
         if time.monotonic() >= self._next_sweep:
@@ -145,6 +149,7 @@ class Worker:
         try:
             ended = sweep_if_ours(self.db, self.client, self.name)
         except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
+            _count_error(exc)
             log.warning("grace sweep skipped: %s", _describe(exc))
             self._reset_db_connection()
             return
@@ -159,18 +164,23 @@ class Worker:
         try:
             prior = self.stream.prior_state(entries)
             outcomes = apply_batch(self.db, entries, prior, self.policy, self.max_deliveries, deadline)
+            # Counted once committed, even if settling fails below: the redelivery is then a duplicate.
+            metrics.record_outcomes(outcomes, committed_at=time.time())
             self.stream.settle(settlement_of(outcomes, prior))
         except BatchDeadlineExceeded:
+            metrics.DEADLINES_MISSED.inc()
             self.batch_size = max(1, self.batch_size // 2)
             log.warning("batch of %d missed its %d ms deadline; rolled back, batch size now %d",
                         len(entries), self.timing.deadline_ms, self.batch_size)
             return
         except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
+            _count_error(exc)
             log.warning("batch of %d not applied, will retry: %s", len(entries), _describe(exc))
             self._reset_db_connection()
             self._await_recovery()
             return
         self.backoff.reset()
+        metrics.LAST_SUCCESS.set_to_current_time()
         for outcome in outcomes:
             log.info("%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id, outcome.entry.event_type,
                      outcome.outcome, f" ({outcome.error})" if outcome.error else "")
@@ -188,6 +198,7 @@ class Worker:
                 log.info("Redis and the database answer again; resuming")
                 return
             except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
+                _count_error(exc)
                 self._reset_db_connection()
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1fs", _describe(exc), delay)
@@ -210,6 +221,7 @@ class Worker:
                 except REDIS_ERRORS:
                     pass  # the next try meets the outage and backs off
             except REDIS_ERRORS as exc:
+                metrics.REDIS_FAILURES.inc()
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1fs", _describe(exc), delay)
                 self.stopping.wait(delay)
@@ -221,6 +233,10 @@ class Worker:
                 self.db.close()
         except Exception:  # the connection is already gone; a fresh one is opened on next use
             pass
+
+
+def _count_error(exc: BaseException) -> None:
+    (metrics.DB_ERRORS if isinstance(exc, OUTAGE_ERRORS) else metrics.REDIS_FAILURES).inc()
 
 
 def _describe(exc: BaseException) -> str:

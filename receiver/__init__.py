@@ -26,12 +26,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["entitlement_cache"] = EntitlementCache(client)
     open_database(settings.database_url)
 
-    from receiver import api, health, openapi, webhooks
+    # Imported here, not at the top: these import prometheus_client, which must not be imported before
+    # `python -m receiver serve` has set PROMETHEUS_MULTIPROC_DIR (see receiver/serve.py).
+    from receiver import api, health, metrics, openapi, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -1,11 +1,26 @@
-"""The receiver's Prometheus metrics (names from CONTRACT.md)."""
+"""The receiver's Prometheus metrics (names from CONTRACT.md) and GET /metrics.
+
+Under `python -m receiver serve` every gunicorn worker is its own process: receiver/serve.py puts
+PROMETHEUS_MULTIPROC_DIR in the environment before any worker imports this module, so each worker
+keeps its values in files there, and whichever worker answers /metrics sums them all. Without that
+variable (the Flask test client, a bare WSGI server) the process's own registry is served."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import functools
+import os
+import time
+from collections.abc import Callable
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from werkzeug.exceptions import HTTPException
+
+from models.stripe_events import HANDLED_TYPES
 
 REQUESTS = Counter("billing_webhook_requests", "Webhook requests answered, by HTTP status", ["status"])
 REQUEST_SECONDS = Histogram(
-    "billing_webhook_request_duration_seconds", "Time to answer a webhook request",
+    "billing_webhook_request_duration_seconds", "Time to answer a webhook request (every outcome)",
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 EVENTS = Counter("billing_webhook_events", "Verified events, by type and result (queued, duplicate)",
@@ -14,3 +29,47 @@ SIGNATURE_FAILURES = Counter("billing_webhook_signature_failures", "Rejected sig
 ENQUEUE_FAILURES = Counter("billing_webhook_enqueue_failures", "Events not queued because Redis failed (503)")
 CACHE_REQUESTS = Counter("billing_entitlement_cache_requests", "Entitlement reads, by cache result (hit, miss)",
                          ["result"])
+
+# Series that exist from the start, at 0, so that rate() and alerts see the first one happen (a series
+# that first appears at 1 shows Prometheus no increase).
+for _status in ("200", "400", "413", "503"):
+    REQUESTS.labels(_status)
+for _type in HANDLED_TYPES:
+    for _result in ("queued", "duplicate"):
+        EVENTS.labels(_type, _result)
+for _reason in ("missing", "malformed", "mismatch", "expired"):
+    SIGNATURE_FAILURES.labels(_reason)
+for _result in ("hit", "miss"):
+    CACHE_REQUESTS.labels(_result)
+
+bp = Blueprint("metrics", __name__)
+
+
+def observed(view: Callable) -> Callable:
+    """Count every answer of `view` by status and time it, whatever the outcome: the errors Flask
+    turns into answers (413) count with their own code, an unexpected exception as 500."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = current_app.make_response(view(*args, **kwargs))
+            status = response.status_code
+            return response
+        except HTTPException as exc:
+            status = exc.code or 500
+            raise
+        finally:
+            REQUEST_SECONDS.observe(time.perf_counter() - start)
+            REQUESTS.labels(str(status)).inc()
+    return wrapper
+
+
+@bp.get("/metrics")
+def metrics():
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -45,6 +45,9 @@ DOCUMENT = {
                              "responses": {"200": _json({"type": "object"}, "alive")}}},
         "/readyz": {"get": {"summary": "Redis and the database answer", "responses": {
             "200": _json(_ref("Readiness"), "ready"), "503": _json(_ref("Readiness"), "a dependency failed")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics, summed over all the server's workers", "responses": {
+            "200": {"description": "Prometheus text format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document",
                                   "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
         "/v1/communities/{community_id}/subscription": {"get": {

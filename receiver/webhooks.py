@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from models.stripe_events import event_created, parse_envelope
+from receiver.metrics import ENQUEUE_FAILURES, EVENTS, SIGNATURE_FAILURES, observed
 from receiver.signature import SignatureRejected, verify
 
 log = logging.getLogger(__name__)
@@ -15,6 +16,7 @@ bp = Blueprint("webhooks", __name__)
 
 
 @bp.post("/webhooks/stripe")
+@observed
 def stripe_webhook():
     settings = current_app.config["SETTINGS"]
     payload = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH without reading on
@@ -25,6 +27,7 @@ def stripe_webhook():
     try:
         verify(payload, request.headers.get("Stripe-Signature"), settings.webhook_secrets, settings.webhook_tolerance)
     except SignatureRejected as exc:
+        SIGNATURE_FAILURES.labels(exc.reason).inc()
         return jsonify(error=exc.message, reason=exc.reason), 400
     try:
         event = parse_envelope(payload)
@@ -37,8 +40,10 @@ def stripe_webhook():
         )
     except redis.RedisError as exc:
         log.warning("enqueue failed for %s: %s", event["id"], exc)
+        ENQUEUE_FAILURES.inc()
         response = jsonify(error="event queue unavailable; not stored, retry later")
         response.headers["Retry-After"] = "5"
         return response, 503
     status = "queued" if entry_id else "duplicate"
+    EVENTS.labels(event["type"], status).inc()
     return jsonify(received=True, status=status, event_id=event["id"], event_type=event["type"])

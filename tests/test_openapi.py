@@ -53,5 +53,5 @@ def test_the_document_lists_the_whole_interface(live_receiver):
     document = json.load(urllib.request.urlopen(f"{live_receiver}/openapi.json"))
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
-        "/webhooks/stripe", "/healthz", "/readyz", "/openapi.json",
+        "/webhooks/stripe", "/healthz", "/readyz", "/metrics", "/openapi.json",
         "/v1/communities/{community_id}/subscription", "/v1/communities/{community_id}/entitlements"}
