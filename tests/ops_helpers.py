@@ -1,9 +1,10 @@
-"""Small helpers shared by the ops CLI tests (not fixtures: those live in each test file)."""
+"""Helpers shared by the ops CLI tests, and the two fixtures they all use (client, env)."""
 from __future__ import annotations
 
 import json
 import time
 
+import pytest
 import redis
 from click.testing import CliRunner, Result
 
@@ -118,3 +119,14 @@ def audit_rows(event_type: str) -> list[dict]:
 def start_consumer(redis_url: str, database_url: str, tmp_path, name: str, **env: str) -> Process:
     return Process(["consumer", "run", "--name", name, "--block-ms", "100"],
                    service_env(redis_url, database_url, **env), str(tmp_path))
+
+
+@pytest.fixture
+def client(redis_server, redis_url):
+    return redis_server.client()
+
+
+@pytest.fixture
+def env(redis_url, database_url, db):
+    """What the CLI reads from the environment."""
+    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url}

@@ -9,19 +9,10 @@ import pytest
 
 from models.tables import Subscription, WebhookEvent
 from receiver.sample_events import build_event
+from tests.ops_helpers import client, env  # noqa: F401 (fixtures)
 from tests.ops_helpers import (GROUP, STREAM, age, audit_rows, deliver, enqueue, events, invoke, one_line_error,
                                owners, start_consumer, table)
 from tests.services import wait_for
-
-
-@pytest.fixture
-def client(redis_server, redis_url):
-    return redis_server.client()
-
-
-@pytest.fixture
-def env(redis_url, database_url, db):
-    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
 
 
 @pytest.fixture

@@ -10,21 +10,12 @@ import pytest
 
 from models.tables import Subscription, WebhookEvent
 from receiver.sample_events import build_event
+from tests.ops_helpers import client, env  # noqa: F401 (fixtures)
 from tests.ops_helpers import (DEAD, GROUP, STREAM, add_dead_letter, audit_rows, broken_event, deliver, enqueue,
                                invoke, one_line_error, start_consumer, table)
 from tests.services import free_port, wait_for
 
 LONG_ERROR = "UnreadableEvent: invoice.paid: data.object is not an object " + "x" * 100
-
-
-@pytest.fixture
-def client(redis_server, redis_url):
-    return redis_server.client()
-
-
-@pytest.fixture
-def env(redis_url, database_url, db):
-    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
 
 
 @pytest.fixture

@@ -83,41 +83,38 @@ def test_twenty_concurrent_deliveries_of_one_event_queue_it_once(live, r):
     assert [e["payload"] for e in entries(r)] == [body]
 
 
-def test_oversized_body_is_refused_before_it_is_all_sent(live, r):
-    conn = connection(live, timeout=5)  # were the server to wait for the whole body, this times out
+def assert_too_large(conn, framing: tuple[str, str], send_body) -> None:
+    """POST a badly signed body framed by `framing` (sent by `send_body(conn)`) and expect a 413 JSON answer."""
     try:
         conn.putrequest("POST", WEBHOOK)
         conn.putheader("Content-Type", "application/json")
         conn.putheader("Stripe-Signature", "t=1,v1=" + "0" * 64)
-        conn.putheader("Content-Length", str(2 * MAX_BODY_BYTES))
+        conn.putheader(*framing)
         conn.endheaders()
-        conn.send(b" " * 65536)  # 64 KiB of the announced 2 MiB
+        send_body(conn)
         response = conn.getresponse()
         assert response.status == 413
         assert json.loads(response.read())["error"]
     finally:
         conn.close()
+
+
+def test_oversized_body_is_refused_before_it_is_all_sent(live, r):
+    conn = connection(live, timeout=5)  # were the server to wait for the whole body, this times out
+    assert_too_large(conn, ("Content-Length", str(2 * MAX_BODY_BYTES)),
+                     lambda c: c.send(b" " * 65536))  # 64 KiB of the announced 2 MiB
     assert r.xlen(STREAM) == 0
 
 
 def test_oversized_chunked_body_is_413(live, r):
     """No Content-Length to judge by: the limit holds on the bytes themselves."""
-    conn = connection(live)
-    try:
-        conn.putrequest("POST", WEBHOOK)
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Stripe-Signature", "t=1,v1=" + "0" * 64)
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
+    def send_chunks(conn):
         chunk = b" " * 65536
         for _ in range(MAX_BODY_BYTES // len(chunk) + 1):  # 1 MiB + 64 KiB
             conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         conn.send(b"0\r\n\r\n")
-        response = conn.getresponse()
-        assert response.status == 413
-        assert json.loads(response.read())["error"]
-    finally:
-        conn.close()
+
+    assert_too_large(connection(live), ("Transfer-Encoding", "chunked"), send_chunks)
     assert r.xlen(STREAM) == 0
 
 
