@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import time
 from typing import Any
 
@@ -153,6 +154,9 @@ def audit(action: str, details: dict[str, Any]) -> None:
 
 
 def _who() -> str:
+    """The person: under sudo, who ran sudo, not the service account it switched to."""
+    if os.environ.get("SUDO_USER"):
+        return os.environ["SUDO_USER"]
     try:
         return getpass.getuser()
     except Exception:  # no user name in a bare container
