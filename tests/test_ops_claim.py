@@ -127,3 +127,9 @@ def test_an_entry_stuck_on_a_dead_consumer_is_claimed_for_a_live_one_and_applied
     sub = Subscription.get(Subscription.community_id == "night-shift")
     assert (sub.tier, sub.status) == ("elite", "active")
     assert audit_rows("ops_claim")[0]["entries"] == [entry_id]
+
+
+def test_the_audit_row_names_the_person_behind_sudo(env, client, ids):
+    result = invoke({**env, "SUDO_USER": "alice"}, "claim", ids[0], "--to", "rescuer")
+    assert result.exit_code == 0, result.output
+    assert audit_rows("ops_claim")[-1]["who"] == "alice"
