@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from consumer.stream import id_tuple, as_text, failures_key
+from consumer.stream import as_text, failures_key, read_group_state
 from models.config import Settings
 from models.redis_io import ENTRY_FIELDS
 from models.tables import AuditLog
@@ -23,19 +23,19 @@ class OpsError(Exception):
 def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) -> dict[str, Any]:
     now_ms = now_ms or int(time.time() * 1000)
     group = _group_info(client, settings)
-    summary = client.xpending(settings.stream_key, settings.consumer_group)
+    state = read_group_state(client, settings)  # the same figures the consumers' gauges show
     consumers = client.xinfo_consumers(settings.stream_key, settings.consumer_group)
-    oldest = as_text(summary["min"]) if summary["pending"] else None
+    oldest_ms = state.oldest_pending_ms
     return {
         "stream": settings.stream_key,
         "group": settings.consumer_group,
-        "stream_length": client.xlen(settings.stream_key),
-        "group_lag": group.get("lag"),
+        "stream_length": state.stream_length,
+        "group_lag": state.group_lag,
         "last_delivered_id": as_text(group["last-delivered-id"]),
-        "pending": summary["pending"],
-        "oldest_pending_id": oldest,
-        "oldest_pending_age_seconds": round((now_ms - id_tuple(oldest)[0]) / 1000, 3) if oldest else None,
-        "dead_letters": client.xlen(settings.dead_letter_key),
+        "pending": state.pending,
+        "oldest_pending_id": state.oldest_pending_id,
+        "oldest_pending_age_seconds": round((now_ms - oldest_ms) / 1000, 3) if oldest_ms is not None else None,
+        "dead_letters": state.dead_letters,
         "consumers": [
             {"name": as_text(c["name"]), "pending": c["pending"], "idle_ms": c["idle"],
              "inactive_ms": _inactive_ms(c)}

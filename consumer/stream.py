@@ -88,8 +88,13 @@ class GroupState:
     stream_length: int
     group_lag: int | None  # None when Redis cannot count it
     pending: int
-    oldest_pending_ms: int | None  # the id time of the oldest pending entry; None when none is pending
+    oldest_pending_id: str | None  # None when none is pending
     dead_letters: int
+
+    @property
+    def oldest_pending_ms(self) -> int | None:
+        """The id time of the oldest pending entry (when it was queued)."""
+        return id_tuple(self.oldest_pending_id)[0] if self.oldest_pending_id else None
 
 
 def read_group_state(client: redis.Redis, settings: Settings) -> GroupState:
@@ -110,7 +115,7 @@ def read_group_state(client: redis.Redis, settings: Settings) -> GroupState:
         stream_length=length,
         group_lag=group.get("lag") if group else length,  # a group yet to be created starts at 0: all of it
         pending=pending,
-        oldest_pending_ms=id_tuple(summary["min"])[0] if pending else None,
+        oldest_pending_id=as_text(summary["min"]) if pending else None,
         dead_letters=dead,
     )
 
