@@ -3,7 +3,6 @@ A thin layer over consumer.ops: it parses, prints (aligned tables, or --json) an
 one clear line and a non-zero exit."""
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
 import logging
@@ -21,6 +20,7 @@ from consumer import ops
 from models.config import ConfigError, Settings
 from models.db import OUTAGE_ERRORS, open_database
 from models.redis_io import connect_redis
+from models.tables import from_epoch, iso
 
 
 def default_name() -> str:
@@ -275,7 +275,7 @@ def _duration(ms: float | None) -> str:
 
 
 def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else "-"
+    return iso(from_epoch(ms / 1000)) if ms else "-"
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from models.db import database_proxy, is_postgres
 from models.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
-from models.tables import AuditLog, Subscription, from_epoch, utcnow
+from models.tables import AuditLog, Subscription, from_epoch, iso, utcnow
 from models.tiers import TierMatrix
 
 # Stripe subscription statuses we do not keep as such.
@@ -111,9 +111,9 @@ def invoice_payment_failed(facts: BillingFacts, sub: Subscription | None, policy
     else:  # already past due (grace runs from the first failure), ended, or unpaid: keep it so
         _save(sub, facts, status=sub.status, grace_until=sub.grace_until)
     _audit("payment_failed", sub, facts, invoice_id=facts.object_id, attempt_count=facts.attempt_count,
-           grace_until=_iso(sub.grace_until))
+           grace_until=iso(sub.grace_until))
     if grace_started:
-        _audit("grace_period_started", sub, facts, grace_until=_iso(sub.grace_until))
+        _audit("grace_period_started", sub, facts, grace_until=iso(sub.grace_until))
 
 
 def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
@@ -130,7 +130,7 @@ def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: 
         grace_until = None
     elif status == "past_due" and grace_until is None:
         grace_until = _grace_end(facts, policy)
-        _audit("grace_period_started", sub, facts, grace_until=_iso(grace_until))
+        _audit("grace_period_started", sub, facts, grace_until=iso(grace_until))
     _save(sub, facts, status=status, grace_until=grace_until)
     _audit("subscription_updated", sub, facts, tier=sub.tier, status=sub.status, previous=previous,
            stripe_status=facts.status)
@@ -198,7 +198,3 @@ def _save(sub: Subscription, facts: BillingFacts, *, status: str, grace_until: d
 def _audit(kind: str, sub: Subscription, facts: BillingFacts, **details: Any) -> None:
     data = {"stripe_event_id": facts.event_id, "stripe_event_type": facts.event_type, **details}
     AuditLog.create(event_type=kind, community_id=sub.community_id, event_data=json.dumps(data, sort_keys=True))
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None

@@ -11,9 +11,8 @@ import peewee
 import redis
 
 from models.db import is_postgres, write_transaction
-from models.entitlements import iso
 from models.redis_io import invalidate_entitlements
-from models.tables import AuditLog, Subscription, utcnow
+from models.tables import AuditLog, Subscription, iso, utcnow
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 30

@@ -5,16 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from models.tables import Subscription
+from models.tables import ISO_FORMAT, Subscription, iso
 from models.tiers import TierMatrix
 
 PAID_STATUSES = ("active", "trialing")
 ENDED_STATUSES = ("canceled", "unpaid")
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    """ISO-8601 UTC with a Z, as the API answers: 2026-03-16T11:03:41Z."""
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def grace_expired(sub: Subscription, now: dt.datetime) -> bool:
@@ -45,7 +40,7 @@ def entitlements(community_id: str, sub: Subscription | None, tiers: TierMatrix,
 def cache_ttl(answer: dict[str, Any], ttl_seconds: int, now: dt.datetime) -> int:
     """Seconds to cache an answer: never past the end of its grace period."""
     if answer["grace_until"]:
-        grace_until = dt.datetime.strptime(answer["grace_until"], "%Y-%m-%dT%H:%M:%SZ")
+        grace_until = dt.datetime.strptime(answer["grace_until"], ISO_FORMAT)
         return max(0, min(ttl_seconds, int((grace_until - now).total_seconds())))
     return ttl_seconds
 
