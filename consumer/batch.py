@@ -11,7 +11,7 @@ import time
 
 import peewee
 
-from consumer import faults
+from consumer import deferred, faults
 from consumer.handlers import Policy, apply_event
 from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
 from models.db import OUTAGE_ERRORS, database_proxy, is_postgres, write_transaction
@@ -21,7 +21,7 @@ from models.tables import WebhookEvent, from_epoch, utcnow
 log = logging.getLogger(__name__)
 
 # A row in one of these states means the event's effects are committed: never apply it again.
-FINAL_STATUSES = ("processed", "ignored", "stale")
+FINAL_STATUSES = ("processed", "ignored", "stale", "deferred")
 
 
 class BatchDeadlineExceeded(Exception):
@@ -31,7 +31,7 @@ class BatchDeadlineExceeded(Exception):
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     entry: Entry
-    outcome: str  # processed, ignored, stale, duplicate, failed or dead
+    outcome: str  # processed, ignored, stale, deferred, duplicate, failed or dead
     community_id: str | None = None
     error: str | None = None
     failure: Failure | None = None  # for failed and dead: the failures so far, this one included
@@ -62,10 +62,16 @@ def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, po
 def _apply_one(db: peewee.Database, entry: Entry, prior: PriorState, policy: Policy,
                max_deliveries: int) -> Outcome:
     if entry.event_id in prior.processed_event_ids:
-        return Outcome(entry, "duplicate")
+        return Outcome(entry, "duplicate")  # its settlement dropped the cached entitlements with the mark
     try:
-        with db.atomic():  # a savepoint: a failing event never rolls back the others
-            return _apply_entry(entry, policy)
+        try:
+            with db.atomic():  # a savepoint: a failing event never rolls back the others
+                return _apply_entry(db, entry, policy)
+        except peewee.IntegrityError:
+            # On PostgreSQL another consumer may have created the community's row since we looked (its
+            # insert won; ours waited for its commit, then failed). Once more, finding that row this time.
+            with db.atomic():
+                return _apply_entry(db, entry, policy)
     except OUTAGE_ERRORS:
         raise
     except Exception as exc:
@@ -104,21 +110,32 @@ def _failed(db: peewee.Database, entry: Entry, error: str, prior: PriorState, ma
     return Outcome(entry, status, error=error, failure=failure)
 
 
-def _apply_entry(entry: Entry, policy: Policy) -> Outcome:
+def _apply_entry(db: peewee.Database, entry: Entry, policy: Policy) -> Outcome:
     if not entry.event_id:
         raise ValueError(f"stream entry {entry.entry_id} has no event_id")
-    if not _claim(entry):
-        return Outcome(entry, "duplicate")
-    result = apply_event(parse_envelope(entry.payload), policy)
-    (WebhookEvent.update(status=result.outcome, error_message=None, processed_at=utcnow())
-     .where(WebhookEvent.stripe_event_id == entry.event_id).execute())
+    claimed, applied_to = _claim(entry)
+    if not claimed:  # applied before: drop the cache again, the crash may have come before the first drop
+        return Outcome(entry, "duplicate", community_id=applied_to)
+    event = parse_envelope(entry.payload)
+    result = apply_event(event, policy)
+    if result.outcome == "deferred":
+        # Decided again under the subscription's lock: a consumer may have linked it since we looked.
+        deferred.lock_subscription(db, result.subscription_id)
+        result = apply_event(event, policy)
+        if result.outcome == "deferred":
+            deferred.defer(entry.event_id, entry.event_type, result.subscription_id, entry.created, entry.payload)
+    if result.linked_subscription_id:
+        deferred.apply_deferred(db, result.linked_subscription_id, lambda waiting: apply_event(waiting, policy))
     changed = result.community_id if result.outcome == "processed" else None
+    (WebhookEvent.update(status=result.outcome, error_message=None, processed_at=utcnow(), community_id=changed)
+     .where(WebhookEvent.stripe_event_id == entry.event_id).execute())
     return Outcome(entry, result.outcome, community_id=changed)
 
 
-def _claim(entry: Entry) -> bool:
-    """Insert the event's row, or take over a row left `failed`/`dead`. False if already applied.
-    On PostgreSQL a concurrent consumer's insert of the same id waits here for our commit."""
+def _claim(entry: Entry) -> tuple[bool, str | None]:
+    """Insert the event's row, or take over a row left `failed`/`dead`: (True, None). (False, the community
+    it changed) if already applied. On PostgreSQL a concurrent consumer's insert of the same id waits here
+    for our commit."""
     try:
         with database_proxy.atomic():
             WebhookEvent.insert(
@@ -127,13 +144,16 @@ def _claim(entry: Entry) -> bool:
                 status="processed",  # rewritten with the real outcome before the commit
                 received_at=from_epoch(entry.received_at_ms / 1000),
             ).execute()
-        return True
+        return True, None
     except peewee.IntegrityError:
-        query = WebhookEvent.select(WebhookEvent.status).where(WebhookEvent.stripe_event_id == entry.event_id)
+        query = (WebhookEvent.select(WebhookEvent.status, WebhookEvent.community_id)
+                 .where(WebhookEvent.stripe_event_id == entry.event_id))
         if is_postgres(database_proxy.obj):
             query = query.for_update()
         row = query.first()
-        return row is not None and row.status not in FINAL_STATUSES
+        if row is not None and row.status in FINAL_STATUSES:
+            return False, row.community_id
+        return row is not None, None
 
 
 def _record_failure(entry: Entry, error: str, status: str) -> None:

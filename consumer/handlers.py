@@ -1,5 +1,10 @@
 """What each Stripe event does to a community's subscription. Plain functions over the database:
-no Redis, no Stripe API calls. `apply_event` is the one entry point."""
+no Redis, no Stripe API calls. `apply_event` is the one entry point; the rules are the Domain section of
+CONTRACT.md, and the README's event-rules table says them in a user's words.
+
+Stripe delivers late, twice and out of order, so before any handler runs `apply_event` decides whether
+the event is ours at all, about the community's current subscription, and not older than what that
+subscription has already had (staleness is judged per Stripe subscription, never across two)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from models import community
 from models.db import database_proxy, is_postgres
 from models.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
 from models.tables import AuditLog, Subscription, from_epoch, iso, utcnow
@@ -16,7 +22,13 @@ from models.tiers import TierMatrix
 # Stripe subscription statuses we do not keep as such.
 STATUS_MAP = {"incomplete": "unpaid", "incomplete_expired": "unpaid", "paused": "unpaid"}
 KEPT_STATUSES = ("active", "past_due", "canceled", "trialing", "unpaid")
-DEFAULT_CHECKOUT_TIER = "basic"
+GRACE_CLEARING = ("active", "trialing")
+ENDED = ("canceled", "unpaid")
+DEFAULT_TIER = "basic"  # of a subscription we have never seen, when neither price nor metadata says
+PAID_CHECKOUT = ("paid", "no_payment_required")
+CHECKOUT = "checkout.session.completed"
+ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+ASYNC_FAILED = "checkout.session.async_payment_failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,34 +46,45 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    outcome: str  # processed, ignored or stale
+    outcome: str  # processed, ignored, stale or deferred
     community_id: str | None = None  # set when the community's subscription changed
-    reason: str | None = None  # why ignored or stale, for the log
+    reason: str | None = None  # why ignored, stale or deferred, for the log
+    subscription_id: str | None = None  # deferred: the subscription it waits for
+    linked_subscription_id: str | None = None  # processed: a subscription this event newly linked
 
 
 def apply_event(event: dict[str, Any], policy: Policy) -> Result:
-    """Apply one event inside the caller's transaction. Raises on an event we cannot read."""
+    """Apply one event inside the caller's transaction. Raises on an event we cannot read (its payload is
+    not its type's object, or its community_id breaks the community-id rule)."""
     if event["type"] not in HANDLED_TYPES:
         return Result("ignored", reason="event type not handled")
     facts = read_facts(event)
-    if facts.event_type == "checkout.session.completed":
-        mode = (event["data"]["object"].get("mode") or "subscription")
-        if mode != "subscription":
-            return Result("ignored", reason=f"checkout session in {mode} mode")
+    if facts.community_id is not None:
+        community.check(facts.community_id)
+    if facts.event_type.startswith("checkout.") and facts.mode != "subscription":
+        return Result("ignored", reason=f"checkout session in {facts.mode} mode")
     if facts.event_type.startswith("invoice.") and not facts.subscription_id:
         return Result("ignored", reason="one-off invoice: bills no subscription")
-    sub = _find_subscription(facts)
+    sub = find_subscription(facts)
     if sub is None and not facts.community_id:
+        if facts.subscription_id and not facts.event_type.startswith("checkout."):
+            return Result("deferred", reason="no community yet: waits for the checkout that links its subscription",
+                          subscription_id=facts.subscription_id)
         return Result("ignored", reason="no community_id in metadata and no known subscription")
     if sub is not None and _about_another_subscription(facts, sub):
         return Result("ignored", reason="about a subscription the community no longer has")
-    if sub is not None and facts.created < sub.last_event_created:
-        return Result("stale", sub.community_id, reason="older than the last event applied")
-    HANDLERS[facts.event_type](facts, sub, policy)
-    return Result("processed", sub.community_id if sub else facts.community_id)
+    if sub is not None and _same_subscription(facts, sub) and facts.created < sub.last_event_created:
+        _merge_lasting_facts(sub, facts)
+        return Result("stale", reason="older than the last event applied to this subscription")
+    if sub is not None and facts.event_type == "invoice.payment_failed" and _already_paid(facts, sub):
+        return Result("stale", reason="a failed attempt of an invoice already paid")
+    linked = facts.subscription_id if facts.subscription_id and (
+        sub is None or sub.stripe_subscription_id != facts.subscription_id) else None
+    sub = HANDLERS[facts.event_type](facts, sub, policy)
+    return Result("processed", sub.community_id, linked_subscription_id=linked)
 
 
-def _find_subscription(facts: BillingFacts) -> Subscription | None:
+def find_subscription(facts: BillingFacts) -> Subscription | None:
     """The community's subscription row, locked on PostgreSQL so two consumers never interleave on it."""
     query = Subscription.select()
     if facts.community_id:
@@ -75,58 +98,107 @@ def _find_subscription(facts: BillingFacts) -> Subscription | None:
     return query.first()
 
 
+def _same_subscription(facts: BillingFacts, sub: Subscription) -> bool:
+    return not (facts.subscription_id and sub.stripe_subscription_id) or facts.subscription_id == sub.stripe_subscription_id
+
+
 def _about_another_subscription(facts: BillingFacts, sub: Subscription) -> bool:
-    """An event of an old subscription must not touch the community's current one (a checkout always
-    starts the current one). Once the current one is canceled, a live subscription's events take over;
-    a deletion only ever ends the subscription it names."""
-    if facts.event_type == "checkout.session.completed" or not (facts.subscription_id and sub.stripe_subscription_id):
+    """An old subscription's events never touch the community's current one. A checkout of another
+    subscription starts a new current one, unless it is older than what the current one has had while that
+    one is live (a late checkout of the subscription it replaced). Once the current one has ended, a live
+    subscription's events take over; a deletion only ever ends the subscription it names."""
+    if _same_subscription(facts, sub):
         return False
-    if facts.subscription_id == sub.stripe_subscription_id:
-        return False
-    return sub.status != "canceled" or facts.event_type == "customer.subscription.deleted"
+    if facts.event_type.startswith("checkout."):
+        return sub.status not in ENDED and facts.created < sub.last_event_created
+    return sub.status not in ENDED or facts.event_type == "customer.subscription.deleted"
 
 
-def checkout_completed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
-    sub = sub or Subscription(community_id=facts.community_id)
-    sub.tier = _resolve_tier(facts, sub, policy, default=DEFAULT_CHECKOUT_TIER)
+def _already_paid(facts: BillingFacts, sub: Subscription) -> bool:
+    """Stripe stops retrying an invoice once paid: its failure, delivered after (or in the same second as)
+    the payment, is the older news."""
+    return _same_subscription(facts, sub) and facts.object_id is not None and sub.last_paid_invoice_id == facts.object_id
+
+
+def checkout_completed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    sub, seen = _current(sub, facts)
+    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    if facts.payment_status in PAID_CHECKOUT or facts.payment_status is None:  # None: sessions before 2019
+        status = "trialing" if facts.status == "trialing" else "active"
+        _mark_paid(sub, facts.invoice_id or facts.object_id)
+        _save(sub, facts, status=status, grace_until=None)
+    else:  # unpaid: a bank debit not settled yet. Linked now, granted by async_payment_succeeded or invoice.paid
+        _save(sub, facts, status=sub.status if seen and sub.status else "unpaid", grace_until=sub.grace_until)
+    _audit("subscription_created", sub, facts, tier=sub.tier, subscription_id=sub.stripe_subscription_id,
+           payment_status=facts.payment_status, status=sub.status)
+    return sub
+
+
+def checkout_payment_succeeded(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    sub, seen = _current(sub, facts)
+    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    _mark_paid(sub, facts.invoice_id or facts.object_id)
     _save(sub, facts, status="active", grace_until=None)
-    _audit("subscription_created", sub, facts, tier=sub.tier, subscription_id=sub.stripe_subscription_id)
+    _audit("payment_succeeded", sub, facts, checkout_session_id=facts.object_id, invoice_id=facts.invoice_id,
+           amount=facts.amount, currency=facts.currency)
+    return sub
 
 
-def invoice_paid(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
-    sub = sub or _new_subscription(facts, policy)
-    ended = sub.status == "canceled" and sub.stripe_subscription_id == facts.subscription_id
-    # A late payment of an ended subscription's invoice does not bring the subscription back.
-    _save(sub, facts, status=sub.status if ended else "active", grace_until=None if not ended else sub.grace_until)
+def checkout_payment_failed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    """The bank debit of a checkout failed: nothing is granted (nor taken from a subscription already paid)."""
+    sub, seen = _current(sub, facts)
+    if not seen:
+        sub.tier = _resolve_tier(facts, sub, policy, seen)
+    status = sub.status if seen and sub.status and sub.last_paid_invoice_id else "unpaid"
+    _save(sub, facts, status=status, grace_until=sub.grace_until)
+    _audit("payment_failed", sub, facts, checkout_session_id=facts.object_id, invoice_id=facts.invoice_id,
+           status=sub.status)
+    return sub
+
+
+def invoice_paid(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    sub, seen = _current(sub, facts)
+    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    _mark_paid(sub, facts.object_id)
+    if seen and sub.status == "canceled":
+        status, grace = sub.status, sub.grace_until  # a late payment of an ended subscription does not revive it
+    elif seen and sub.status == "trialing" and not facts.amount:
+        status, grace = "trialing", None  # the $0 invoice that starts a trial does not end it
+    else:
+        status, grace = "active", None
+    _save(sub, facts, status=status, grace_until=grace)
     _audit("payment_succeeded", sub, facts, invoice_id=facts.object_id, amount=facts.amount, currency=facts.currency)
+    return sub
 
 
-def invoice_payment_failed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
-    sub = sub or _new_subscription(facts, policy)
-    grace_started = sub.status not in ("past_due", "canceled", "unpaid") or (
-        sub.status == "past_due" and sub.grace_until is None
-    )
-    if grace_started:
-        _save(sub, facts, status="past_due", grace_until=_grace_end(facts, policy))
+def invoice_payment_failed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    sub, seen = _current(sub, facts)
+    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    never_paid = facts.billing_reason == "subscription_create" and not (seen and sub.last_paid_invoice_id)
+    grace_started = False
+    if never_paid:  # as Stripe's `incomplete`: nothing was ever paid, so no grace
+        status, grace = ("canceled", sub.grace_until) if seen and sub.status == "canceled" else ("unpaid", None)
+    elif not seen or sub.status in GRACE_CLEARING or (sub.status == "past_due" and sub.grace_until is None):
+        status, grace, grace_started = "past_due", _grace_end(facts, policy), True
     else:  # already past due (grace runs from the first failure), ended, or unpaid: keep it so
-        _save(sub, facts, status=sub.status, grace_until=sub.grace_until)
+        status, grace = sub.status, sub.grace_until
+    _save(sub, facts, status=status, grace_until=grace)
     _audit("payment_failed", sub, facts, invoice_id=facts.object_id, attempt_count=facts.attempt_count,
-           grace_until=iso(sub.grace_until))
+           billing_reason=facts.billing_reason, grace_until=iso(sub.grace_until))
     if grace_started:
         _audit("grace_period_started", sub, facts, grace_until=iso(sub.grace_until))
+    return sub
 
 
-def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
-    is_new = sub is None
-    sub = sub or _new_subscription(facts, policy)
-    previous = {"tier": sub.tier, "status": sub.status}
+def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    previous = {"tier": sub.tier, "status": sub.status} if sub else {"tier": None, "status": None}
+    sub, seen = _current(sub, facts)
     status = STATUS_MAP.get(facts.status or "", facts.status)
     if status not in KEPT_STATUSES:
-        status = sub.status  # a status Stripe may add later: keep ours rather than guess
-    if not is_new:  # a new row's tier is resolved (an unresolved one audited) by _new_subscription
-        sub.tier = _resolve_tier(facts, sub, policy, default=sub.tier)
+        status = sub.status or "unpaid"  # a status Stripe may add later: keep ours rather than guess
+    sub.tier = _resolve_tier(facts, sub, policy, seen)
     grace_until = sub.grace_until
-    if status == "active":
+    if status in GRACE_CLEARING:
         grace_until = None
     elif status == "past_due" and grace_until is None:
         grace_until = _grace_end(facts, policy)
@@ -134,17 +206,21 @@ def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: 
     _save(sub, facts, status=status, grace_until=grace_until)
     _audit("subscription_updated", sub, facts, tier=sub.tier, status=sub.status, previous=previous,
            stripe_status=facts.status)
+    return sub
 
 
-def subscription_deleted(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> None:
-    sub = sub or Subscription(community_id=facts.community_id)
+def subscription_deleted(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+    sub, _seen = _current(sub, facts)
     sub.tier = policy.tiers.free.name
     _save(sub, facts, status="canceled", grace_until=None)
     _audit("subscription_canceled", sub, facts)
+    return sub
 
 
-HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], None]] = {
-    "checkout.session.completed": checkout_completed,
+HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], Subscription]] = {
+    CHECKOUT: checkout_completed,
+    ASYNC_SUCCEEDED: checkout_payment_succeeded,
+    ASYNC_FAILED: checkout_payment_failed,
     "invoice.paid": invoice_paid,
     "invoice.payment_failed": invoice_payment_failed,
     "customer.subscription.updated": subscription_updated,
@@ -152,27 +228,39 @@ HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], None]]
 }
 
 
-def _new_subscription(facts: BillingFacts, policy: Policy) -> Subscription:
-    """A community we have no row for yet (Stripe does not promise order: invoice.paid often comes
-    before checkout.session.completed)."""
-    sub = Subscription(community_id=facts.community_id, status="active", tier=policy.tiers.free.name)
-    sub.tier = _resolve_tier(facts, sub, policy, default=DEFAULT_CHECKOUT_TIER)
-    return sub
+def _current(sub: Subscription | None, facts: BillingFacts) -> tuple[Subscription, bool]:
+    """The row this event writes, and whether it already holds this event's subscription ("seen"). A
+    subscription new to the community starts afresh: its own order, period and payments."""
+    if sub is None:
+        return Subscription(community_id=facts.community_id, tier=None, status=None), False
+    if _same_subscription(facts, sub) and sub.stripe_subscription_id:
+        return sub, True
+    if facts.subscription_id and facts.subscription_id != sub.stripe_subscription_id:
+        sub.last_event_created = 0
+        sub.current_period_start = sub.current_period_end = None
+        sub.last_paid_invoice_id = None
+        sub.grace_until = None
+    return sub, sub.stripe_subscription_id is None and sub.tier is not None
 
 
-def _resolve_tier(facts: BillingFacts, sub: Subscription, policy: Policy, default: str) -> str:
-    """Metadata tier if it is one of ours, else the price's tier from STRIPE_PRICE_TIERS, else `default`.
-    A metadata tier we do not know never grants anything: we keep the current tier and say why."""
-    if facts.tier in policy.tiers:
-        return facts.tier
+def _resolve_tier(facts: BillingFacts, sub: Subscription, policy: Policy, seen: bool) -> str:
+    """The price's tier (a plan change in the customer portal changes the price, not the metadata); else
+    the metadata tier if it is one of ours; else the tier this subscription already has; DEFAULT_TIER only
+    for a subscription we have never seen. A metadata tier we do not know never grants anything."""
     for price_id in facts.price_ids:
         if price_id in policy.price_tiers:
             return policy.price_tiers[price_id]
-    if facts.tier is None and default in policy.tiers:
-        return default
-    kept = sub.tier if sub.tier in policy.tiers else policy.tiers.free.name
+    if facts.tier in policy.tiers:
+        return facts.tier
+    known = sub.tier if seen and sub.tier in policy.tiers else None
+    if facts.tier is None:
+        if known:
+            return known
+        if DEFAULT_TIER in policy.tiers:
+            return DEFAULT_TIER
+    kept = known or policy.tiers.free.name
     reason = ("metadata tier is not in the tier matrix" if facts.tier is not None else
-              f"no tier in metadata and the default {default!r} is not in the tier matrix")
+              f"no tier in metadata and the default {DEFAULT_TIER!r} is not in the tier matrix")
     _audit("tier_unresolved", sub, facts, metadata_tier=facts.tier, price_ids=list(facts.price_ids), kept_tier=kept,
            reason=f"{reason}, and no price maps to a tier in STRIPE_PRICE_TIERS")
     return kept
@@ -182,14 +270,37 @@ def _grace_end(facts: BillingFacts, policy: Policy) -> dt.datetime:
     return from_epoch(facts.created + policy.grace_period_seconds)
 
 
+def _mark_paid(sub: Subscription, invoice_id: str | None) -> None:
+    sub.last_paid_invoice_id = invoice_id or sub.last_paid_invoice_id
+
+
+def _merge_lasting_facts(sub: Subscription, facts: BillingFacts) -> None:
+    """What a stale event still tells: a later billing period (periods only move forward, whatever the
+    order), and that an invoice was paid. Nothing else of it applies."""
+    changed = _advance_period(sub, facts)
+    if facts.event_type == "invoice.paid" and not sub.last_paid_invoice_id and facts.object_id:
+        sub.last_paid_invoice_id = changed = facts.object_id
+    if changed:
+        sub.updated_at = utcnow()
+        sub.save()
+
+
+def _advance_period(sub: Subscription, facts: BillingFacts) -> bool:
+    if facts.period_start is None or facts.period_end is None:
+        return False
+    end = from_epoch(facts.period_end)
+    if sub.current_period_end is not None and end <= sub.current_period_end:
+        return False
+    sub.current_period_start, sub.current_period_end = from_epoch(facts.period_start), end
+    return True
+
+
 def _save(sub: Subscription, facts: BillingFacts, *, status: str, grace_until: dt.datetime | None) -> None:
     sub.status = status
     sub.grace_until = grace_until
     sub.stripe_customer_id = facts.customer_id or sub.stripe_customer_id
     sub.stripe_subscription_id = facts.subscription_id or sub.stripe_subscription_id
-    if facts.period_start is not None and facts.period_end is not None:
-        sub.current_period_start = from_epoch(facts.period_start)
-        sub.current_period_end = from_epoch(facts.period_end)
+    _advance_period(sub, facts)
     sub.last_event_created = max(sub.last_event_created or 0, facts.created)
     sub.updated_at = utcnow()
     sub.save()

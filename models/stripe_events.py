@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 HANDLED_TYPES = (
     "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
     "invoice.paid",
     "invoice.payment_failed",
     "customer.subscription.updated",
@@ -44,6 +47,10 @@ class BillingFacts:
     amount: int | None = None
     currency: str | None = None
     attempt_count: int | None = None
+    mode: str | None = None  # a checkout session's: only `subscription` sessions are ours
+    payment_status: str | None = None  # a checkout session's: paid, unpaid, no_payment_required
+    invoice_id: str | None = None  # a checkout session's first invoice
+    billing_reason: str | None = None  # an invoice's: subscription_create for a subscription's first
 
 
 def parse_envelope(body: bytes | str) -> dict[str, Any]:
@@ -73,7 +80,10 @@ def read_facts(event: dict[str, Any]) -> BillingFacts:
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         raise UnreadableEvent(f"{event.get('type')}: data.object is not an object")
-    base = dict(event_id=event["id"], event_type=event["type"], created=event_created(event), object_id=_str(obj.get("id")))
+    created = event.get("created")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+        raise UnreadableEvent(f"{event.get('type')}: created is not a finite number: {str(created)[:40]!r}")
+    base = dict(event_id=event["id"], event_type=event["type"], created=int(created), object_id=_str(obj.get("id")))
     kind = event["type"].split(".")[0]
     if kind == "checkout":
         return _checkout_session(obj, base)
@@ -91,7 +101,14 @@ def _checkout_session(session: dict, base: dict) -> BillingFacts:
         tier=_str(metadata.get("tier")),
         customer_id=_id(session.get("customer")),
         subscription_id=_id(session.get("subscription")),
+        # Expanded, the subscription says whether it is trialing; a webhook's session rarely carries it.
+        status=_str(_dict(session.get("subscription")).get("status")),
         price_ids=_price_ids(line_items),
+        mode=_str(session.get("mode")) or "subscription",  # sessions from before `mode` existed were all ours
+        payment_status=_str(session.get("payment_status")),
+        invoice_id=_id(session.get("invoice")),
+        amount=_int(session.get("amount_total")),
+        currency=_str(session.get("currency")),
     )
 
 
@@ -118,6 +135,7 @@ def _invoice(invoice: dict, base: dict) -> BillingFacts:
         amount=_int(invoice.get("amount_paid" if paid else "amount_due")),
         currency=_str(invoice.get("currency")),
         attempt_count=_int(invoice.get("attempt_count")),
+        billing_reason=_str(invoice.get("billing_reason")),
     )
 
 
@@ -202,6 +220,6 @@ def _id(value: Any) -> str | None:
 def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         return int(value)
     return None

@@ -41,7 +41,11 @@ class Subscription(BaseModel):
     grace_until = peewee.DateTimeField(null=True)
     current_period_start = peewee.DateTimeField(null=True)
     current_period_end = peewee.DateTimeField(null=True)
-    last_event_created = peewee.BigIntegerField(default=0)
+    last_event_created = peewee.BigIntegerField(default=0)  # of the current stripe_subscription_id's events
+    # The newest invoice of the current subscription known to be paid (a checkout's first invoice, or the
+    # session's id when it names none): a failed attempt of a paid invoice changes nothing, and a first
+    # invoice failing on a subscription never paid grants no grace.
+    last_paid_invoice_id = peewee.CharField(max_length=255, null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
@@ -57,9 +61,27 @@ class WebhookEvent(BaseModel):
     error_message = peewee.TextField(null=True)
     received_at = peewee.DateTimeField(default=utcnow)
     processed_at = peewee.DateTimeField(null=True)
+    # The community whose subscription the event changed: a redelivery recognised as applied still drops
+    # that community's cached entitlements (the crash may have come between the commit and the drop).
+    community_id = peewee.CharField(max_length=128, null=True)
 
     class Meta:
         table_name = "webhook_events"
+
+
+class DeferredEvent(BaseModel):
+    """An invoice or subscription event that names no community, for a subscription no checkout has linked
+    yet: kept until one does (then applied in `created` order), or dropped after DEFERRED_MAX_AGE."""
+
+    stripe_event_id = peewee.CharField(max_length=255, unique=True)
+    stripe_subscription_id = peewee.CharField(max_length=255, index=True)
+    event_type = peewee.CharField(max_length=255)
+    created = peewee.BigIntegerField(index=True)  # the event's, epoch seconds
+    payload = peewee.TextField()  # the event as Stripe sent it
+    received_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "deferred_events"
 
 
 class AuditLog(BaseModel):
@@ -73,4 +95,4 @@ class AuditLog(BaseModel):
         table_name = "billing_audit_log"
 
 
-ALL_TABLES = (Subscription, WebhookEvent, AuditLog)
+ALL_TABLES = (Subscription, WebhookEvent, AuditLog, DeferredEvent)

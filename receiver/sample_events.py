@@ -23,6 +23,8 @@ import uuid
 
 EVENT_TYPES: tuple[str, ...] = (
     "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
     "invoice.paid",
     "invoice.payment_failed",
     "customer.subscription.updated",
@@ -59,7 +61,8 @@ class _Ctx:
     """Everything the object builders share for one event."""
 
     def __init__(self, *, legacy, community_id, tier, created, customer_id, subscription_id,
-                 price_id, status, period_start, period_end, amount, currency, attempt_count):
+                 price_id, status, period_start, period_end, amount, currency, attempt_count,
+                 payment_status, billing_reason, invoice_id, bank_debit):
         self.legacy = legacy
         self.community_id = community_id
         self.metadata = _metadata(community_id, tier)
@@ -70,7 +73,11 @@ class _Ctx:
         self.price = price_id or _id("price_")
         self.product = _id("prod_", 14)
         self.item = _id("si_", 14)
-        self.invoice = _id("in_")
+        self.invoice = invoice_id or _id("in_")
+        self.payment_status = payment_status
+        self.billing_reason = billing_reason
+        # Only a bank debit (SEPA here) completes a checkout unpaid and settles it days later.
+        self.bank_debit = bank_debit
         self.status = status
         self.period_start = period_start
         self.period_end = period_end
@@ -202,7 +209,7 @@ def _invoice(c: _Ctx, paid: bool) -> dict:
         "account_name": "Community Platform", "amount_due": c.amount,
         "amount_paid": c.amount if paid else 0, "amount_remaining": 0 if paid else c.amount,
         "attempt_count": c.attempt_count, "attempted": True, "auto_advance": not paid,
-        "billing_reason": "subscription_cycle", "collection_method": "charge_automatically",
+        "billing_reason": c.billing_reason, "collection_method": "charge_automatically",
         "created": c.created, "currency": c.currency, "customer": c.customer,
         "customer_email": "jenny.rosen@example.com", "customer_name": "Jenny Rosen",
         "description": None, "discounts": [], "due_date": None, "effective_at": c.created,
@@ -257,8 +264,8 @@ def _checkout_session(c: _Ctx) -> dict:
         "customer_email": None, "expires_at": c.created - 120 + DAY, "invoice": c.invoice,
         "livemode": False, "locale": None, "metadata": dict(c.metadata),
         "mode": "subscription", "payment_intent": None, "payment_link": None,
-        "payment_method_collection": "always", "payment_method_types": ["card"],
-        "payment_status": "paid", "status": "complete", "submit_type": None,
+        "payment_method_collection": "always", "payment_method_types": ["sepa_debit"] if c.bank_debit else ["card"],
+        "payment_status": c.payment_status, "status": "complete", "submit_type": None,
         "subscription": c.subscription,
         "success_url": "https://example.com/billing/success?session_id={CHECKOUT_SESSION_ID}",
         "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
@@ -275,8 +282,11 @@ def build_event(event_type: str, community_id: str | None, *, tier: str | None =
                 subscription_id: str | None = None, price_id: str | None = None,
                 status: str | None = None, period_start: int | None = None,
                 period_end: int | None = None, amount: int = 2900, currency: str = "usd",
-                attempt_count: int = 1) -> dict:
-    """Build one complete Stripe ``event`` dict (JSON-serialisable)."""
+                attempt_count: int = 1, payment_status: str | None = None,
+                billing_reason: str = "subscription_cycle", invoice_id: str | None = None) -> dict:
+    """Build one complete Stripe ``event`` dict (JSON-serialisable). A checkout session's
+    ``payment_status`` is ``paid``, except ``unpaid`` for the async payment events' bank debit; ``trialing``
+    as ``status`` gives a $0 trial invoice."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; expected one of: {', '.join(EVENT_TYPES)}")
     if api_version not in API_VERSIONS:
@@ -286,12 +296,17 @@ def build_event(event_type: str, community_id: str | None, *, tier: str | None =
     period_end = period_start + 30 * DAY if period_end is None else period_end
     if status is None:
         status = "canceled" if event_type == "customer.subscription.deleted" else "active"
+    if payment_status is None:
+        payment_status = {"checkout.session.async_payment_succeeded": "paid"}.get(
+            event_type, "unpaid" if event_type.startswith("checkout.session.async") else "paid")
     c = _Ctx(legacy=api_version == LEGACY_API_VERSION, community_id=community_id, tier=tier,
              created=created, customer_id=customer_id, subscription_id=subscription_id,
              price_id=price_id, status=status, period_start=period_start, period_end=period_end,
-             amount=amount, currency=currency, attempt_count=attempt_count)
+             amount=amount, currency=currency, attempt_count=attempt_count, payment_status=payment_status,
+             billing_reason=billing_reason, invoice_id=invoice_id,
+             bank_debit=event_type.startswith("checkout.session.async") or payment_status == "unpaid")
 
-    if event_type == "checkout.session.completed":
+    if event_type.startswith("checkout.session."):
         data = {"object": _checkout_session(c)}
     elif event_type.startswith("invoice."):
         data = {"object": _invoice(c, paid=event_type == "invoice.paid")}

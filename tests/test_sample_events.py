@@ -45,7 +45,7 @@ def test_constants():
     assert API_VERSIONS == ("2024-06-20", "current")
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}\.[a-z]+", CURRENT_API_VERSION)
     assert CURRENT_API_VERSION > "2025-03-31.basil"
-    assert len(EVENT_TYPES) == 5
+    assert len(EVENT_TYPES) == 7
 
 
 @pytest.mark.parametrize("event_type,api_version", ALL)

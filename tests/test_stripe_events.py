@@ -114,7 +114,8 @@ def test_checkout_prices_only_when_line_items_expanded(api_version):
     obj(event)["line_items"] = {"object": "list", "data": [{"id": "li_1", "price": {"id": "price_9"}}]}
     facts = facts_of(event)
     assert facts.price_ids == ("price_9",)
-    assert (facts.period_start, facts.amount, facts.status) == (None, None, None)
+    assert (facts.period_start, facts.status) == (None, None)
+    assert (facts.amount, facts.mode, facts.payment_status) == (obj(event)["amount_total"], "subscription", "paid")
 
 
 @pytest.mark.parametrize("event_type,api_version", ALL)
