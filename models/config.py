@@ -4,8 +4,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Callable, TypeVar
+
+import redis
 
 from models.tiers import TierFileError, TierMatrix
 
@@ -13,16 +17,90 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A variable of the environment has a value we cannot use; the message names it."""
+    """A variable of the environment has a value we cannot use; the message names it, and shows a
+    secret only by its first few characters and a URL without its password (see `shown`)."""
+
+
+# Variables whose whole value is a secret. A name ending in _SECRET, _TOKEN, _API_KEY or _PASSWORD is
+# one too, so a variable added later (STRIPE_API_KEY) is covered without being listed.
+SECRET_VARIABLES = frozenset({"STRIPE_WEBHOOK_SECRET", "API_TOKEN", "STRIPE_API_KEY"})
+_SECRET_SUFFIXES = ("_SECRET", "_TOKEN", "_API_KEY", "_PASSWORD")
+_PREFIX_CHARS = 8
+
+
+def is_secret_variable(name: str) -> bool:
+    return name in SECRET_VARIABLES or name.endswith(_SECRET_SUFFIXES)
+
+
+def short(secret: str) -> str:
+    """The first few characters of a secret and '…': enough to tell `sk_live_` from `whsec_`, never the
+    secret (at most 8 characters, and at most half of a short one)."""
+    return secret[:min(_PREFIX_CHARS, len(secret) // 2)] + "…"
+
+
+_PASSWORD_PARAM = re.compile(r"(?i)([?&;](?:password|passwd|pass|pwd)=)[^&;#]*")
+
+
+def redact_url(url: str) -> str:
+    """The URL fit for a terminal, a log or an error answer: the password becomes ***
+    (`redis://:hunter2@host` -> `redis://:***@host`, `postgresql://u:pw@h/db` -> `postgresql://u:***@h/db`),
+    and so does a `password=` query parameter. The userinfo runs to the last '@', so a password pasted
+    unencoded with '/', '#', '?' or '@' in it is hidden whole too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.partition(':')[0]}:***@{host}"
+    rest = _PASSWORD_PARAM.sub(r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password(s) a URL carries, as written and percent-decoded (empty when it has none)."""
+    scheme, sep, rest = url.partition("://")
+    rest = rest if sep else url
+    found = []
+    userinfo, at, _ = rest.rpartition("@")
+    if at and ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    found += [m.group(0).partition("=")[2] for m in _PASSWORD_PARAM.finditer(rest)]
+    found += [urllib.parse.unquote(p) for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
+def scrub(text: str, *urls: str) -> str:
+    """`text` (an error message from redis-py, psycopg2, ...) with every password of `urls` replaced by
+    ***, and each URL shown redacted."""
+    for url in urls:
+        if not url:
+            continue
+        text = text.replace(url, redact_url(url))
+        for password in url_passwords(url):
+            text = text.replace(password, "***")
+    return text
+
+
+def shown(name: str, raw: str) -> str | None:
+    """How a ConfigError shows the value of variable `name`: a secret by its prefix (each of a
+    comma-separated list), a URL without its password, anything else as it is. None: not at all (a
+    URL variable whose value has no scheme://, so no telling which part is a password)."""
+    if is_secret_variable(name):
+        return ",".join(short(part.strip()) for part in raw.split(",") if part.strip())
+    if name.endswith("_URL"):
+        return redact_url(raw) if "://" in raw else None
+    return raw
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    webhook_secrets: tuple[str, ...] = ()
+    # Secrets and the URLs that may carry a password stay out of repr(): a logged or printed Settings
+    # shows neither.
+    webhook_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     webhook_tolerance: int = 300
     price_tiers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    redis_url: str = "redis://localhost:6379/0"
-    database_url: str = "sqlite:///var/billing.db"
+    redis_url: str = dataclasses.field(default="redis://localhost:6379/0", repr=False)
+    database_url: str = dataclasses.field(default="sqlite:///var/billing.db", repr=False)
     stream_key: str = "stripe:events"
     consumer_group: str = "billing"
     dead_letter_key: str = "stripe:events:dead"
@@ -30,7 +108,7 @@ class Settings:
     claim_idle_ms: int = 60_000
     grace_period_hours: float = 24
     entitlement_ttl_seconds: int = 300
-    api_token: str = ""
+    api_token: str = dataclasses.field(default="", repr=False)
     dedupe_ttl_seconds: int = 604_800
     port: int = 8000
     metrics_port: int = 9101
@@ -102,14 +180,30 @@ class _Reader:
         try:
             return parse(raw.strip())
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+            value = shown(name, raw.strip())
+            which = name if value is None else f"{name}={value!r}"
+            raise ConfigError(f"{which} is not valid: {_hidden(name, raw, str(exc))}") from None
+
+
+def _hidden(name: str, raw: str, reason: str) -> str:
+    """A parser's reason with the variable's secret parts taken out, whatever the parser put in it."""
+    if is_secret_variable(name):
+        for part in sorted({raw, raw.strip(), *raw.split(",")}, key=len, reverse=True):
+            if len(part.strip()) >= 2:
+                reason = reason.replace(part.strip(), short(part.strip()))
+        return reason
+    if name.endswith("_URL"):
+        return scrub(reason, raw.strip()) if "://" in raw else reason.replace(raw.strip(), "…")
+    return reason
 
 
 def _secrets(raw: str) -> tuple[str, ...]:
     secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for secret in secrets:
+    for number, secret in enumerate(secrets, 1):
         if not secret.startswith("whsec_"):
-            raise ValueError("each secret starts with 'whsec_' (Stripe's endpoint signing secret)")
+            which = f"secret {number} of {len(secrets)} ({short(secret)})" if len(secrets) > 1 else short(secret)
+            what = "is an API key" if secret.startswith(("sk_", "rk_", "pk_")) else "does not start with 'whsec_'"
+            raise ValueError(f"{which} {what}: give the endpoint's signing secret (whsec_...) from Stripe's dashboard")
     return secrets
 
 
@@ -126,6 +220,8 @@ def _price_tiers(raw: str) -> dict[str, str]:
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected redis://, rediss:// or unix://")
+    _port_of(raw)
+    redis.connection.parse_url(raw)  # the query's options ("Invalid value for 'db' in connection URL.")
     return raw
 
 
@@ -133,7 +229,18 @@ def _database_url(raw: str) -> str:
     scheme = raw.partition("://")[0].split("+")[0]
     if scheme not in ("sqlite", "postgres", "postgresql", "postgresext", "postgresqlext"):
         raise ValueError("expected sqlite:///path or postgresql://user@host/db")
+    _port_of(raw)  # here, not as a traceback when the first connection is made
     return raw
+
+
+def _port_of(url: str) -> None:
+    """Refuse a port that is not a number, in words of our own: urllib's message quotes what it took for
+    the port, which is part of the password when a password has an unencoded '/' in it."""
+    try:
+        urllib.parse.urlsplit(url).port
+    except ValueError:
+        raise ValueError("the host's port is not a number from 0 to 65535 (or a password holds '/', '?', '#' "
+                         "or '@' unencoded: percent-encode it)") from None
 
 
 def _name(raw: str) -> str:

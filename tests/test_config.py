@@ -86,3 +86,75 @@ def test_missing_secret_is_refused_by_name():
     with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
         Settings.from_env({}).require_webhook_secrets()
     Settings.from_env({"STRIPE_WEBHOOK_SECRET": "whsec_x"}).require_webhook_secrets()  # does not raise
+
+
+# --- no secret in an error message -------------------------------------------------------------------------
+
+LIVE_KEY = "sk_live_51HqLyjWDarjtT1zdp7dcXpzy0OZjB6HnSmdkQ7LzVtHbBmGk4"
+SECRET_VALUES = [
+    # (variable, value, the secret part that must not appear, what must appear instead)
+    ("STRIPE_WEBHOOK_SECRET", LIVE_KEY, LIVE_KEY[8:], "sk_live_…"),
+    ("STRIPE_WEBHOOK_SECRET", f"whsec_Kd93hF0aLq2xZ7,{LIVE_KEY}", LIVE_KEY[8:], "secret 2 of 2 (sk_live_…)"),
+    ("STRIPE_WEBHOOK_SECRET", "rk_test_Zx81nQpLmW03", "Zx81nQpLmW03", "rk_test_…"),
+    ("STRIPE_WEBHOOK_SECRET", "hunter2", "hunter2", "hun…"),
+    ("REDIS_URL", "http://:hunter2@cache.internal:6379/0", "hunter2", "http://:***@cache.internal:6379/0"),
+    ("REDIS_URL", "redis://:hunter2@cache.internal:port/0", "hunter2", "redis://:***@cache.internal:port/0"),
+    ("REDIS_URL", "redis://default:hunter2@cache.internal/0?socket_timeout=soon", "hunter2", "socket_timeout"),
+    ("REDIS_URL", "redis://:hun/ter2@cache.internal:6379/0", "hun", "redis://:***@cache.internal:6379/0"),
+    ("REDIS_URL", "hunter2@cache.internal", "hunter2", "REDIS_URL"),
+    ("DATABASE_URL", "mysql://u:pw0rd_s3cret@db.internal/billing", "pw0rd_s3cret", "mysql://u:***@db.internal/billing"),
+    ("DATABASE_URL", "postgresql://u:pw0rd_s3cret@db.internal:fivefourthreetwo/db", "pw0rd_s3cret", "u:***@"),
+    ("DATABASE_URL", "postgresql://u:pw0/rd_s3cret@db.internal:5432/db", "pw0", "u:***@db.internal"),
+    ("DATABASE_URL", "mysql://db.internal/db?user=u&password=pw0rd_s3cret", "pw0rd_s3cret", "password=***"),
+]
+
+
+@pytest.mark.parametrize("name,value,secret,instead", SECRET_VALUES, ids=[f"{n}={v}" for n, v, *_ in SECRET_VALUES])
+def test_a_bad_value_never_shows_its_secret(name, value, secret, instead):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    message = str(raised.value)
+    assert name in message and instead in message, message
+    assert secret not in message, message
+
+
+@pytest.mark.parametrize("value", ["sk_live_" + "x" * 40, "whsec_" + "y" * 30, "z" * 64])
+def test_a_future_secret_variable_shows_only_a_prefix(value):
+    from models.config import shown
+
+    for name in ["STRIPE_API_KEY", "API_TOKEN", "STRIPE_WEBHOOK_SECRET", "SOME_NEW_TOKEN"]:
+        assert shown(name, value) == value[:8] + "…"
+    assert shown("STREAM_KEY", "stripe events") == "stripe events"  # a Redis key name is no secret
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://default:hunter2@host/0", "redis://default:***@host/0"),
+    ("rediss://:p@ss/w#rd@host:6380", "rediss://:***@host:6380"),
+    ("unix://:hunter2@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+    ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+    ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ("sqlite:///var/billing.db", "sqlite:///var/billing.db"),
+])
+def test_redact_url(url, expected):
+    from models.config import redact_url
+
+    assert redact_url(url) == expected
+
+
+def test_scrub_takes_a_password_out_of_any_message():
+    from models.config import scrub
+
+    url = "postgresql://billing:s3cr%2Ft@db.internal:5432/billing"
+    message = f'could not connect to {url}: password "s3cr/t" rejected, s3cr%2Ft'
+    scrubbed = scrub(message, url)
+    assert "s3cr" not in scrubbed and "postgresql://billing:***@db.internal:5432/billing" in scrubbed
+
+
+def test_settings_repr_shows_no_secret():
+    settings = Settings(webhook_secrets=("whsec_abcdefgh12345",), api_token="tok3n_value_secret",
+                        redis_url="redis://:hunter2@h/0", database_url="postgresql://u:pw0rd_s3cret@h/db")
+    text = repr(settings)
+    for secret in ["whsec_abcdefgh12345", "tok3n_value_secret", "hunter2", "pw0rd_s3cret"]:
+        assert secret not in text
