@@ -14,7 +14,7 @@ import peewee
 from consumer import deferred, faults
 from consumer.handlers import Policy, apply_event
 from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
-from models.db import OUTAGE_ERRORS, database_proxy, is_postgres, write_transaction
+from models.db import OUTAGE_ERRORS, bound_transaction, database_proxy, is_postgres, write_transaction
 from models.stripe_events import parse_envelope
 from models.tables import WebhookEvent, from_epoch, utcnow
 
@@ -46,8 +46,7 @@ def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, po
     `max_deliveries`th failure."""
     outcomes = []
     with write_transaction(db):
-        if deadline is not None and is_postgres(db):  # a lock wait must not outlive the deadline either
-            db.execute_sql(f"SET LOCAL statement_timeout = {max(1, int((deadline - time.monotonic()) * 1000))}")
+        bound_transaction(db, deadline)  # PostgreSQL: statement, lock wait and idle limits from the deadline
         for entry in entries:
             _check(deadline)
             started = time.perf_counter()
