@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-import urllib.parse
 from typing import Any, Callable
 
 import click
@@ -17,7 +16,7 @@ import peewee
 import redis
 
 from consumer import ops
-from models.config import ConfigError, Settings
+from models.config import ConfigError, Settings, redact_url, scrub
 from models.db import OUTAGE_ERRORS, open_database
 from models.redis_io import connect_redis
 from models.tables import from_epoch, iso
@@ -42,35 +41,31 @@ def operation(func: Callable) -> Callable:
     """Give a command its settings and Redis client, and turn every expected failure into one line."""
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        urls: tuple[str, ...] = ()  # whose passwords no message may show (redis-py's, psycopg2's)
         try:
             settings = Settings.from_env()
+            urls = (settings.redis_url, settings.database_url)
             open_database(settings.database_url)
             return func(settings, connect_redis(settings.redis_url, timeout=5), *args, **kwargs)
         except (ConfigError, ops.OpsError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(scrub(str(exc), *urls)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # refused, or no answer within 5 s
-            raise click.ClickException(f"Redis unreachable at {_without_password(settings.redis_url)}: {exc}") from None
+            raise click.ClickException(
+                scrub(f"Redis unreachable at {redact_url(settings.redis_url)}: {exc}", *urls)) from None
         except redis.RedisError as exc:
-            raise click.ClickException(f"Redis refused: {exc}") from None
+            raise click.ClickException(scrub(f"Redis refused: {exc}", *urls)) from None
         except OUTAGE_ERRORS as exc:
-            raise click.ClickException(f"database unreachable (audit row not written): {_first_line(exc)}") from None
+            raise click.ClickException(
+                f"database unreachable (audit row not written): {_first_line(exc, urls)}") from None
         except peewee.DatabaseError as exc:  # e.g. PostgreSQL's "relation does not exist" before a migration
-            raise click.ClickException(f"database error (audit row not written): {_first_line(exc)}") from None
+            raise click.ClickException(f"database error (audit row not written): {_first_line(exc, urls)}") from None
     return wrapper
 
 
-def _first_line(exc: BaseException) -> str:
-    """psycopg2's messages go on for lines (a hint, the statement with a caret): the first says what is wrong."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _without_password(url: str) -> str:
-    """The URL fit for a terminal or a pasted log: redis://:secret@host becomes redis://:***@host."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***" if parts.username else ":***"
-    return parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}").geturl()
+def _first_line(exc: BaseException, urls: tuple[str, ...] = ()) -> str:
+    """psycopg2's messages go on for lines (a hint, the statement with a caret): the first says what is
+    wrong. Without the password of any of `urls`, should a driver ever quote its connection string."""
+    return scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0], *urls)
 
 
 def json_option(func: Callable) -> Callable:
@@ -223,7 +218,8 @@ def dead_retry(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ..
 @json_option
 @operation
 def dead_drop(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], yes: bool, as_json: bool) -> None:
-    """Delete dead letters for good (their payloads are kept in the audit row)."""
+    """Delete dead letters for good (their payloads are kept in the audit row) and forget their events'
+    dedupe marks, so a resend from Stripe's dashboard is queued and applied."""
     if len(entry_ids) > 1 and not yes:
         raise click.UsageError(f"dropping {len(entry_ids)} dead letters needs --yes")
     _show(ops.dead_drop(client, settings, list(entry_ids)), as_json, DEAD_COLUMNS[:3], empty="nothing dropped")

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from models.config import ConfigError, Settings
+from models.config import ConfigError, Settings, scrub
 from models.db import OUTAGE_ERRORS, migrate, open_database
 
 
@@ -24,7 +24,8 @@ def migrate_command() -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OUTAGE_ERRORS as exc:
-        raise click.ClickException(f"database unreachable: {str(exc).strip()}") from None
+        # Never the password, should the driver ever quote its connection string.
+        raise click.ClickException(scrub(f"database unreachable: {str(exc).strip()}", settings.database_url)) from None
     click.echo(f"created: {', '.join(created)}" if created else "schema up to date")
 
 

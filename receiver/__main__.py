@@ -7,7 +7,7 @@ import urllib.error
 
 import click
 
-from models.config import ConfigError, Settings
+from models.config import ConfigError, Settings, redact_url, scrub
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES
 
 
@@ -51,8 +51,8 @@ def send(event_type: str, community: str | None, tier: str, api_version: str, ur
     try:
         event, status, body = send_event(url, settings.webhook_secrets[0], event_type, community, tier, api_version)
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        raise click.ClickException(f"could not reach {url}: {getattr(exc, 'reason', exc)}") from None
-    click.echo(f"sent {event['type']} {event['id']} (api_version {event['api_version']}) to {url}")
+        raise click.ClickException(scrub(f"could not reach {redact_url(url)}: {getattr(exc, 'reason', exc)}", url)) from None
+    click.echo(f"sent {event['type']} {event['id']} (api_version {event['api_version']}) to {redact_url(url)}")
     click.echo(f"{status} {body.strip()}")
     if not 200 <= status < 300:
         sys.exit(1)
