@@ -6,6 +6,7 @@ import pytest
 
 from models.config import Settings
 from models.db import database_proxy, migrate, open_database
+from receiver.sample_events import API_VERSIONS
 from receiver.signing import signature_header
 from tests.services import PEER_EVENTS, SECRET, RedisServer, postgres_reachable, postgres_schema
 
@@ -72,3 +73,9 @@ def load_peer_events() -> list[tuple[str, bytes]]:
 
 def peer_event(name: str) -> dict:
     return json.loads((PEER_EVENTS / name).read_bytes())
+
+
+@pytest.fixture(params=API_VERSIONS)
+def api(request):
+    """Each Stripe API shape: the legacy one (before 2025-03-31) and the current one."""
+    return request.param
