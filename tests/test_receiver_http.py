@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
 import time
 from collections import Counter
 
@@ -16,7 +17,7 @@ from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.conftest import load_peer_events, sign
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes, redis_client
-from tests.services import SECRET
+from tests.services import SECRET, free_port
 
 OLD_SECRET, NEW_SECRET = "whsec_old_secret_being_rolled", "whsec_new_secret_rolled_in"
 
@@ -243,13 +244,36 @@ def test_readyz_checks_redis_and_the_database(db, settings):
     assert response.get_json() == {"status": "ready", "checks": {"redis": "ok", "database": "ok"}}
 
 
-def test_readyz_names_an_unreachable_database(make_app):
-    app = make_app(database_url="postgresql://postgres@127.0.0.1:1/nowhere")
+def test_readyz_names_an_unreachable_database_without_host_port_or_password(make_app, caplog):
+    port = free_port()
+    app = make_app(database_url=f"postgresql://billing:hunter2-pw@127.0.0.1:{port}/nowhere")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
-    checks = response.get_json()["checks"]
-    assert checks["redis"] == "ok"
-    assert checks["database"].startswith("failed")
+    assert response.get_json() == {"status": "unavailable",
+                                   "checks": {"redis": "ok", "database": "failed: OperationalError"}}
+    for secret in [str(port), "127.0.0.1", "hunter2", "billing", "nowhere"]:
+        assert secret.encode() not in response.data
+    assert "hunter2" not in caplog.text and "database check failed" in caplog.text  # ops still get the cause
+
+
+@pytest.mark.parametrize("outage", ["stopped", "hung"])
+def test_readyz_names_a_redis_outage_by_kind_only(make_app, own_redis, outage):
+    app = make_app(redis_url=own_redis.url)
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    if outage == "stopped":
+        own_redis.stop()
+    else:
+        own_redis.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        response = client.get("/readyz")
+    finally:
+        if outage == "hung":
+            own_redis.process.send_signal(signal.SIGCONT)
+    assert response.status_code == 503
+    expected = "failed: ConnectionError" if outage == "stopped" else "failed: timeout"
+    assert response.get_json() == {"status": "unavailable", "checks": {"redis": expected, "database": "ok"}}
+    assert str(own_redis.port).encode() not in response.data and b"127.0.0.1" not in response.data
 
 
 def test_other_methods_get_json_errors(client):
