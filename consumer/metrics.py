@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 EVENTS = Counter("billing_events", "Events applied, by type and outcome "
-                 "(processed, ignored, stale, duplicate, failed, dead)", ["event_type", "outcome"])
+                 "(processed, ignored, stale, deferred, duplicate, failed, dead)", ["event_type", "outcome"])
 PROCESSING_SECONDS = Histogram(
     "billing_event_processing_seconds",
     "Time to apply one event inside its batch's transaction (its savepoint; the shared commit not included)",
@@ -46,7 +46,7 @@ DEADLINES_MISSED = Counter("billing_batch_deadline_exceeded",
 
 # The handled types' series exist from the start, at 0, so that rate() sees their first event.
 for _type in HANDLED_TYPES:
-    for _outcome in ("processed", "ignored", "stale", "duplicate", "failed", "dead"):
+    for _outcome in ("processed", "ignored", "stale", "deferred", "duplicate", "failed", "dead"):
         EVENTS.labels(_type, _outcome)
 
 
