@@ -193,8 +193,8 @@ def backlog_panels():
 def consumer_panels():
     yield graph(
         "Events by type and outcome",
-        "Events applied per second, by type and outcome. `processed`, `ignored`, `stale` and `duplicate` are "
-        "healthy. Red series are `failed` (a handler raised; retried with backoff) and `dead` (gave up after "
+        "Events applied per second, by type and outcome. `processed`, `ignored`, `stale`, `duplicate` and "
+        "`deferred` (waiting for the checkout that names its community) are healthy. Red series are `failed` (a handler raised; retried with backoff) and `dead` (gave up after "
         "MAX_DELIVERIES): `python -m consumer pending` and `python -m consumer dead list` show the errors.",
         units.OpsPerSecond,
         query(f"sum by (event_type, outcome) (rate(billing_events_total{{{CONSUMER}}}[{RATE}]))",
