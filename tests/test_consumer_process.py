@@ -86,6 +86,38 @@ def test_sigkill_after_commit_is_recognised_not_reapplied(env, queue, redis_serv
     assert_applied_once(events, ["k3"])
 
 
+def test_a_crash_between_commit_and_cache_drop_is_healed_by_the_redelivery(env, queue, settings, db, tmp_path):
+    """The cached answer must not outlive a committed cancellation by its TTL: the redelivery, recognised as
+    applied, drops the community's cached entitlements before it is acknowledged."""
+    from models.db import database_proxy
+    from receiver import create_app
+
+    app = create_app(settings)
+    database_proxy.initialize(db)
+    api = app.test_client()
+    ids = dict(customer_id="cus_k4", subscription_id="sub_k4")
+    enqueue(queue, build_event("checkout.session.completed", "k4", tier="elite", created=1_700_000_000, **ids))
+    first = consumer(env, tmp_path, "c1")
+    wait_for(lambda: Subscription.get_or_none(Subscription.community_id == "k4"), what="the checkout applied")
+    first.stop()
+    api.get("/v1/communities/k4/entitlements")
+    cached = api.get("/v1/communities/k4/entitlements").get_json()
+    assert (cached["source"], cached["tier"]) == ("cache", "elite")
+
+    enqueue(queue, build_event("customer.subscription.deleted", "k4", created=1_700_000_100, **ids))
+    crashed = consumer(env, tmp_path, "c1", BILLING_FAULT="after_commit")
+    assert crashed.wait() == -signal.SIGKILL, crashed.output()
+    assert Subscription.get(Subscription.community_id == "k4").status == "canceled"  # committed, cache not dropped
+    assert api.get("/v1/communities/k4/entitlements").get_json()["tier"] == "elite"
+
+    survivor = consumer(env, tmp_path, "c1")
+    wait_for(lambda: pending(queue.client) == 0, what="the redelivery to be acknowledged")
+    survivor.stop()
+    assert "-> duplicate" in survivor.output()
+    answer = api.get("/v1/communities/k4/entitlements").get_json()
+    assert (answer["source"], answer["tier"], answer["status"]) == ("database", "starter", "canceled")
+
+
 def assert_applied_once(events: list[dict], communities: list[str]) -> None:
     rows = list(WebhookEvent.select())
     assert sorted(r.stripe_event_id for r in rows) == sorted(e["id"] for e in events)
