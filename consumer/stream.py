@@ -3,12 +3,16 @@ Handlers and the batch logic never speak Redis; they get Entry values and return
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 
 import redis
 
 from models.config import Settings
-from models.redis_io import invalidate_entitlements, seen_key
+from models.redis_io import (entitlement_key, entitlement_token_key, invalidate_entitlements, is_memory_refusal,
+                             seen_key)
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,17 +133,30 @@ class EventStream:
         self.failures_key = failures_key(settings.stream_key)
         self.consumer = consumer
         self.dedupe_ttl_seconds = settings.dedupe_ttl_seconds
+        self._settle_script = client.register_script(_SETTLE_WITHOUT_MEMORY)
 
     def ensure_group(self) -> bool:
         """Create the group at the stream's start (so events queued before any consumer ran are read),
-        creating the stream too. True if it was created now."""
+        creating the stream too. True if it was created now. Looks first (XINFO GROUPS, a read): Redis refuses
+        XGROUP CREATE when it is full or a replica, even for a group that exists."""
+        if self.group_exists():
+            return False
         try:
             self.client.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
             return True
         except redis.ResponseError as exc:
-            if "BUSYGROUP" in str(exc):
+            if "BUSYGROUP" in str(exc):  # another consumer created it meanwhile
                 return False
             raise
+
+    def group_exists(self) -> bool:
+        try:
+            groups = self.client.xinfo_groups(self.stream_key)
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc).lower():  # no stream yet
+                return False
+            raise
+        return any(as_text(group["name"]) == self.group for group in groups)
 
     def read_own_pending(self, after: str, count: int) -> list[Entry]:
         """This consumer's entries delivered before but not acknowledged, after id `after`."""
@@ -193,9 +210,29 @@ class EventStream:
             failures={e.entry_id: parse_failure(value) for e, value in zip(entries, failures) if value},
         )
 
-    def settle(self, settlement: Settlement) -> None:
-        """After the commit, in one atomic step: remember the events as processed, drop the changed
-        communities' cached entitlements, move dead letters, count failures, acknowledge."""
+    def settle(self, settlement: Settlement) -> bool:
+        """After the commit, in one atomic step (one round trip): remember the events as processed, drop the
+        changed communities' cached entitlements, move dead letters, count failures, acknowledge.
+
+        When Redis refuses that for memory (at maxmemory, with noeviction, it queues nothing in a MULTI),
+        settles what needs no memory, in one script: drops the cached entitlements, clears failure counts and
+        acknowledges the entries that are done, so the stream can still be trimmed and Redis can get out of
+        being full. No processed marks then (an event's mark is only ever written
+        with its batch's invalidations), no failure counts, and dead entries stay pending until their dead
+        letter can be written. Returns False in that case, True when everything was settled."""
+        try:
+            self._settle_all(settlement)
+            return True
+        except redis.ResponseError as exc:
+            if not is_memory_refusal(exc):
+                raise
+            log.warning("Redis refused the settlement for memory (%s); acknowledging %d done entries without "
+                        "their dedupe marks, %d failed and %d dead entries stay pending", exc,
+                        len(settlement.ack_ids), len(settlement.failures), len(settlement.dead))
+        self._settle_without_memory(settlement)
+        return False
+
+    def _settle_all(self, settlement: Settlement) -> None:
         pipe = self.client.pipeline(transaction=True)
         for event_id in settlement.processed_event_ids:
             pipe.set(seen_key(self.stream_key, event_id), "processed", ex=self.dedupe_ttl_seconds)
@@ -212,6 +249,15 @@ class EventStream:
         if ack_ids:
             pipe.xack(self.stream_key, self.group, *ack_ids)
         pipe.execute()
+
+    def _settle_without_memory(self, settlement: Settlement) -> None:
+        """Only commands Redis never refuses for memory (DEL, HDEL, XACK), in one atomic step. A script, not a
+        MULTI: a full Redis refuses to queue any command at all in a MULTI."""
+        cache_keys = [key for community_id in settlement.changed_communities
+                      for key in (entitlement_key(community_id), entitlement_token_key(community_id))]
+        self._settle_script(keys=[self.stream_key, self.failures_key, *cache_keys],
+                            args=[self.group, len(settlement.cleared_failures), *settlement.cleared_failures,
+                                  *settlement.ack_ids])
 
     def trim(self, retention_ms: int, now_ms: int) -> int:
         """Drop entries older than the retention window that every group has acknowledged; never one
@@ -234,6 +280,31 @@ class EventStream:
         """Pending entries whose data is gone from the stream (trimmed): nothing left to process."""
         if entry_ids:
             self.client.xack(self.stream_key, self.group, *entry_ids)
+
+
+# KEYS: stream, failures hash, then the cache keys to delete. ARGV: group, how many failure entries to clear,
+# those entry ids, then the entry ids to acknowledge. In chunks: Lua's unpack() has a limit.
+_SETTLE_WITHOUT_MEMORY = """
+local function in_chunks(command, key, group, from, to)
+  local i = from
+  while i <= to do
+    local j = math.min(i + 999, to)
+    if group then
+      redis.call(command, key, group, unpack(ARGV, i, j))
+    else
+      redis.call(command, key, unpack(ARGV, i, j))
+    end
+    i = j + 1
+  end
+end
+for i = 3, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+local cleared = tonumber(ARGV[2])
+in_chunks('HDEL', KEYS[2], nil, 3, 2 + cleared)
+in_chunks('XACK', KEYS[1], ARGV[1], 3 + cleared, #ARGV)
+return 1
+"""
 
 
 def failures_key(stream_key: str) -> str:

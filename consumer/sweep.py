@@ -37,7 +37,7 @@ def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.d
             sub.status, sub.updated_at = "unpaid", utcnow()
             sub.save()
     if ended and client is not None:
-        pipe = client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=False)  # not a MULTI: a full Redis refuses to queue anything in one
         for sub in ended:
             invalidate_entitlements(pipe, sub.community_id)
         try:

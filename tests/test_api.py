@@ -97,20 +97,49 @@ def test_no_subscription_is_404_but_starter_entitlements(client):
                                       "grace_until": None, "source": "database"}
 
 
-@pytest.mark.parametrize("community_id", ["bad%20id!", "x" * 129, "x" * 200, "..", ".hidden", "-x", "abc%0A",
-                                          "caf%C3%A9", "a%00b"])
+# Every id models.community refuses: the consumer cannot store them, and the API says why (the rule).
+MALFORMED_IDS = ["bad%20id!", "a%20b", "x" * 129, "x" * 200, "abc%0A", "caf%C3%A9", "a%00b", "a:b", "guild:42",
+                 "a%2Fb", "a/b", "%E2%80%8Bx", "x%09"]
+
+
+@pytest.mark.parametrize("community_id", MALFORMED_IDS)
 @pytest.mark.parametrize("what", ["subscription", "entitlements"])
-def test_a_malformed_community_id_is_400_json(client, r, community_id, what):
+def test_a_malformed_community_id_is_400_json_with_the_rule(client, r, community_id, what):
+    from models import community
+
     response = client.get(f"{V1}/{community_id}/{what}")
     assert response.status_code == 400 and response.is_json, response.data
-    assert "community id" in response.get_json()["error"]
+    assert response.get_json()["error"] == f"malformed community id: {community.RULE}"
     assert r.keys("billing:entitlements:*") == []  # nothing cached under a strange key
 
 
-def test_the_longest_id_and_every_allowed_character_are_accepted(client):
-    for community_id in ["x" * 128, "Ab9_.:-z"]:
-        assert client.get(f"{V1}/{community_id}/subscription").status_code == 404
-        assert ents(client, community_id)["community_id"] == community_id
+# Ids the old API pattern refused (a leading '.', '-' or '_'), though the consumer stored them.
+VALID_IDS = ["x" * 128, "Ab9_.-z", ".hidden", "-x", "_", "..x", "1", "a.b-c_d", "%2E%2E", "%2E"]
+
+
+@pytest.mark.parametrize("community_id", VALID_IDS)
+def test_every_id_the_rule_allows_is_readable(client, community_id):
+    from urllib.parse import unquote
+
+    from models import community
+
+    stored = unquote(community_id)
+    assert community.is_valid(stored)
+    assert client.get(f"{V1}/{community_id}/subscription").status_code == 404
+    row(stored, "elite")
+    assert client.get(f"{V1}/{community_id}/subscription").get_json()["community_id"] == stored
+    answer = ents(client, community_id)
+    assert (answer["community_id"], answer["tier"]) == (stored, "elite")
+
+
+def test_the_api_and_its_document_use_the_one_rule():
+    from models import community
+    from receiver.openapi import DOCUMENT
+
+    for path in ["/v1/communities/{community_id}/subscription", "/v1/communities/{community_id}/entitlements"]:
+        [parameter] = DOCUMENT["paths"][path]["get"]["parameters"]
+        assert parameter["schema"]["pattern"] == community.PATTERN
+        assert {"400", "401", "403"} <= set(DOCUMENT["paths"][path]["get"]["responses"])
 
 
 @pytest.mark.parametrize("tier", TIER_NAMES)
@@ -229,19 +258,19 @@ def test_each_event_type_drops_the_cached_answer(settings, client, db, r, event_
 
 def test_a_reader_older_than_an_invalidation_cannot_cache_its_answer(client, r):
     cache = client.application.extensions["entitlement_cache"]
-    cached, generation = cache.get("c1")
-    assert cached is None
+    cached, token = cache.get("c1")
+    assert cached is None and token
     stale = {"community_id": "c1", "tier": "elite", "status": "active", "max_members": 10000,
              "features": ["api_access"], "in_grace_period": False, "grace_until": None}
     pipe = r.pipeline(transaction=True)  # the consumer commits a change and invalidates meanwhile
     invalidate_entitlements(pipe, "c1")
     pipe.execute()
-    cache.put("c1", stale, generation, 300)
+    cache.put("c1", stale, token, 300)
     assert r.exists(entitlement_key("c1")) == 0
     assert ents(client)["tier"] == "starter"  # the database's answer, not the stale one
-    cached, generation = cache.get("c1")
-    assert cached is not None and cached["tier"] == "starter"
-    cache.put("c1", stale, str(int(generation) + 1), 300)  # a generation that is not the current one
+    cached, token = cache.get("c1")
+    assert cached is not None and cached["tier"] == "starter" and token is None  # a hit needs no token
+    cache.put("c1", stale, "not-the-guard-token", 300)
     assert cache.get("c1")[0]["tier"] == "starter"
 
 
@@ -305,3 +334,52 @@ def test_the_token_guards_only_v1(make_client):
     assert response.status_code == 200 and response.get_json()["status"] == "queued"
     for path in ["/healthz", "/readyz", "/openapi.json"]:
         assert client.get(path).status_code == 200, path
+
+
+# --- without API_TOKEN: loopback only ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_without_a_token_loopback_clients_are_answered(make_client, address):
+    client = make_client(api_token="")
+    row("c1", "premium")
+    environ = {"REMOTE_ADDR": address}
+    assert client.get(f"{V1}/c1/subscription", environ_base=environ).get_json()["tier"] == "premium"
+    response = client.get(f"{V1}/c1/entitlements", environ_base=environ)
+    assert response.status_code == 200 and response.get_json()["tier"] == "premium"
+
+
+@pytest.mark.parametrize("address", ["10.0.0.7", "192.168.1.20", "203.0.113.9", "2001:db8::1", "::ffff:10.0.0.7",
+                                     "0.0.0.0", "::", "fe80::1%eth0", "", "localhost"])
+@pytest.mark.parametrize("path", ["c1/subscription", "c1/entitlements", "bad%20id/entitlements"])
+def test_without_a_token_other_clients_get_403_json(make_client, r, address, path):
+    client = make_client(api_token="")
+    row("c1", "premium")
+    response = client.get(f"{V1}/{path}", environ_base={"REMOTE_ADDR": address})
+    assert response.status_code == 403 and response.is_json, response.data
+    assert "API_TOKEN" in response.get_json()["error"]
+    assert r.keys("billing:entitlements:*") == []  # nothing read, nothing cached
+    for other in ["/healthz", "/openapi.json", "/metrics"]:  # only /v1 is guarded
+        assert client.get(other, environ_base={"REMOTE_ADDR": address}).status_code == 200
+
+
+def test_with_a_token_every_address_needs_it(make_client):
+    client = make_client(api_token=TOKEN)
+    row("c1", "premium")
+    for address in ["127.0.0.1", "10.0.0.7"]:
+        environ = {"REMOTE_ADDR": address}
+        assert client.get(f"{V1}/c1/subscription", environ_base=environ).status_code == 401
+        response = client.get(f"{V1}/c1/subscription", environ_base=environ,
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200 and response.get_json()["tier"] == "premium"
+
+
+def test_create_app_warns_when_v1_is_loopback_only(make_client, caplog):
+    with caplog.at_level("WARNING", logger="receiver"):
+        make_client(api_token="")
+    [warning] = [rec for rec in caplog.records if "API_TOKEN" in rec.getMessage()]
+    assert warning.levelname == "WARNING" and warning.name == "receiver"
+    assert "loopback" in warning.getMessage() and "reverse proxy" in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="receiver"):
+        make_client(api_token=TOKEN)
+    assert not [rec for rec in caplog.records if "API_TOKEN" in rec.getMessage()]

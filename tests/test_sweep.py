@@ -8,7 +8,7 @@ import json
 import pytest
 
 from consumer.sweep import LOCK_KEY, SWEEP_EVERY_SECONDS, end_expired_grace, sweep_if_ours
-from models.redis_io import entitlement_generation_key, entitlement_key
+from models.redis_io import entitlement_key, entitlement_token_key
 from models.tables import AuditLog, Subscription, utcnow
 from tests.ops_helpers import invoke
 from tests.services import Process, service_env, wait_for
@@ -33,9 +33,10 @@ def status_of(community_id) -> str:
 
 
 def cache(r, *community_ids) -> None:
-    """A cached answer for each, as the API would have left it."""
+    """A cached answer for each, and the guard token of the reader that stored it, as the API would have left them."""
     for community_id in community_ids:
         r.set(entitlement_key(community_id), json.dumps({"community_id": community_id, "tier": "premium"}), ex=300)
+        r.set(entitlement_token_key(community_id), "a-reader's-token", ex=60)
 
 
 def ended_audits() -> list[tuple[str, dict]]:
@@ -76,7 +77,7 @@ def test_expired_grace_becomes_unpaid_audited_and_uncached(db, r, rows):
         ("ends-now", {"grace_until": "2026-03-16T12:00:00Z", "tier": "premium"})])
     for community_id in everyone:
         assert r.exists(entitlement_key(community_id)) == (community_id not in rows), community_id
-        assert r.exists(entitlement_generation_key(community_id)) == (community_id in rows), community_id
+        assert r.exists(entitlement_token_key(community_id)) == (community_id not in rows), community_id
 
     assert end_expired_grace(db, r, now=NOW) == []  # nothing left: no second audit row
     assert len(ended_audits()) == 3
