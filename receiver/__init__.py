@@ -1,6 +1,8 @@
 """The receiver: a Flask app that takes Stripe's signed webhooks and queues them on a Redis Stream."""
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -11,6 +13,7 @@ from receiver.entitlement_cache import EntitlementCache
 from receiver.queue import EventQueue
 
 MAX_BODY_BYTES = 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -35,6 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
+    if not settings.api_token:
+        log.warning(api.LOOPBACK_ONLY)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -3,23 +3,51 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import re
+import ipaddress
 
 from flask import Blueprint, abort, current_app, jsonify, request
+from werkzeug.routing import BaseConverter
 
+from models import community
 from models.entitlements import cache_ttl, entitlements, subscription_view
 from models.tables import Subscription
 from receiver.metrics import CACHE_REQUESTS
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
-COMMUNITY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class AnyId(BaseConverter):
+    """Whatever stands between /communities/ and the last path step, '/' and newlines too, so that every
+    id the rule refuses is answered 400 with the rule (werkzeug's own converters stop at '/' or '\\n': 404)."""
+    regex = r"[^/][\s\S]*?"
+    part_isolating = False
+
+
+# Before the routes: a blueprint's deferred steps run in order when the app registers it.
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("anyid", AnyId))
+LOOPBACK_ONLY = ("API_TOKEN is not set, so /v1 answers loopback clients only (127.0.0.0/8, ::1). Behind a reverse "
+                 "proxy on the same host every client looks local: set API_TOKEN there.")
+
+
+def is_loopback(address: str | None) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped ::ffff:127.x.y.z. Anything else, or no address, is not."""
+    try:
+        ip = ipaddress.ip_address((address or "").split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) is no loopback
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 @bp.before_request
 def require_token():
     token = current_app.config["SETTINGS"].api_token
     if not token:
-        return None
+        if is_loopback(request.remote_addr):
+            return None
+        return jsonify(error="forbidden: /v1 answers only loopback clients while API_TOKEN is not set; "
+                             "set API_TOKEN and send Authorization: Bearer <API_TOKEN>"), 403
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return None
@@ -29,12 +57,13 @@ def require_token():
 
 
 def _community(community_id: str) -> str:
-    if not COMMUNITY_ID.fullmatch(community_id):  # not match(): its $ also matches before a final newline
-        abort(400, description="malformed community id: 1-128 of letters, digits, '_', '.', ':' or '-'")
+    """The id, or 400: the one rule of models.community, so every id the consumer can store is readable here."""
+    if not community.is_valid(community_id):
+        abort(400, description=f"malformed community id: {community.RULE}")
     return community_id
 
 
-@bp.get("/communities/<community_id>/subscription")
+@bp.get("/communities/<anyid:community_id>/subscription")
 def subscription(community_id: str):
     sub = Subscription.get_or_none(Subscription.community_id == _community(community_id))
     if sub is None:
@@ -42,7 +71,7 @@ def subscription(community_id: str):
     return jsonify(subscription_view(sub))
 
 
-@bp.get("/communities/<community_id>/entitlements")
+@bp.get("/communities/<anyid:community_id>/entitlements")
 def community_entitlements(community_id: str):
     community_id = _community(community_id)
     cache = current_app.extensions["entitlement_cache"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from models import community
 from models.tiers import STATUSES
 
 bp = Blueprint("openapi", __name__)
@@ -20,10 +21,15 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-COMMUNITY = {"name": "community_id", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"}}
-V1_ERRORS = {"400": _json(_ref("Error"), "malformed community id"),
-             "401": _json(_ref("Error"), "API_TOKEN is set and the bearer token is missing or wrong")}
+COMMUNITY = {"name": "community_id", "in": "path", "required": True, "description": community.RULE,
+             "schema": {"type": "string", "pattern": community.PATTERN, "minLength": 1,
+                        "maxLength": community.MAX_LENGTH}}
+V1_ERRORS = {"400": _json(_ref("Error"), f"malformed community id: {community.RULE}"),
+             "401": _json(_ref("Error"), "API_TOKEN is set and the bearer token is missing or wrong"),
+             "403": _json(_ref("Error"), "API_TOKEN is not set and the client is not on loopback")}
+# '.' and '..' are valid ids, but an HTTP client resolves them as path steps (RFC 3986), so the request
+# names another path: send them percent-encoded (%2E, %2E%2E).
+DOT_IDS = "a community id of '.' or '..' not percent-encoded (%2E): the client took it for a path step"
 
 DOCUMENT = {
     "openapi": "3.1.0",
@@ -54,15 +60,17 @@ DOCUMENT = {
             "summary": "The community's subscription as stored", "parameters": [COMMUNITY],
             "security": [{"bearer": []}, {}],
             "responses": {"200": _json(_ref("Subscription"), "the subscription"),
-                          "404": _json(_ref("Error"), "no subscription"), **V1_ERRORS}}},
+                          "404": _json(_ref("Error"), f"no subscription; or {DOT_IDS}"), **V1_ERRORS}}},
         "/v1/communities/{community_id}/entitlements": {"get": {
             "summary": "What the community may use now (starter when it has no subscription)",
             "parameters": [COMMUNITY], "security": [{"bearer": []}, {}],
-            "responses": {"200": _json(_ref("Entitlements"), "effective entitlements"), **V1_ERRORS}}},
+            "responses": {"200": _json(_ref("Entitlements"), "effective entitlements"),
+                          "404": _json(_ref("Error"), DOT_IDS), **V1_ERRORS}}},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "description": "required on /v1 when API_TOKEN is set"}},
+                                       "description": "required on /v1 when API_TOKEN is set; without "
+                                                      "API_TOKEN, /v1 answers loopback clients only"}},
         "schemas": {
             "Error": _ERROR,
             "WebhookAccepted": {"type": "object", "required": ["received", "status", "event_id", "event_type"],

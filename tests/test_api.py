@@ -232,8 +232,10 @@ def event(event_type, created, **kw):
 # event type -> (events before it, the event's own arguments, expected (tier, status, in grace) after it)
 CHANGES = {
     "checkout.session.completed": (["checkout"], {"tier": "elite"}, ("elite", "active", False)),
-    "invoice.paid": (["checkout", "invoice.payment_failed"], {}, ("basic", "active", False)),
-    "invoice.payment_failed": (["checkout"], {}, ("basic", "past_due", True)),
+    "checkout.session.async_payment_succeeded": ([], {"tier": "elite"}, ("elite", "active", False)),
+    "checkout.session.async_payment_failed": ([], {}, ("starter", "unpaid", False)),
+    "invoice.paid": (["checkout", "invoice.payment_failed"], {"tier": "basic"}, ("basic", "active", False)),
+    "invoice.payment_failed": (["checkout"], {"tier": "basic"}, ("basic", "past_due", True)),
     "customer.subscription.updated": (["checkout"], {"tier": "elite", "status": "active"}, ("elite", "active", False)),
     "customer.subscription.deleted": (["checkout"], {}, ("starter", "canceled", False)),
 }

@@ -3,6 +3,7 @@ generated requests to every operation of a running receiver (gunicorn, real Redi
 checks that nothing answers 500 and every answer matches the document."""
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 
@@ -55,3 +56,25 @@ def test_the_document_lists_the_whole_interface(live_receiver):
     assert set(document["paths"]) == {
         "/webhooks/stripe", "/healthz", "/readyz", "/metrics", "/openapi.json",
         "/v1/communities/{community_id}/subscription", "/v1/communities/{community_id}/entitlements"}
+
+
+
+@pytest.mark.parametrize("community_id", [".", "..", "...", ".-_", "x" * 128, "-"])
+def test_ids_that_look_like_path_steps_keep_to_the_document(live_receiver, community_id):
+    """'.' and '..' are valid ids (models.community), which an HTTP client (requests, here) resolves as
+    path steps: the 404 that follows is in the document. Percent-encoded, or sent as they are by a
+    client that does not resolve them, they read the community."""
+    schema = schemathesis.openapi.from_url(f"{live_receiver}/openapi.json")
+    for operation in [result.ok() for result in schema.get_all_operations()]:
+        if not operation.path.startswith("/v1"):
+            continue
+        case = operation.Case(path_parameters={"community_id": community_id})
+        case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
+    host, port = live_receiver.removeprefix("http://").split(":")
+    for sent in {community_id, community_id.replace(".", "%2E")}:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", f"/v1/communities/{sent}/entitlements", headers={"Authorization": f"Bearer {TOKEN}"})
+        response = conn.getresponse()
+        assert response.status == 200, (sent, response.status)
+        assert json.loads(response.read())["community_id"] == community_id
+        conn.close()
