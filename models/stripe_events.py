@@ -53,25 +53,61 @@ class BillingFacts:
     billing_reason: str | None = None  # an invoice's: subscription_create for a subscription's first
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    """Python's json reads NaN, Infinity and -Infinity, which JSON has not and Stripe never sends."""
+    raise _NotFinite(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: too big for a float, read as infinity
+        raise _NotFinite(f"{text[:40]} is not a finite number")
+    return value
+
+
 def parse_envelope(body: bytes | str) -> dict[str, Any]:
-    """Parse a webhook body; raise ValueError unless it is a JSON object with string `id` and `type`."""
+    """Parse a webhook body; raise ValueError unless it is a JSON object with string `id` and `type`.
+    A number JSON has not (NaN, Infinity) or no float can hold (1e400) makes the body malformed: every
+    number in an event is then finite."""
     try:
-        event = json.loads(body)
+        event = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from None
     except RecursionError:  # nested deeper than the parser's recursion limit
         raise ValueError("body is not JSON: nested too deeply") from None
+    except _NotFinite as exc:
+        raise ValueError(f"body holds a number Stripe never sends: {exc}") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise ValueError(f"body holds a number Stripe never sends: {str(exc)[:80]}") from None
     if not isinstance(event, dict):
         raise ValueError("body is not a JSON object")
     for field in ("id", "type"):
-        if not isinstance(event.get(field), str) or not event[field]:
+        value = event.get(field)
+        if not isinstance(value, str) or not value:
             raise ValueError(f"event has no {field!r}")
+        try:
+            value.encode("utf-8")  # a lone surrogate ("\\ud800") is no text Redis or a log can take
+        except UnicodeEncodeError:
+            raise ValueError(f"event {field!r} is not valid Unicode text") from None
     return event
 
 
+_EPOCH_LIMIT = 2**63  # a BIGINT; Stripe's `created` is epoch seconds, far below
+
+
 def event_created(event: dict[str, Any]) -> int:
+    """The event's `created` as whole epoch seconds; 0 when it is not a number or not one a BIGINT column
+    holds. Never raises, whatever JSON value (NaN and infinities included) it finds."""
     created = event.get("created")
-    return int(created) if isinstance(created, (int, float)) and not isinstance(created, bool) else 0
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        return 0
+    if not -_EPOCH_LIMIT < created < _EPOCH_LIMIT:  # False for NaN too
+        return 0
+    return int(created)
 
 
 def read_facts(event: dict[str, Any]) -> BillingFacts:

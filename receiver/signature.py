@@ -17,6 +17,8 @@ def verify(payload: bytes, header: str | None, secrets: tuple[str, ...], toleran
     """Return if any secret verifies `header` for `payload` within `tolerance` seconds, else raise."""
     if not header:
         raise SignatureRejected("missing", "no Stripe-Signature header")
+    if not header.isascii():  # Stripe's is t=<digits>,v1=<hex>; hmac.compare_digest raises on non-ASCII text
+        raise SignatureRejected("malformed", "Stripe-Signature header is not ASCII")
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -27,6 +29,8 @@ def verify(payload: bytes, header: str | None, secrets: tuple[str, ...], toleran
             # stripe checks the timestamp only when given a tolerance; 0 turns the check off.
             stripe.WebhookSignature.verify_header(payload, header, secret, tolerance or None)
             return
+        except (TypeError, ValueError, OverflowError):  # whatever else an odd header makes the library raise
+            raise SignatureRejected("malformed", "Stripe-Signature header has no t=... and v1=... parts") from None
         except stripe.SignatureVerificationError as exc:
             message = str(exc.user_message or exc)
             if message.startswith(("Unable to extract", "No signatures found with expected scheme")):
