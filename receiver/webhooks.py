@@ -7,6 +7,7 @@ import redis
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from models.config import scrub
 from models.stripe_events import event_created, parse_envelope
 from receiver.metrics import ENQUEUE_FAILURES, EVENTS, SIGNATURE_FAILURES, observed
 from receiver.signature import SignatureRejected, verify
@@ -39,7 +40,7 @@ def stripe_webhook():
             event["id"], event["type"], event_created(event), payload
         )
     except redis.RedisError as exc:
-        log.warning("enqueue failed for %s: %s", event["id"], exc)
+        log.warning("enqueue failed for %s: %s", event["id"], scrub(str(exc), settings.redis_url))
         ENQUEUE_FAILURES.inc()
         response = jsonify(error="event queue unavailable; not stored, retry later")
         response.headers["Retry-After"] = "5"
