@@ -4,15 +4,19 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import ipaddress
+import logging
 
+import peewee
 from flask import Blueprint, abort, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from models import community
+from models.config import scrub
 from models.entitlements import cache_ttl, entitlements, subscription_view
 from models.tables import Subscription
 from receiver.metrics import CACHE_REQUESTS
 
+log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
 
@@ -54,6 +58,18 @@ def require_token():
     response = jsonify(error="missing or wrong API token: send Authorization: Bearer <API_TOKEN>")
     response.headers["WWW-Authenticate"] = 'Bearer realm="billing"'
     return response, 401
+
+
+@bp.errorhandler(peewee.DatabaseError)
+def database_unavailable(exc: peewee.DatabaseError):
+    """The database is down, or has no tables yet (`python -m models migrate`): 503, never a 500, and
+    the cause in the log only (it names hosts and ports)."""
+    settings = current_app.config["SETTINGS"]
+    log.warning("/v1: database unavailable: %s: %s", type(exc).__name__,
+                scrub(str(exc).strip(), settings.database_url))
+    response = jsonify(error="database unavailable; retry later")
+    response.headers["Retry-After"] = "5"
+    return response, 503
 
 
 def _community(community_id: str) -> str:

@@ -26,7 +26,8 @@ COMMUNITY = {"name": "community_id", "in": "path", "required": True, "descriptio
                         "maxLength": community.MAX_LENGTH}}
 V1_ERRORS = {"400": _json(_ref("Error"), f"malformed community id: {community.RULE}"),
              "401": _json(_ref("Error"), "API_TOKEN is set and the bearer token is missing or wrong"),
-             "403": _json(_ref("Error"), "API_TOKEN is not set and the client is not on loopback")}
+             "403": _json(_ref("Error"), "API_TOKEN is not set and the client is not on loopback"),
+             "503": _json(_ref("Error"), "the database is unavailable (and the answer was not cached)")}
 # '.' and '..' are valid ids, but an HTTP client resolves them as path steps (RFC 3986), so the request
 # names another path: send them percent-encoded (%2E, %2E%2E).
 DOT_IDS = "a community id of '.' or '..' not percent-encoded (%2E): the client took it for a path step"

@@ -385,3 +385,27 @@ def test_create_app_warns_when_v1_is_loopback_only(make_client, caplog):
     with caplog.at_level("WARNING", logger="receiver"):
         make_client(api_token=TOKEN)
     assert not [rec for rec in caplog.records if "API_TOKEN" in rec.getMessage()]
+
+
+# --- database down -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("database", ["postgresql-unreachable", "sqlite-without-tables"])
+def test_database_down_is_503_json_never_500(settings, redis_url, tmp_path, caplog, database):
+    from tests.services import free_port
+
+    port = free_port()
+    url = (f"postgresql://billing:hunter2-pw@127.0.0.1:{port}/billing" if database.startswith("postgresql")
+           else f"sqlite:///{tmp_path}/empty.db")
+    app = create_app(dataclasses.replace(settings, database_url=url, redis_url=redis_url))
+    client = app.test_client()
+    try:
+        for path in ["c1/subscription", "c1/entitlements"]:
+            response = client.get(f"{V1}/{path}")
+            assert response.status_code == 503 and response.is_json, response.data
+            assert response.get_json() == {"error": "database unavailable; retry later"}
+            assert response.headers["Retry-After"] == "5"
+            assert str(port).encode() not in response.data
+    finally:
+        app.extensions["redis"].close()
+        database_proxy.initialize(None)
+    assert "database unavailable" in caplog.text and "hunter2" not in caplog.text
