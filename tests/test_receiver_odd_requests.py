@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from models.db import database_proxy
 from models.config import Settings
+from models.db import database_proxy
 from models.stripe_events import event_created, parse_envelope
 from receiver import create_app
 from tests.conftest import sign
@@ -46,7 +46,8 @@ NON_FINITE = {
     "created-1e400": with_created("1e400"),
     "created-minus-1e400": with_created("-1e400"),
     "amount-NaN": event_bytes("invoice.paid")[1].replace(b'"amount_paid": ', b'"amount_paid": NaN, "x": ', 1),
-    "huge-exponent-elsewhere": event_bytes("invoice.paid")[1].replace(b'"amount_paid": ', b'"y": 2e999, "amount_paid": ', 1),
+    "huge-exponent-elsewhere": event_bytes("invoice.paid")[1].replace(b'"amount_paid": ',
+                                                                       b'"y": 2e999, "amount_paid": ', 1),
     "int-over-4300-digits": with_created("1" * 5000),
 }
 
