@@ -39,8 +39,10 @@ LAST_SUCCESS = Gauge(
 # Each failed try counts, so both climb for as long as an outage lasts.
 DB_ERRORS = Counter("billing_db_errors", "Database errors met: batches not applied, grace sweeps skipped, "
                     "failed probes while waiting for the database to come back")
-REDIS_FAILURES = Counter("billing_redis_errors", "Redis errors met by the worker: failed reads, claims, "
-                         "settlements and probes")
+REDIS_FAILURES = Counter("billing_redis_errors", "Redis errors met by the worker, each retried: Redis unreachable, "
+                         "error replies (OOM, READONLY, UNBLOCKED, LOADING, MASTERDOWN, NOGROUP, ...) to reads, "
+                         "claims, settlements, trims, sweeps, group creation and probes, and settlements Redis "
+                         "refused for memory (then acknowledged without their dedupe marks)")
 DEADLINES_MISSED = Counter("billing_batch_deadline_exceeded",
                            "Batches rolled back because they ran past their deadline")
 

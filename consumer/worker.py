@@ -3,7 +3,14 @@
 Each pass of the loop reads new entries and applies them as one batch. Every `tick` it also retries
 its own failed entries (with backoff), takes over entries other consumers left idle longer than
 CLAIM_IDLE_MS, and trims the stream. A batch has a deadline shorter than CLAIM_IDLE_MS and is rolled
-back past it, so no other consumer can reclaim entries a live consumer is still applying."""
+back past it, so no other consumer can reclaim entries a live consumer is still applying; a missed deadline
+halves the batch size, and batches committed comfortably within it double it again, up to --batch.
+
+No Redis error stops the worker: an unreachable Redis, an error reply that says "not now" (a full Redis,
+a failover: OOM, READONLY, UNBLOCKED, LOADING, MASTERDOWN, MISCONF, NOREPLICAS, TRYAGAIN) and even an
+unexpected one (WRONGTYPE, say) are counted in billing_redis_errors_total and retried with capped backoff;
+a lost stream or group (NOGROUP) is recreated. When Redis is full the worker keeps acknowledging (see
+EventStream.settle) and trims at every tick, which is what lets Redis get out of being full."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +31,12 @@ from consumer.stream import Entry, EventStream
 from consumer.sweep import SWEEP_EVERY_SECONDS, sweep_if_ours
 from models.config import ConfigError, Settings
 from models.db import OUTAGE_ERRORS
+from models.redis_io import TRANSIENT_REPLIES, reply_code
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)  # no answer at all (BusyLoadingError is a reply)
 TRIM_EVERY_SECONDS = 60
 
 
@@ -82,13 +90,15 @@ class Worker:
         self.max_deliveries = settings.max_deliveries
         self.retention_ms = settings.stream_retention_seconds * 1000
         self.name = name
-        self.batch_size = batch_size
+        self.max_batch_size = self.batch_size = batch_size
         self.block_ms = block_ms
         self.stopping = threading.Event()
         self.backoff = Backoff()
         self._next_tick = 0.0
         self._next_trim = 0.0
         self._next_sweep = 0.0
+        self._memory_short = False  # Redis refused the last settlement for memory
+        self._trim_eagerly = False  # trim at every tick: since a refusal for memory, until a trim finds nothing
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -101,13 +111,13 @@ class Worker:
     def run(self) -> None:
         log.info("consumer %s starting (deadline %d ms, claim idle %d ms)", self.name,
                  self.timing.deadline_ms, self.timing.claim_idle_ms)
-        self._retrying(self.stream.ensure_group)
+        self._retrying(self.stream.ensure_group, "creating the group")
         self._finish_own_pending()
         while not self.stopping.is_set():
             if time.monotonic() >= self._next_tick:
                 self._tick()
             wait_ms = max(1, min(self.block_ms, int((self._next_tick - time.monotonic()) * 1000)))
-            entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms))
+            entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms), "reading new entries")
             if entries:
                 self.process(entries)
             elif entries is not None:  # nothing new: idle, and healthy
@@ -118,7 +128,8 @@ class Worker:
         """Entries delivered to this consumer name before a crash or restart come first."""
         cursor = "0"
         while not self.stopping.is_set():
-            entries = self._retrying(lambda: self.stream.read_own_pending(cursor, self.batch_size))
+            entries = self._retrying(lambda: self.stream.read_own_pending(cursor, self.batch_size),
+                                     "reading our pending entries")
             if not entries:
                 return
             log.info("resuming %d pending entries", len(entries))
@@ -127,11 +138,13 @@ class Worker:
 
     def _tick(self) -> None:
         self._next_tick = time.monotonic() + self.timing.tick_ms / 1000
-        retries = self._retrying(lambda: self.stream.retry_own(self.timing.retry_due, self.batch_size))
+        retries = self._retrying(lambda: self.stream.retry_own(self.timing.retry_due, self.batch_size),
+                                 "claiming our entries due for a retry")
         if retries:
             log.info("retrying %d of our own pending entries", len(retries))
             self.process(retries)
-        reclaimed = self._retrying(lambda: self.stream.reclaim_idle(self.timing.claim_idle_ms, self.batch_size))
+        reclaimed = self._retrying(lambda: self.stream.reclaim_idle(self.timing.claim_idle_ms, self.batch_size),
+                                   "reclaiming idle entries")
         if reclaimed:
             metrics.RECLAIMED.inc(len(reclaimed))
             log.warning("reclaimed %d entries idle over %d ms", len(reclaimed), self.timing.claim_idle_ms)
@@ -139,19 +152,25 @@ class Worker:
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
             self._sweep()
-        if time.monotonic() >= self._next_trim:
+        if time.monotonic() >= self._next_trim or self._trim_eagerly:
             self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
-            trimmed = self._retrying(lambda: self.stream.trim(self.retention_ms, int(time.time() * 1000)))
+            trimmed = self._retrying(lambda: self.stream.trim(self.retention_ms, int(time.time() * 1000)),
+                                     "trimming the stream")
             if trimmed:
                 log.info("trimmed %d acknowledged entries older than the retention window", trimmed)
+            elif trimmed == 0 and not self._memory_short:
+                self._trim_eagerly = False
 
     def _sweep(self) -> None:
         try:
             ended = sweep_if_ours(self.db, self.client, self.name)
-        except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
-            _count_error(exc)
+        except OUTAGE_ERRORS as exc:
+            metrics.DB_ERRORS.inc()
             log.warning("grace sweep skipped: %s", _describe(exc))
             self._reset_db_connection()
+            return
+        except redis.RedisError as exc:  # e.g. its lock refused by a full Redis: the next interval sweeps
+            self._redis_error(exc, "grace sweep skipped")
             return
         if ended:
             log.info("grace period ended for %d communities: %s", len(ended), ", ".join(ended[:20]))
@@ -160,30 +179,53 @@ class Worker:
         """Apply and settle one batch before its deadline. If the database or Redis is unavailable,
         or the deadline passes, nothing is acknowledged: the entries stay pending here and are retried
         once the outage is over. A stop request is honoured only between batches."""
-        deadline = time.monotonic() + self.timing.deadline_ms / 1000
+        started = time.monotonic()
+        deadline = started + self.timing.deadline_ms / 1000
         try:
             prior = self.stream.prior_state(entries)
             outcomes = apply_batch(self.db, entries, prior, self.policy, self.max_deliveries, deadline)
             # Counted once committed, even if settling fails below: the redelivery is then a duplicate.
             metrics.record_outcomes(outcomes, committed_at=time.time())
-            self.stream.settle(settlement_of(outcomes, prior))
+            settled = self.stream.settle(settlement_of(outcomes, prior))
         except BatchDeadlineExceeded:
             metrics.DEADLINES_MISSED.inc()
             self.batch_size = max(1, self.batch_size // 2)
             log.warning("batch of %d missed its %d ms deadline; rolled back, batch size now %d",
                         len(entries), self.timing.deadline_ms, self.batch_size)
             return
-        except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
-            _count_error(exc)
+        except OUTAGE_ERRORS as exc:
+            metrics.DB_ERRORS.inc()
             log.warning("batch of %d not applied, will retry: %s", len(entries), _describe(exc))
             self._reset_db_connection()
             self._await_recovery()
             return
+        except redis.RedisError as exc:
+            delay = self._redis_error(exc, f"batch of {len(entries)} not settled, will retry")
+            if isinstance(exc, UNREACHABLE):
+                self._await_recovery()
+            else:
+                self.stopping.wait(delay)
+            return
+        if not settled:  # refused for memory: acknowledged what needs none (see EventStream.settle)
+            metrics.REDIS_FAILURES.inc()
+            self._trim_eagerly = True
+        self._memory_short = not settled
         self.backoff.reset()
         metrics.LAST_SUCCESS.set_to_current_time()
+        self._grow_batch(len(entries), time.monotonic() - started)
         for outcome in outcomes:
             log.info("%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id, outcome.entry.event_type,
                      outcome.outcome, f" ({outcome.error})" if outcome.error else "")
+
+    def _grow_batch(self, size: int, seconds: float) -> None:
+        """After missed deadlines made batches smaller: double the batch size when a batch twice as big, at
+        this batch's pace, would still have committed within half the deadline; never above --batch."""
+        if self.batch_size >= self.max_batch_size or size <= 0:
+            return
+        bigger = min(self.max_batch_size, self.batch_size * 2)
+        if seconds / size * bigger <= self.timing.deadline_ms / 1000 / 2:
+            self.batch_size = bigger
+            log.info("batch of %d committed in %.0f ms; batch size back up to %d", size, seconds * 1000, bigger)
 
     def _await_recovery(self) -> None:
         """Pause, with capped backoff, until both Redis and the database answer (or we are stopped)."""
@@ -197,35 +239,52 @@ class Worker:
                 probe()
                 log.info("Redis and the database answer again; resuming")
                 return
-            except (*REDIS_ERRORS, *OUTAGE_ERRORS) as exc:
-                _count_error(exc)
+            except OUTAGE_ERRORS as exc:
+                metrics.DB_ERRORS.inc()
                 self._reset_db_connection()
                 delay = self.backoff.next()
                 log.warning("%s; retrying in %.1fs", _describe(exc), delay)
                 self.stopping.wait(delay)
+            except redis.RedisError as exc:
+                self.stopping.wait(self._redis_error(exc, "probe"))
 
-    def _retrying(self, step: Callable[[], T]) -> T | None:
-        """Run a Redis step until it succeeds, pausing with capped backoff while Redis is unavailable
-        and recreating the stream and group if Redis lost them. None if stopped meanwhile."""
+    def _retrying(self, step: Callable[[], T], what: str) -> T | None:
+        """Run a Redis step until it succeeds, pausing with capped backoff while Redis is unavailable or
+        refuses, and recreating the stream and group if Redis lost them. None if stopped meanwhile."""
         while not self.stopping.is_set():
             try:
                 result = step()
                 self.backoff.reset()
                 return result
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("stream or group missing (Redis restarted empty?); recreating them")
-                try:
-                    self.stream.ensure_group()
-                except REDIS_ERRORS:
-                    pass  # the next try meets the outage and backs off
-            except REDIS_ERRORS as exc:
-                metrics.REDIS_FAILURES.inc()
-                delay = self.backoff.next()
-                log.warning("%s; retrying in %.1fs", _describe(exc), delay)
-                self.stopping.wait(delay)
+            except redis.RedisError as exc:
+                if reply_code(exc) == "NOGROUP" and self._recreate_group():
+                    continue  # recreated: try again at once
+                self.stopping.wait(self._redis_error(exc, what))
         return None
+
+    def _recreate_group(self) -> bool:
+        """After NOGROUP: True if the stream and group were recreated now."""
+        metrics.REDIS_FAILURES.inc()
+        log.warning("stream or group missing (Redis restarted empty, or failed over?); recreating them")
+        try:
+            return self.stream.ensure_group()
+        except redis.RedisError as exc:
+            self.stopping.wait(self._redis_error(exc, "recreating the group"))
+            return False
+
+    def _redis_error(self, exc: redis.RedisError, doing: str) -> float:
+        """Count and log one Redis error; the delay to wait before trying again."""
+        metrics.REDIS_FAILURES.inc()
+        delay = self.backoff.next()
+        code = reply_code(exc)
+        detail = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        if code is None:
+            log.warning("%s: Redis unavailable: %s; retrying in %.1fs", doing, detail, delay)
+        elif code in TRANSIENT_REPLIES or code == "NOGROUP":
+            log.warning("%s: Redis transient error %s: %s; retrying in %.1fs", doing, code, detail, delay)
+        else:
+            log.error("%s: unexpected Redis error reply %s: %s; retrying in %.1fs", doing, code, detail, delay)
+        return delay
 
     def _reset_db_connection(self) -> None:
         try:
@@ -235,10 +294,5 @@ class Worker:
             pass
 
 
-def _count_error(exc: BaseException) -> None:
-    (metrics.DB_ERRORS if isinstance(exc, OUTAGE_ERRORS) else metrics.REDIS_FAILURES).inc()
-
-
 def _describe(exc: BaseException) -> str:
-    what = "database" if isinstance(exc, OUTAGE_ERRORS) else "Redis"
-    return f"{what} unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
+    return f"database unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
