@@ -12,7 +12,7 @@ import redis
 
 from consumer.stream import as_text, failures_key, read_group_state
 from models.config import Settings
-from models.redis_io import ENTRY_FIELDS
+from models.redis_io import ENTRY_FIELDS, seen_key
 from models.tables import AuditLog
 
 
@@ -116,7 +116,15 @@ def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> 
     # The audit row first: once the entries are deleted it is the only copy of their payloads.
     audit("ops_dead_drop", {"entries": [r["entry_id"] for r in dropped], "event_ids": [r["event_id"] for r in dropped],
                             "payloads": [fields[b"payload"].decode("utf-8", "replace") for _, fields in letters]})
-    client.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
+    # Forget the events' dedupe marks first: otherwise a resend from Stripe's dashboard would be answered
+    # `duplicate` for DEDUPE_TTL_SECONDS (their rows are `dead`, which a consumer takes over). Then the letters.
+    # One round trip, not a MULTI: Redis refuses no DEL or XDEL when it is full, but any MULTI.
+    pipe = client.pipeline(transaction=False)
+    event_ids = [r["event_id"] for r in dropped if r["event_id"]]
+    if event_ids:
+        pipe.delete(*[seen_key(settings.stream_key, event_id) for event_id in event_ids])
+    pipe.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
+    pipe.execute()
     return dropped
 
 
