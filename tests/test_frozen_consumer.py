@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,10 @@ def all_processed(events: list[dict]) -> bool:
 def test_a_frozen_consumer_does_not_stall_the_others(redis_server, redis_url, pg_url, tmp_path):
     client = redis_server.client()
     env = service_env(redis_url, pg_url)
-    held = events_for(10, "f")  # the batch the frozen consumer holds: 5 communities, their rows locked
+    # Ids of this run only: besides its rows, the frozen batch holds advisory locks (on subscription ids), and
+    # those are database-wide, shared with other tests' schemas.
+    run = uuid.uuid4().hex[:8]
+    held = events_for(10, f"f{run}-")  # the batch the frozen consumer holds: 5 communities, their rows locked
     enqueue_all(client, held)
     frozen = consumer(env, tmp_path, "frozen", BILLING_FAULT="stop:before_commit")
     takeover = None
@@ -73,7 +77,7 @@ def test_a_frozen_consumer_does_not_stall_the_others(redis_server, redis_url, pg
             assert time.monotonic() - frozen_at < FROZEN_APPLIED_WITHIN_S, (
                 f"the frozen consumer's entries were not applied within {FROZEN_APPLIED_WITHIN_S}s:\n"
                 f"{takeover.output()[-3000:]}")
-            pair = events_for(2, f"u{len(unrelated)}-")
+            pair = events_for(2, f"u{run}-{len(unrelated)}-")
             sent = time.monotonic()
             enqueue_all(client, pair)
             wait_for(lambda: all_processed(pair), timeout=UNRELATED_WITHIN_S,
@@ -92,7 +96,7 @@ def test_a_frozen_consumer_does_not_stall_the_others(redis_server, redis_url, pg
         assert frozen.popen.poll() is None, frozen.output()
         takeover.stop()
         assert takeover.popen.returncode == 0, takeover.output()
-        later = events_for(4, "r")  # only the resumed consumer is left to apply these
+        later = events_for(4, f"r{run}-")  # only the resumed consumer is left to apply these
         enqueue_all(client, later)
         wait_for(lambda: all_processed(later), what=f"the resumed consumer to apply new events: {frozen.output()}")
         wait_for(lambda: pending(client) == 0, what="every entry to be acknowledged")
