@@ -27,9 +27,11 @@ def seen_key(stream_key: str, event_id: str) -> str:
 
 
 # The entitlement cache's keys. Each kind of key has its own prefix, and the kind comes before the id, so no
-# community id (whatever it contains) can make one kind's key equal another kind's, or another community's.
-ENTITLEMENT_ANSWER_PREFIX = "billing:entitlements:answer:"
-ENTITLEMENT_TOKEN_PREFIX = "billing:entitlements:token:"
+# community id (whatever it contains) can make one kind's key equal another kind's, or another community's. Nor
+# one of the keys of the cache before these (`billing:entitlements:<id>`, `billing:entitlements:gen:<id>`), which
+# may still be there, for a while, after an upgrade.
+ENTITLEMENT_ANSWER_PREFIX = "billing:entitlement-cache:answer:"
+ENTITLEMENT_TOKEN_PREFIX = "billing:entitlement-cache:token:"
 # How long a reader's guard token lives: far longer than a database read takes. A reader slower than this
 # just does not cache its answer.
 ENTITLEMENT_TOKEN_TTL_SECONDS = 60

@@ -110,7 +110,7 @@ def test_a_malformed_community_id_is_400_json_with_the_rule(client, r, community
     response = client.get(f"{V1}/{community_id}/{what}")
     assert response.status_code == 400 and response.is_json, response.data
     assert response.get_json()["error"] == f"malformed community id: {community.RULE}"
-    assert r.keys("billing:entitlements:*") == []  # nothing cached under a strange key
+    assert r.keys("billing:entitlement*") == []  # nothing cached under a strange key
 
 
 # Ids the old API pattern refused (a leading '.', '-' or '_'), though the consumer stored them.
@@ -359,7 +359,7 @@ def test_without_a_token_other_clients_get_403_json(make_client, r, address, pat
     response = client.get(f"{V1}/{path}", environ_base={"REMOTE_ADDR": address})
     assert response.status_code == 403 and response.is_json, response.data
     assert "API_TOKEN" in response.get_json()["error"]
-    assert r.keys("billing:entitlements:*") == []  # nothing read, nothing cached
+    assert r.keys("billing:entitlement*") == []  # nothing read, nothing cached
     for other in ["/healthz", "/openapi.json", "/metrics"]:  # only /v1 is guarded
         assert client.get(other, environ_base={"REMOTE_ADDR": address}).status_code == 200
 
