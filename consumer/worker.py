@@ -257,20 +257,20 @@ class Worker:
                 self.backoff.reset()
                 return result
             except redis.RedisError as exc:
-                if reply_code(exc) == "NOGROUP" and self._recreate_group():
-                    continue  # recreated: try again at once
-                self.stopping.wait(self._redis_error(exc, what))
+                if reply_code(exc) == "NOGROUP":
+                    metrics.REDIS_FAILURES.inc()
+                    log.warning("%s: stream or group missing (Redis restarted empty, or failed over?); recreating "
+                                "them", what)
+                    try:
+                        if self.stream.ensure_group():
+                            continue  # recreated: try again at once
+                        delay = self.backoff.next()  # there again (another consumer was quicker): shortly
+                    except redis.RedisError as again:
+                        delay = self._redis_error(again, "recreating the group")
+                else:
+                    delay = self._redis_error(exc, what)
+                self.stopping.wait(delay)
         return None
-
-    def _recreate_group(self) -> bool:
-        """After NOGROUP: True if the stream and group were recreated now."""
-        metrics.REDIS_FAILURES.inc()
-        log.warning("stream or group missing (Redis restarted empty, or failed over?); recreating them")
-        try:
-            return self.stream.ensure_group()
-        except redis.RedisError as exc:
-            self.stopping.wait(self._redis_error(exc, "recreating the group"))
-            return False
 
     def _redis_error(self, exc: redis.RedisError, doing: str) -> float:
         """Count and log one Redis error; the delay to wait before trying again."""
