@@ -37,10 +37,11 @@ def lifecycle(community: str, start: int, api_version: str = "current") -> list[
     ids = dict(customer_id=f"cus_{community}", subscription_id=f"sub_{community}", api_version=api_version)
     return [
         build_event("checkout.session.completed", community, tier="basic", created=start, **ids),
-        build_event("invoice.paid", community, created=start + 1, **ids),
-        build_event("invoice.payment_failed", community, created=start + 2, **ids),
+        build_event("invoice.paid", community, tier="basic", created=start + 1, **ids),
+        build_event("invoice.payment_failed", community, tier="basic", created=start + 2, **ids),
         build_event("customer.subscription.updated", community, tier="elite", status="active", created=start + 3, **ids),
-        build_event("invoice.paid", community, created=start + 4, **ids),
+        # The invoice's subscription metadata mirrors the subscription's, which the update moved to elite.
+        build_event("invoice.paid", community, tier="elite", created=start + 4, **ids),
     ]
 
 
