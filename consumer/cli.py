@@ -278,12 +278,17 @@ def _iso(ms: int) -> str:
 @json_option
 @operation
 def sweep(settings: Settings, client: redis.Redis, as_json: bool) -> None:
-    """End every expired grace period now (running consumers do it within a minute anyway)."""
+    """End every expired grace period now, and drop deferred events older than 30 days (running consumers do
+    both within a minute anyway)."""
+    from consumer.deferred import MAX_AGE, drop_expired
     from consumer.sweep import end_expired_grace
     from models.db import database_proxy
 
     ended = end_expired_grace(database_proxy.obj, client)
+    dropped = drop_expired(database_proxy.obj)
     if as_json:
-        click.echo(json.dumps({"ended": ended}, indent=2))
+        click.echo(json.dumps({"ended": ended, "deferred_dropped": dropped}, indent=2))
     else:
         click.echo(f"grace period ended for {len(ended)} communities" + (f": {', '.join(ended)}" if ended else ""))
+        if dropped:
+            click.echo(f"dropped {len(dropped)} deferred events older than {MAX_AGE.days} days: {', '.join(dropped)}")

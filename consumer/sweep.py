@@ -1,6 +1,7 @@
 """Ending expired grace periods: `past_due` past `grace_until` becomes `unpaid`. The entitlements
 answer is already right at read time; this writes it down, audits it and drops the cached answer.
-Running consumers do it every SWEEP_EVERY_SECONDS, one at a time (a Redis lock)."""
+Running consumers do it every SWEEP_EVERY_SECONDS, one at a time (a Redis lock), and drop the deferred events
+no checkout has claimed within deferred.MAX_AGE on the same pass."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,6 +11,7 @@ import logging
 import peewee
 import redis
 
+from consumer import deferred
 from models.db import is_postgres, write_transaction
 from models.redis_io import invalidate_entitlements
 from models.tables import AuditLog, Subscription, iso, utcnow
@@ -53,4 +55,9 @@ def sweep_if_ours(db: peewee.Database, client: redis.Redis, owner: str) -> list[
     in time."""
     if not client.set(LOCK_KEY, owner, nx=True, px=SWEEP_EVERY_SECONDS * 1000 - LOCK_MARGIN_MS):
         return None
-    return end_expired_grace(db, client)
+    ended = end_expired_grace(db, client)
+    dropped = deferred.drop_expired(db)
+    if dropped:
+        log.warning("dropped %d deferred events no checkout linked within %d days (audit rows keep them): %s",
+                    len(dropped), deferred.MAX_AGE.days, ", ".join(dropped[:20]))
+    return ended

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import pytest
 
 from consumer.sweep import LOCK_KEY, SWEEP_EVERY_SECONDS, end_expired_grace, sweep_if_ours
 from models.redis_io import entitlement_key, entitlement_token_key
-from models.tables import AuditLog, Subscription, utcnow
+from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent, utcnow
 from tests.ops_helpers import invoke
 from tests.services import Process, service_env, wait_for
 
@@ -112,7 +113,7 @@ def test_sweep_command(db, r, redis_url, database_url):
     env = {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
     result = invoke(env, "sweep", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"ended": ["over"]}
+    assert json.loads(result.output) == {"ended": ["over"], "deferred_dropped": []}
     assert (status_of("over"), status_of("later")) == ("unpaid", "past_due")
     assert [c for c, _ in ended_audits()] == ["over"]
     assert (r.exists(entitlement_key("over")), r.exists(entitlement_key("later"))) == (0, 1)
@@ -122,6 +123,21 @@ def test_sweep_command(db, r, redis_url, database_url):
     assert (result.exit_code, result.output.strip()) == (0, "grace period ended for 1 communities: over-2")
     result = invoke(env, "sweep")
     assert (result.exit_code, result.output.strip()) == (0, "grace period ended for 0 communities")
+
+
+def test_sweep_command_drops_deferred_events_no_checkout_claimed_in_30_days(db, r, redis_url, database_url):
+    now = int(time.time())
+    for event_id, age_days in (("evt_old", 31), ("evt_young", 29)):
+        WebhookEvent.create(stripe_event_id=event_id, event_type="invoice.paid", status="deferred")
+        DeferredEvent.create(stripe_event_id=event_id, stripe_subscription_id="sub_x", event_type="invoice.paid",
+                             created=now - age_days * 86_400, payload='{"id": "%s"}' % event_id)
+    result = invoke({"REDIS_URL": redis_url, "DATABASE_URL": database_url}, "sweep")
+    assert result.exit_code == 0, result.output
+    assert "dropped 1 deferred events older than 30 days: evt_old" in result.output
+    assert [row.stripe_event_id for row in DeferredEvent.select()] == ["evt_young"]
+    assert WebhookEvent.get(WebhookEvent.stripe_event_id == "evt_old").status == "ignored"
+    [audit] = AuditLog.select().where(AuditLog.event_type == "deferred_dropped")
+    assert json.loads(audit.event_data)["payload"] == '{"id": "evt_old"}'
 
 
 def test_sweep_command_still_ends_grace_with_redis_unreachable(db, database_url):
