@@ -33,7 +33,7 @@ class Entry:
         def number(name: str) -> int:
             try:
                 return int(float(text(name) or 0))
-            except ValueError:
+            except (ValueError, OverflowError):  # not a number, or "1e400"/"inf" from an entry written by hand
                 return 0
 
         payload = fields.get(b"payload", fields.get("payload", b""))

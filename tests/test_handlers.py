@@ -7,7 +7,7 @@ import time
 import pytest
 
 from consumer.batch import FINAL_STATUSES, BatchDeadlineExceeded, apply_batch, settlement_of
-from consumer.stream import Failure, PriorState
+from consumer.stream import Entry, Failure, PriorState
 from models.stripe_events import HANDLED_TYPES, read_facts
 from models.tables import AuditLog, Subscription, WebhookEvent, from_epoch
 from models.tiers import STATUSES
@@ -321,3 +321,11 @@ def test_peer_events(db):
             assert audits(community_id=f"peer-{n}"), name
     assert WebhookEvent.select().where(WebhookEvent.status == "failed").count() == 0
     assert Subscription.select().count() >= 5
+
+
+@pytest.mark.parametrize("created", [b"1e400", b"inf", b"-inf", b"nan", b"9" * 500, b"soon"])
+def test_an_entry_with_an_unusable_created_field_is_read(created):
+    """Entries are written by our receiver, but `dead retry` or an operator's XADD can carry anything."""
+    entry = Entry.from_fields("1700000000000-0", {b"event_id": b"evt_1", b"event_type": b"invoice.paid",
+                                                  b"created": created, b"payload": b"{}", b"received_at": b"1"})
+    assert (entry.event_id, entry.created) == ("evt_1", 0)
