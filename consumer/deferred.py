@@ -28,7 +28,10 @@ def lock_subscription(db: peewee.Database, subscription_id: str) -> None:
     """Serialise deferring and linking of one subscription across consumers (PostgreSQL; SQLite's write
     transactions are serial already)."""
     if is_postgres(db):
-        db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"billing:subscription:{subscription_id}",))
+        # Advisory locks are database-wide: the schema in the key keeps two deployments (or test runs) that
+        # share a database in separate schemas from waiting on each other.
+        db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(current_schema() || %s))",
+                       (f":billing:subscription:{subscription_id}",))
 
 
 def defer(event_id: str, event_type: str, subscription_id: str, created: int, payload: bytes) -> None:
