@@ -104,8 +104,9 @@ def _failed(db: peewee.Database, entry: Entry, error: str, prior: PriorState, ma
             _record_failure(entry, error, status)
     except OUTAGE_ERRORS:
         raise
-    except peewee.DatabaseError:  # e.g. an event id longer than the column: left unrecorded
-        log.exception("could not record the failure of event %s", entry.event_id)
+    except (peewee.DatabaseError, ValueError):  # e.g. an event id longer than the column, or with a NUL
+        # (psycopg2 refuses NUL before sending: a ValueError): left unrecorded, dead-lettered in time.
+        log.exception("could not record the failure of event %r", entry.event_id)
     return Outcome(entry, status, error=error, failure=failure)
 
 
