@@ -56,6 +56,17 @@ def db(database_url):
 
 
 @pytest.fixture
+def sqlite_url(tmp_path):
+    """A migrated SQLite database of the test's own, for tests about Redis or processes rather than databases."""
+    url = f"sqlite:///{tmp_path}/billing.db"
+    database = open_database(url)
+    migrate(database)
+    yield url
+    database.close()
+    database_proxy.initialize(None)
+
+
+@pytest.fixture
 def settings(redis_url, database_url):
     return Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=database_url)
 

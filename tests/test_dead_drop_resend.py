@@ -9,7 +9,7 @@ import json
 import pytest
 
 from models.config import Settings
-from models.db import database_proxy, migrate, open_database
+from models.db import database_proxy
 from models.redis_io import seen_key
 from models.tables import Subscription, WebhookEvent
 from receiver import create_app
@@ -20,16 +20,6 @@ from tests.services import SECRET, wait_for
 
 BLOCK = ("CREATE TRIGGER block_community BEFORE INSERT ON subscriptions WHEN NEW.community_id = 'resent' "
          "BEGIN SELECT RAISE(ABORT, 'subscriptions: community resent is blocked'); END")
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    url = f"sqlite:///{tmp_path}/billing.db"
-    db = open_database(url)
-    migrate(db)
-    yield url
-    db.close()
-    database_proxy.initialize(None)
 
 
 @pytest.fixture

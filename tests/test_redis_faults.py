@@ -18,7 +18,6 @@ from prometheus_client import REGISTRY
 from consumer.stream import failures_key
 from consumer.worker import Worker
 from models.config import Settings
-from models.db import database_proxy, migrate, open_database
 from models.redis_io import connect_redis, entitlement_key, seen_key
 from models.tables import WebhookEvent
 from receiver.queue import EventQueue
@@ -29,17 +28,6 @@ from tests.test_entitlement_cache import fill_until_refused, used_memory
 
 STREAM, GROUP = "stripe:events", "billing"
 ERRORS = "billing_redis_errors_total"
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    """A migrated SQLite database shared with the consumer processes (Redis is what these tests are about)."""
-    url = f"sqlite:///{tmp_path}/billing.db"
-    db = open_database(url)
-    migrate(db)
-    yield url
-    db.close()
-    database_proxy.initialize(None)
 
 
 @pytest.fixture
