@@ -6,6 +6,7 @@ the redelivery recognises (acknowledged with no second effect)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 
@@ -142,7 +143,7 @@ def _claim(entry: Entry) -> tuple[bool, str | None]:
                 stripe_event_id=entry.event_id,
                 event_type=entry.event_type[:255],
                 status="processed",  # rewritten with the real outcome before the commit
-                received_at=from_epoch(entry.received_at_ms / 1000),
+                received_at=_received_at(entry),
             ).execute()
         return True, None
     except peewee.IntegrityError:
@@ -156,6 +157,15 @@ def _claim(entry: Entry) -> tuple[bool, str | None]:
         return row is not None, None
 
 
+def _received_at(entry: Entry) -> dt.datetime:
+    """When the receiver took the event; now for an entry whose `received_at` no datetime holds (an entry
+    XADDed by hand), which would otherwise fail the event and then the recording of its failure."""
+    try:
+        return from_epoch(entry.received_at_ms / 1000)
+    except (OverflowError, ValueError, OSError):
+        return utcnow()
+
+
 def _record_failure(entry: Entry, error: str, status: str) -> None:
     if not entry.event_id:
         return
@@ -164,7 +174,7 @@ def _record_failure(entry: Entry, error: str, status: str) -> None:
         event_type=entry.event_type[:255],
         status=status,
         error_message=error[:4000],
-        received_at=from_epoch(entry.received_at_ms / 1000),
+        received_at=_received_at(entry),
     ).on_conflict(
         conflict_target=[WebhookEvent.stripe_event_id],
         update={WebhookEvent.status: status, WebhookEvent.error_message: error[:4000]},

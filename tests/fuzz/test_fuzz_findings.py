@@ -2,8 +2,10 @@
 plain test so it stays fixed whatever the fuzzers happen to draw."""
 from __future__ import annotations
 
+import json
+
 from consumer.batch import apply_batch
-from consumer.stream import Failure, PriorState
+from consumer.stream import Entry, Failure, PriorState
 from models.db import is_postgres
 from models.tables import WebhookEvent
 from tests.handler_helpers import POLICY, entry_for, ev
@@ -25,3 +27,19 @@ def test_an_event_id_with_a_nul_fails_and_is_dead_lettered_never_raises(db):
     [dead] = apply_batch(db, entries[:1], PriorState(failures={entries[0].entry_id: Failure(4, 0)}), POLICY,
                          max_deliveries=5)
     assert dead.outcome == "dead"
+
+
+def test_an_entry_with_a_received_at_no_datetime_holds_is_applied_never_raises(db):
+    """An entry XADDed by hand with received_at 99999999999999999999 (ms): the event failed on its row's
+    received_at (OSError: value too large), then recording that failure raised the same error out of
+    apply_batch, at every delivery."""
+    fields = {b"event_id": b"evt_by_hand", b"event_type": b"invoice.paid", b"created": b"0",
+              b"received_at": b"99999999999999999999"}
+    good = ev("checkout.session.completed", "current")
+    entries = [Entry.from_fields("1700000000000-0", {**fields, b"payload": json.dumps(good).encode()}),
+               Entry.from_fields("1700000000000-1", {**fields, b"event_id": b"evt_unreadable", b"payload": b"[]"})]
+    outcomes = apply_batch(db, entries, PriorState(), POLICY, max_deliveries=5)
+    assert [o.outcome for o in outcomes] == ["processed", "failed"]
+    rows = {hook.stripe_event_id: hook for hook in WebhookEvent.select()}
+    assert (rows["evt_by_hand"].status, rows["evt_unreadable"].status) == ("processed", "failed")
+    assert all(hook.received_at is not None for hook in rows.values())
