@@ -16,8 +16,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.db import migrate, open_database  # noqa: E402
+from models.event_queue import EventQueue  # noqa: E402
 from models.tables import WebhookEvent  # noqa: E402
-from receiver.queue import EventQueue  # noqa: E402
 from receiver.sample_events import build_event  # noqa: E402
 from tests.services import Process, RedisServer, postgres_schema, service_env, wait_for  # noqa: E402
 

@@ -8,9 +8,9 @@ from werkzeug.exceptions import HTTPException
 
 from models.config import Settings
 from models.db import database_proxy, open_database
+from models.event_queue import EventQueue
 from models.redis_io import connect_redis
 from receiver.entitlement_cache import EntitlementCache
-from receiver.queue import EventQueue
 
 MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from click.testing import CliRunner, Result
 
 from consumer.cli import cli
 from models.db import database_proxy
+from models.event_queue import EventQueue
 from models.tables import AuditLog
-from receiver.queue import EventQueue
 from receiver.sample_events import build_event
 from tests.services import Process, service_env
 

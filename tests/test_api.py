@@ -15,10 +15,10 @@ from consumer.batch import apply_batch, settlement_of
 from consumer.handlers import Policy
 from consumer.stream import EventStream
 from models.db import database_proxy
+from models.event_queue import EventQueue
 from models.redis_io import entitlement_key, invalidate_entitlements
 from models.tables import AuditLog, Subscription, utcnow
 from receiver import create_app
-from receiver.queue import EventQueue
 from receiver.sample_events import EVENT_TYPES, build_event
 from tests.conftest import sign
 from tests.services import wait_for

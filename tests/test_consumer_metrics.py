@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.queue import EventQueue
+from models.event_queue import EventQueue
 from receiver.sample_events import build_event
 from tests.services import Process, free_port, service_env, wait_for
 

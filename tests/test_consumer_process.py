@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from models.event_queue import EventQueue
 from models.tables import AuditLog, Subscription, WebhookEvent
-from receiver.queue import EventQueue
 from receiver.sample_events import build_event
 from tests.conftest import load_peer_events, sign
 from tests.services import REPO, Process, service_env, start_receiver, wait_for

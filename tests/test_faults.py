@@ -12,8 +12,8 @@ import pytest
 from consumer.stream import EventStream
 from models.config import Settings
 from models.db import migrate, open_database
+from models.event_queue import EventQueue
 from models.tables import AuditLog, WebhookEvent
-from receiver.queue import EventQueue
 from receiver.sample_events import build_event
 from tests.services import PostgresServer, Process, RedisServer, service_env, wait_for
 

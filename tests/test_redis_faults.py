@@ -18,9 +18,9 @@ from prometheus_client import REGISTRY
 from consumer.stream import failures_key
 from consumer.worker import Worker
 from models.config import Settings
+from models.event_queue import EventQueue
 from models.redis_io import connect_redis, entitlement_key, seen_key
 from models.tables import WebhookEvent
-from receiver.queue import EventQueue
 from receiver.sample_events import build_event
 from tests.services import SECRET, Process, RedisServer, free_port, service_env, wait_for
 from tests.test_consumer_metrics import scrape, value

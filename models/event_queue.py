@@ -1,4 +1,5 @@
-"""Dedupe and enqueue in one atomic Redis step."""
+"""Dedupe and enqueue in one atomic Redis step: the one way an event enters the stream, whether the receiver
+took it from Stripe's POST or the consumer's backfill and reconciliation listed it from Stripe's Events API."""
 from __future__ import annotations
 
 import time
