@@ -114,6 +114,9 @@ class Settings:
     metrics_port: int = 9101
     tiers_file: str = ""
     stream_retention_seconds: int = 86_400
+    stripe_api_key: str = dataclasses.field(default="", repr=False)
+    stripe_api_base: str = "https://api.stripe.com"
+    reconcile_interval_seconds: int = 300
     tiers: TierMatrix = dataclasses.field(default_factory=TierMatrix.default)
 
     @classmethod
@@ -150,6 +153,11 @@ class Settings:
             stream_retention_seconds=reader.get(
                 "STREAM_RETENTION_SECONDS", _positive_int, defaults.stream_retention_seconds
             ),
+            stripe_api_key=reader.get("STRIPE_API_KEY", _stripe_api_key, ""),
+            stripe_api_base=reader.get("STRIPE_API_BASE", _api_base, defaults.stripe_api_base),
+            reconcile_interval_seconds=reader.get(
+                "RECONCILE_INTERVAL_SECONDS", _positive_int, defaults.reconcile_interval_seconds
+            ),
         )
         unknown = {price: tier for price, tier in settings.price_tiers.items() if tier not in tiers}
         if unknown:
@@ -162,6 +170,13 @@ class Settings:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...), "
                 "or several separated by commas while rolling a secret"
+            )
+
+    def require_stripe_api_key(self) -> None:
+        if not self.stripe_api_key:
+            raise ConfigError(
+                "STRIPE_API_KEY is not set: give a secret key (sk_...) or a restricted key (rk_...) with read "
+                "access to Events (and to Subscriptions for `reconcile subscriptions`)"
             )
 
     @property
@@ -205,6 +220,27 @@ def _secrets(raw: str) -> tuple[str, ...]:
             what = "is an API key" if secret.startswith(("sk_", "rk_", "pk_")) else "does not start with 'whsec_'"
             raise ValueError(f"{which} {what}: give the endpoint's signing secret (whsec_...) from Stripe's dashboard")
     return secrets
+
+
+def _stripe_api_key(raw: str) -> str:
+    if raw.startswith("whsec_"):
+        raise ValueError("is a webhook signing secret (that is STRIPE_WEBHOOK_SECRET): give an API key, sk_... "
+                         "or a restricted rk_... with read access to Events")
+    if raw.startswith("pk_"):
+        raise ValueError("is a publishable key, which cannot read events: give a secret key (sk_...) or a "
+                         "restricted key (rk_...)")
+    if not raw.startswith(("sk_", "rk_")) or any(ch.isspace() for ch in raw):
+        raise ValueError("expected a secret key (sk_...) or a restricted key (rk_...) from Stripe's dashboard")
+    return raw
+
+
+def _api_base(raw: str) -> str:
+    """Stripe's API address, or a test server's: scheme and host (and port), no path."""
+    parts = urllib.parse.urlsplit(raw)
+    _port_of(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise ValueError("expected an address like https://api.stripe.com (scheme, host and port only)")
+    return raw.rstrip("/")
 
 
 def _price_tiers(raw: str) -> dict[str, str]:

@@ -30,6 +30,14 @@ BAD_VALUES = [
     ("STREAM_KEY", "stripe events"),
     ("CONSUMER_GROUP", "bill ing"),
     ("DEAD_LETTER_KEY", "dead\tletters"),
+    ("STRIPE_API_KEY", "whsec_abcdefghijkl"),
+    ("STRIPE_API_KEY", "pk_live_abcdefghijkl"),
+    ("STRIPE_API_KEY", "not a key"),
+    ("STRIPE_API_BASE", "api.stripe.com"),
+    ("STRIPE_API_BASE", "https://api.stripe.com/v1"),
+    ("STRIPE_API_BASE", "http://127.0.0.1:port"),
+    ("RECONCILE_INTERVAL_SECONDS", "0"),
+    ("RECONCILE_INTERVAL_SECONDS", "5m"),
 ]
 
 
@@ -54,6 +62,8 @@ def test_empty_environment_gives_the_documented_defaults():
     assert (settings.grace_period_hours, settings.entitlement_ttl_seconds) == (24, 300)
     assert (settings.dedupe_ttl_seconds, settings.port, settings.metrics_port) == (604_800, 8000, 9101)
     assert settings.api_token == "" and settings.tiers_file == "" and dict(settings.price_tiers) == {}
+    assert (settings.stripe_api_key, settings.stripe_api_base) == ("", "https://api.stripe.com")
+    assert settings.reconcile_interval_seconds == 300
 
 
 def test_blank_values_fall_back_to_defaults():
@@ -82,6 +92,16 @@ def test_good_values_are_parsed():
     assert (settings.metrics_port, settings.port) == (0, 8080)
 
 
+def test_stripe_api_settings_are_parsed():
+    settings = Settings.from_env({"STRIPE_API_KEY": "rk_live_restricted", "STRIPE_API_BASE": "http://127.0.0.1:12111/",
+                                  "RECONCILE_INTERVAL_SECONDS": "60"})
+    assert (settings.stripe_api_key, settings.stripe_api_base) == ("rk_live_restricted", "http://127.0.0.1:12111")
+    assert settings.reconcile_interval_seconds == 60 and "rk_live" not in repr(settings)
+    settings.require_stripe_api_key()  # does not raise
+    with pytest.raises(ConfigError, match="STRIPE_API_KEY is not set"):
+        Settings.from_env({}).require_stripe_api_key()
+
+
 def test_missing_secret_is_refused_by_name():
     with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
         Settings.from_env({}).require_webhook_secrets()
@@ -97,6 +117,8 @@ SECRET_VALUES = [
     ("STRIPE_WEBHOOK_SECRET", f"whsec_Kd93hF0aLq2xZ7,{LIVE_KEY}", LIVE_KEY[8:], "secret 2 of 2 (sk_live_…)"),
     ("STRIPE_WEBHOOK_SECRET", "rk_test_Zx81nQpLmW03", "Zx81nQpLmW03", "rk_test_…"),
     ("STRIPE_WEBHOOK_SECRET", "hunter2", "hunter2", "hun…"),
+    ("STRIPE_API_KEY", "whsec_Kd93hF0aLq2xZ7", "Kd93hF0aLq2xZ7", "whsec_Kd…"),
+    ("STRIPE_API_KEY", "pk_live_Zx81nQpLmW03", "Zx81nQpLmW03", "pk_live_…"),
     ("REDIS_URL", "http://:hunter2@cache.internal:6379/0", "hunter2", "http://:***@cache.internal:6379/0"),
     ("REDIS_URL", "redis://:hunter2@cache.internal:port/0", "hunter2", "redis://:***@cache.internal:port/0"),
     ("REDIS_URL", "redis://default:hunter2@cache.internal/0?socket_timeout=soon", "hunter2", "socket_timeout"),
