@@ -5,16 +5,17 @@ import datetime as dt
 import hmac
 import ipaddress
 import logging
+import time
 
 import peewee
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from models import community
 from models.config import scrub
 from models.entitlements import cache_ttl, entitlements, subscription_view
 from models.tables import Subscription
-from receiver.metrics import CACHE_REQUESTS
+from receiver.metrics import API_REQUEST_SECONDS, API_REQUESTS, API_UNMATCHED, CACHE_REQUESTS
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -42,6 +43,29 @@ def is_loopback(address: str | None) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def _is_api_request() -> bool:
+    return request.blueprint == bp.name or request.path == bp.url_prefix or request.path.startswith("/v1/")
+
+
+# App-wide hooks, so that they also see /v1 paths that match no route, and so that the clock starts before
+# require_token (an app's own before_request functions run before its blueprints'). Flask runs after_request
+# functions for every answer, those of error handlers and of unhandled exceptions (500) included.
+@bp.before_app_request
+def start_clock():
+    if _is_api_request():
+        g.api_started = time.perf_counter()
+
+
+@bp.after_app_request
+def count_api_request(response: Response) -> Response:
+    started = g.pop("api_started", None)
+    if started is not None:
+        endpoint = request.endpoint.rpartition(".")[2] if request.blueprint == bp.name else API_UNMATCHED
+        API_REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        API_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+    return response
 
 
 @bp.before_request
@@ -87,7 +111,7 @@ def subscription(community_id: str):
     return jsonify(subscription_view(sub))
 
 
-@bp.get("/communities/<anyid:community_id>/entitlements")
+@bp.get("/communities/<anyid:community_id>/entitlements", endpoint="entitlements")
 def community_entitlements(community_id: str):
     community_id = _community(community_id)
     cache = current_app.extensions["entitlement_cache"]

@@ -1,4 +1,5 @@
-"""The receiver's Prometheus metrics (names from CONTRACT.md) and GET /metrics.
+"""The receiver's Prometheus metrics (names from CONTRACT.md; the /v1 API's and billing_build_info from the
+README's "Watching it") and GET /metrics.
 
 Under `python -m receiver serve` every gunicorn worker is its own process: receiver/serve.py puts
 PROMETHEUS_MULTIPROC_DIR in the environment before any worker imports this module, so each worker
@@ -7,13 +8,17 @@ variable (the Flask test client, a bare WSGI server) the process's own registry 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
+import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from flask import Blueprint, Response, current_app
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException
 
 from models.stripe_events import HANDLED_TYPES
@@ -29,6 +34,16 @@ SIGNATURE_FAILURES = Counter("billing_webhook_signature_failures", "Rejected sig
 ENQUEUE_FAILURES = Counter("billing_webhook_enqueue_failures", "Events not queued because Redis failed (503)")
 CACHE_REQUESTS = Counter("billing_entitlement_cache_requests", "Entitlement reads, by cache result (hit, miss)",
                          ["result"])
+# /v1, by route name (never the community id, so the series stay few): the API's routes, and `unmatched`
+# for a /v1 path that names none of them (404, or 405 for a method they do not take).
+API_ENDPOINTS = ("subscription", "entitlements")
+API_UNMATCHED = "unmatched"
+API_REQUESTS = Counter("billing_api_requests", "/v1 requests answered, by route and HTTP status (every outcome: "
+                       "401, 403, 400, 404 and 503 too)", ["endpoint", "status"])
+API_REQUEST_SECONDS = Histogram(
+    "billing_api_request_duration_seconds", "Time to answer a /v1 request (every outcome), by route", ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 # Series that exist from the start, at 0, so that rate() and alerts see the first one happen (a series
 # that first appears at 1 shows Prometheus no increase).
@@ -41,6 +56,32 @@ for _reason in ("missing", "malformed", "mismatch", "expired"):
     SIGNATURE_FAILURES.labels(_reason)
 for _result in ("hit", "miss"):
     CACHE_REQUESTS.labels(_result)
+for _endpoint in API_ENDPOINTS:
+    API_REQUEST_SECONDS.labels(_endpoint)
+    for _status in ("200", "400", "401", "403", "404", "503"):
+        API_REQUESTS.labels(_endpoint, _status)
+
+
+class BuildInfo(Collector):
+    """billing_build_info{version, python} 1: which release and Python each target runs. A collector of
+    its own registry rather than a Gauge: in multiprocess mode a Gauge is kept once per worker, in files."""
+
+    def __init__(self):
+        try:
+            version = importlib.metadata.version("stripe-billing-pipeline")
+        except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            version = "unknown"
+        self.labels = [version, platform.python_version()]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("billing_build_info", "The running release (package version) and Python; "
+                                   "always 1", labels=["version", "python"])
+        family.add_metric(self.labels, 1)
+        return [family]
+
+
+BUILD_INFO = CollectorRegistry()
+BUILD_INFO.register(BuildInfo())
 
 bp = Blueprint("metrics", __name__)
 
@@ -72,4 +113,4 @@ def metrics():
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(generate_latest(registry) + generate_latest(BUILD_INFO), content_type=CONTENT_TYPE_PLAIN_0_0_4)
