@@ -6,6 +6,8 @@ Prometheus scrapes, by StreamCollector, so every consumer exports the same value
 max()) and they are never staler than the scrape."""
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -99,6 +101,23 @@ class StreamCollector(Collector):
         ]
 
 
+class BuildInfo(Collector):
+    """billing_build_info{version, python} 1: which release and Python this consumer runs."""
+
+    def __init__(self):
+        try:
+            version = importlib.metadata.version("stripe-billing-pipeline")
+        except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            version = "unknown"
+        self.labels = [version, platform.python_version()]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("billing_build_info", "The running release (package version) and Python; "
+                                   "always 1", labels=["version", "python"])
+        family.add_metric(self.labels, 1)
+        return [family]
+
+
 class MetricsServerError(Exception):
     """/metrics cannot be served on METRICS_PORT (in use, say); the message is the one line to show."""
 
@@ -107,6 +126,7 @@ def serve_metrics(port: int, read_state: Callable[[], GroupState]) -> None:
     """Serve /metrics on `port` (all interfaces) from a daemon thread."""
     disable_created_metrics()  # no *_created series: nothing here uses them, and they double the count
     REGISTRY.register(StreamCollector(read_state))
+    REGISTRY.register(BuildInfo())
     try:
         start_http_server(port)
     except OSError as exc:

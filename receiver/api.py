@@ -46,7 +46,7 @@ def is_loopback(address: str | None) -> bool:
 
 
 def _is_api_request() -> bool:
-    return request.blueprint == bp.name or request.path == bp.url_prefix or request.path.startswith("/v1/")
+    return request.path == bp.url_prefix or request.path.startswith(f"{bp.url_prefix}/")
 
 
 # App-wide hooks, so that they also see /v1 paths that match no route, and so that the clock starts before
