@@ -23,8 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.db import migrate, open_database  # noqa: E402
 from models.tables import Subscription, utcnow  # noqa: E402
 from receiver.sample_events import build_event  # noqa: E402
-from tests.conftest import sign  # noqa: E402
-from tests.services import RedisServer, service_env, start_receiver  # noqa: E402
+from receiver.signing import signature_header  # noqa: E402
+from tests.services import SECRET, RedisServer, service_env, start_receiver  # noqa: E402
+
+
+def sign(body: bytes) -> dict[str, str]:
+    return {"Stripe-Signature": signature_header(body, SECRET), "Content-Type": "application/json"}
 
 
 def timed_gets(conn: http.client.HTTPConnection, paths: list[str]) -> list[float]:

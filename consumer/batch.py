@@ -75,7 +75,8 @@ def _apply_one(db: peewee.Database, entry: Entry, prior: PriorState, policy: Pol
     except OUTAGE_ERRORS:
         raise
     except Exception as exc:
-        log.exception("event %s (%s) failed", entry.event_id, entry.event_type)
+        log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
+                      extra={"event_id": entry.event_id, "entry_id": entry.entry_id, "event_type": entry.event_type})
         return _failed(db, entry, f"{type(exc).__name__}: {exc}", prior, max_deliveries)
 
 

@@ -57,7 +57,9 @@ def apply_deferred(db: peewee.Database, subscription_id: str, apply: Callable[[d
                 _record(row.stripe_event_id, result.outcome, community_id=result.community_id)
                 row.delete_instance()
             applied.append(row.stripe_event_id)
-            log.info("deferred event %s (%s) applied: %s", row.stripe_event_id, row.event_type, result.outcome)
+            log.info("deferred event %s (%s) applied: %s", row.stripe_event_id, row.event_type, result.outcome,
+                     extra={"event_id": row.stripe_event_id, "event_type": row.event_type,
+                            "outcome": result.outcome, "community_id": result.community_id})
         except OUTAGE_ERRORS:
             raise
         except Exception as exc:

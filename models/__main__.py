@@ -5,10 +5,12 @@ import sys
 
 import click
 
+from models.cli_support import entry_point
 from models.config import ConfigError, Settings, scrub
 from models.db import OUTAGE_ERRORS, migrate, open_database
 
 
+@entry_point("billing-models")
 @click.group()
 def cli() -> None:
     """Database schema commands."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from typing import Any
 
 STATUSES: tuple[str, ...] = ("active", "past_due", "canceled", "trialing", "unpaid")
@@ -76,7 +77,10 @@ class TierMatrix:
 def _parse(path: str, raw: bytes) -> Any:
     try:
         if path.endswith(".toml"):
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # the same parser, from PyPI (a dependency on Python 3.10)
+                import tomli as tomllib
 
             return tomllib.loads(raw.decode("utf-8"))
         return json.loads(raw)

@@ -7,6 +7,7 @@ import urllib.error
 
 import click
 
+from models.cli_support import entry_point
 from models.config import ConfigError, Settings, redact_url, scrub
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES
 
@@ -20,20 +21,24 @@ def _settings(environ: dict[str, str] | None = None) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+@entry_point("billing-receiver")
 @click.group()
 def cli() -> None:
     """The Stripe webhook receiver."""
 
 
 @cli.command()
-@click.option("--bind", default=None, help="HOST:PORT to listen on [0.0.0.0:$PORT]")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn worker processes")
-def serve(bind: str | None, workers: int) -> None:
-    """Run the receiver under gunicorn."""
+@click.option("--bind", default=None, help="HOST:PORT to listen on [0.0.0.0:$PORT, or gunicorn's config]")
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="gunicorn worker processes [$WEB_CONCURRENCY, or gunicorn's config, else 2]")
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="a gunicorn.conf.py [./gunicorn.conf.py if there is one]")
+@click.option("--no-access-log", is_flag=True, help="log no line per request")
+def serve(bind: str | None, workers: int | None, config_file: str | None, no_access_log: bool) -> None:
+    """Run the receiver under gunicorn (GUNICORN_CMD_ARGS and a gunicorn.conf.py are honoured too)."""
     from receiver.serve import serve as run_server
 
-    settings = _settings()
-    run_server(settings, bind or f"0.0.0.0:{settings.port}", workers)
+    run_server(_settings(), bind, workers, config_file, access_log=not no_access_log)
 
 
 @cli.command()
@@ -44,9 +49,9 @@ def serve(bind: str | None, workers: int) -> None:
 @click.option("--url", default=None, help="webhook URL [http://localhost:$PORT/webhooks/stripe]")
 def send(event_type: str, community: str | None, tier: str, api_version: str, url: str | None) -> None:
     """Build a realistic Stripe event, sign it with the first secret and POST it."""
-    from receiver.send import local_env, send as send_event
+    from receiver.send import send as send_event
 
-    settings = _settings(local_env())
+    settings = _settings()  # .env already filled the gaps the environment left (entry_point)
     url = url or f"http://localhost:{settings.port}/webhooks/stripe"
     try:
         event, status, body = send_event(url, settings.webhook_secrets[0], event_type, community, tier, api_version)

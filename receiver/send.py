@@ -3,25 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import urllib.error
 import urllib.request
 
 from receiver.sample_events import build_event
 from receiver.signing import signature_header
-
-
-def local_env(path: str = ".env") -> dict[str, str]:
-    """The environment, with what `bin/run` keeps in ./.env (its local webhook secret) filling the gaps,
-    as honcho does for the processes it starts."""
-    env = dict(os.environ)
-    if os.path.exists(path):
-        with open(path) as handle:
-            for line in handle:
-                name, sep, value = line.strip().partition("=")
-                if sep and not name.startswith("#") and not env.get(name):
-                    env[name] = value.strip().strip("'\"")
-    return env
 
 
 def post_event(url: str, event: dict, secret: str, timeout: float = 10.0) -> tuple[int, str]:

@@ -40,7 +40,8 @@ def stripe_webhook():
             event["id"], event["type"], event_created(event), payload
         )
     except redis.RedisError as exc:
-        log.warning("enqueue failed for %s: %s", event["id"], scrub(str(exc), settings.redis_url))
+        log.warning("enqueue failed for %s: %s", event["id"], scrub(str(exc), settings.redis_url),
+                    extra={"event_id": event["id"], "event_type": event["type"]})
         ENQUEUE_FAILURES.inc()
         response = jsonify(error="event queue unavailable; not stored, retry later")
         response.headers["Retry-After"] = "5"

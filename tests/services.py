@@ -151,9 +151,11 @@ class Process:
         self.log.close()
 
 
-def start_receiver(env: dict[str, str], log_dir: str, workers: int = 2) -> tuple[Process, str]:
+def start_receiver(env: dict[str, str], log_dir: str, workers: int | None = 2) -> tuple[Process, str]:
+    """`receiver serve` on a free port; workers=None leaves the count to WEB_CONCURRENCY or gunicorn's config."""
     port = free_port()
-    proc = Process(["receiver", "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env, log_dir)
+    args = ["receiver", "serve", "--bind", f"127.0.0.1:{port}"] + (["--workers", str(workers)] if workers else [])
+    proc = Process(args, env, log_dir)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200,
              what=f"receiver on {port}: {proc.output()[-2000:]}")

@@ -90,7 +90,7 @@ def test_claim_to_a_consumer_the_group_does_not_know_is_refused(env, client, ids
 def test_claim_needs_ids_or_idle_but_not_both(env, client, ids):
     for args in ([], [ids[0], "--idle", "0"]):
         result = invoke(env, "claim", *args, "--to", "rescuer")
-        assert result.exit_code == 2 and "give entry ids or --idle MS" in result.output, result.output
+        assert result.exit_code == 2 and "give entry ids or --idle DURATION" in result.output, result.output
     result = invoke(env, "claim", ids[0])
     assert result.exit_code == 2 and "--to" in result.output
     assert set(owners(client).values()) == {"dead-worker", "other"}
