@@ -31,12 +31,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # Imported here, not at the top: these import prometheus_client, which must not be imported before
     # `python -m receiver serve` has set PROMETHEUS_MULTIPROC_DIR (see receiver/serve.py).
-    from receiver import api, health, metrics, openapi, webhooks
+    from receiver import api, docs, health, metrics, openapi, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
     if not settings.api_token:
         log.warning(api.LOOPBACK_ONLY)

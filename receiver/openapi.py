@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from models import community
+from receiver import docs
 from models.tiers import STATUSES
 
 bp = Blueprint("openapi", __name__)
@@ -57,6 +58,20 @@ DOCUMENT = {
                     "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document",
                                   "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
+        "/docs": {"get": {"summary": "This document as a page to read and try (Swagger UI)", "responses": {
+            "200": {"description": "HTML; its scripts and styles come from /docs/assets, nothing from another host",
+                    "content": {"text/html": {"schema": {"type": "string"}}}},
+            "503": _json(_ref("Error"), "the flask-swagger-ui package is not installed")}}},
+        "/docs/assets/{name}": {"get": {
+            "summary": "The docs page's scripts, styles and icons",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"enum": ["init.js", *sorted(docs.ASSETS)]}}],
+            "responses": {
+                "200": {"description": "the file, cacheable",
+                        "content": {media: {"schema": {"type": "string"}}
+                                    for media in sorted({"text/javascript", *docs.ASSETS.values()})}},
+                "404": _json(_ref("Error"), "no such asset"),
+                "503": _json(_ref("Error"), "the flask-swagger-ui package is not installed")}}},
         "/v1/communities/{community_id}/subscription": {"get": {
             "summary": "The community's subscription as stored", "parameters": [COMMUNITY],
             "security": [{"bearer": []}, {}],

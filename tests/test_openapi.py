@@ -33,7 +33,8 @@ def test_every_operation_keeps_to_the_document(live_receiver):
     # schemathesis' own pytest plugin does not work with this pytest; hypothesis drives each operation.
     schema = schemathesis.openapi.from_url(f"{live_receiver}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /webhooks/stripe", "GET /healthz", "GET /readyz",
+    assert {op.label for op in operations} >= {"POST /webhooks/stripe", "GET /healthz", "GET /readyz", "GET /docs",
+                                              "GET /docs/assets/{name}",
                                               "GET /v1/communities/{community_id}/subscription",
                                               "GET /v1/communities/{community_id}/entitlements"}
     for operation in operations:
@@ -54,7 +55,7 @@ def test_the_document_lists_the_whole_interface(live_receiver):
     document = json.load(urllib.request.urlopen(f"{live_receiver}/openapi.json"))
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
-        "/webhooks/stripe", "/healthz", "/readyz", "/metrics", "/openapi.json",
+        "/webhooks/stripe", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/assets/{name}",
         "/v1/communities/{community_id}/subscription", "/v1/communities/{community_id}/entitlements"}
 
 
