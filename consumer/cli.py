@@ -16,6 +16,7 @@ import peewee
 import redis
 
 from consumer import ops
+from consumer.stripe_api import StripeApiError
 from models.config import ConfigError, Settings, redact_url, scrub
 from models.db import OUTAGE_ERRORS, open_database
 from models.redis_io import connect_redis
@@ -47,7 +48,7 @@ def operation(func: Callable) -> Callable:
             urls = (settings.redis_url, settings.database_url)
             open_database(settings.database_url)
             return func(settings, connect_redis(settings.redis_url, timeout=5), *args, **kwargs)
-        except (ConfigError, ops.OpsError) as exc:
+        except (ConfigError, ops.OpsError, StripeApiError) as exc:
             raise click.ClickException(scrub(str(exc), *urls)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # refused, or no answer within 5 s
             raise click.ClickException(
@@ -292,3 +293,7 @@ def sweep(settings: Settings, client: redis.Redis, as_json: bool) -> None:
         click.echo(f"grace period ended for {len(ended)} communities" + (f": {', '.join(ended)}" if ended else ""))
         if dropped:
             click.echo(f"dropped {len(dropped)} deferred events older than {MAX_AGE.days} days: {', '.join(dropped)}")
+
+
+# The commands that read Stripe's API (backfill, reconcile) live in their own module and join this group.
+from consumer import stripe_commands  # noqa: E402,F401

@@ -26,6 +26,12 @@ def seen_key(stream_key: str, event_id: str) -> str:
     return f"{stream_key}:seen:{event_id}"
 
 
+def backfill_cursor_key(stream_key: str) -> str:
+    """Where `python -m consumer backfill` keeps how far it got (JSON: its window, types and the (created, id) of
+    the last event it handled), so an interrupted run resumes after it."""
+    return f"{stream_key}:backfill:cursor"
+
+
 # The entitlement cache's keys. Each kind of key has its own prefix, and the kind comes before the id, so no
 # community id (whatever it contains) can make one kind's key equal another kind's, or another community's. Nor
 # one of the keys of the cache before these (`billing:entitlements:<id>`, `billing:entitlements:gen:<id>`), which

@@ -90,3 +90,13 @@ def peer_event(name: str) -> dict:
 def api(request):
     """Each Stripe API shape: the legacy one (before 2025-03-31) and the current one."""
     return request.param
+
+
+@pytest.fixture
+def fake_stripe():
+    """A local stand-in for Stripe's API (tests/stripe_server.py), for the real stripe client to list events from."""
+    from tests.stripe_server import FakeStripe
+
+    server = FakeStripe().start()
+    yield server
+    server.close()

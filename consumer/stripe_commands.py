@@ -1,0 +1,132 @@
+"""The commands that read Stripe's API to heal what webhooks missed: `backfill`. Thin, as the rest of
+consumer/cli.py (whose group they join): the work is in consumer.backfill."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import redis
+
+from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Progress, Window, parse_moment
+from consumer.cli import cli, json_option, operation
+from consumer.stripe_api import StripeApi, StripeApiError
+from models.config import Settings
+from models.stripe_events import HANDLED_TYPES
+from models.tables import from_epoch, iso
+
+timeout_option = click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600),
+                              help="seconds to wait for each answer from Stripe")
+
+
+@cli.command()
+@click.option("--since", required=True, help="72h, 30m, 3d (before now), or a time: 2026-03-16T11:00:00Z, epoch s")
+@click.option("--until", default=None, help="the window's end, in the same forms [now]")
+@click.option("--types", default=None, help=f"comma-separated event types (at most 20) [the {len(HANDLED_TYPES)} "
+              "we handle]; events of other types are listed and counted, never queued")
+@click.option("--dry-run", is_flag=True, help="say what would be queued; queue nothing, keep no cursor")
+@click.option("--restart", is_flag=True, help="start at --since even if an interrupted run left a cursor")
+@click.option("--progress-every", default=100, show_default=True, type=click.IntRange(1, None),
+              help="without a terminal: a progress line every N events")
+@timeout_option
+@json_option
+@operation
+def backfill(settings: Settings, client: redis.Redis, since: str, until: str | None, types: str | None,
+             dry_run: bool, restart: bool, progress_every: int, timeout: float, as_json: bool) -> None:
+    """Queue, oldest first, the events of a window that we do not have, from Stripe's Events API (Stripe keeps 30
+    days). Already queued or applied events are skipped; an interrupted run resumes where it stopped."""
+    now = int(time.time())
+    try:
+        window = Window(parse_moment(since, now), parse_moment(until, now) if until else now,
+                        tuple(t.strip() for t in types.split(",") if t.strip()) if types else HANDLED_TYPES)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    api = StripeApi.from_settings(settings, timeout=timeout)
+    progress = BarProgress() if sys.stderr.isatty() and not as_json else LineProgress(progress_every)
+    job = Backfill(api, Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds),
+                   Cursor(client, settings.stream_key), window, progress)
+    try:
+        counts = job.run(dry_run=dry_run, restart=restart)
+    except (KeyboardInterrupt, StripeApiError, redis.RedisError) as exc:
+        progress.close()
+        if job.counts.listed:
+            _show_counts(job.counts, window, dry_run, as_json, interrupted=True)
+        if job.position and not dry_run:
+            resume = f"run the same command again to resume after {job.position[1]} (--restart to start over)"
+        else:
+            resume = "nothing was queued; run the same command again"
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo(f"interrupted: {resume}", err=True)
+            sys.exit(130)
+        raise click.ClickException(f"{exc}; {resume}") from None
+    progress.close()
+    _show_counts(counts, window, dry_run, as_json)
+
+
+def _show_counts(counts: Counts, window: Window, dry_run: bool, as_json: bool, interrupted: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps({
+            "since": iso(from_epoch(window.since)), "until": iso(from_epoch(window.until)), "types": list(window.types),
+            "dry_run": dry_run, "interrupted": interrupted, **vars(counts)}, indent=2))
+        return
+    verb = "would queue" if dry_run else "queued"
+    click.echo(f"{'so far: ' if interrupted else ''}listed {counts.listed} events created "
+               f"{iso(from_epoch(window.since))} to {iso(from_epoch(window.until))}: {verb} {counts.queued}, "
+               f"already had {counts.already_had}, other types {counts.other_types}"
+               + (f", handled by the interrupted run resumed {counts.before_cursor}" if counts.before_cursor else ""))
+
+
+class LineProgress(Progress):
+    """For logs and pipes: a line every `every` events."""
+
+    def __init__(self, every: int):
+        self.every, self.total, self.count = every, 0, 0
+
+    def listed(self, count: int) -> None:
+        self.count = count
+        if count % self.every == 0:
+            click.echo(f"listed {count} events", err=True)
+
+    def resuming(self, position: tuple[int, str]) -> None:
+        click.echo(f"resuming after {position[1]} (created {iso(from_epoch(position[0]))}), where an interrupted "
+                   "run stopped; --restart to start over", err=True)
+
+    def queueing(self, total: int) -> None:
+        self.total = total
+        click.echo(f"listed {self.count} events; going through {total}, oldest first", err=True)
+
+    def advanced(self, counts: Counts) -> None:
+        done = counts.queued + counts.already_had + counts.other_types
+        if done % self.every == 0 or done == self.total:
+            click.echo(f"{done}/{self.total}: queued {counts.queued}, already had {counts.already_had}, "
+                       f"other types {counts.other_types}", err=True)
+
+    def close(self) -> None:
+        pass
+
+
+class BarProgress(Progress):
+    """On a terminal: a count while listing, then a bar."""
+
+    def __init__(self):
+        self.bar = None
+
+    def listed(self, count: int) -> None:
+        click.echo(f"\rlisting events from Stripe: {count}", nl=False, err=True)
+
+    def resuming(self, position: tuple[int, str]) -> None:
+        click.echo(f"\nresuming after {position[1]}; --restart to start over", err=True)
+
+    def queueing(self, total: int) -> None:
+        click.echo("", err=True)
+        self.bar = click.progressbar(length=total, label="queueing", file=sys.stderr, show_pos=True)
+        self.bar.__enter__()
+
+    def advanced(self, counts: Counts) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
