@@ -84,6 +84,7 @@ def json_option(func: Callable) -> Callable:
 def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | None) -> None:
     """Run one worker: apply queued events exactly once, until SIGTERM/SIGINT."""
     from consumer.metrics import MetricsServerError, serve_metrics
+    from consumer.reconcile import reconciler_for
     from consumer.stream import read_group_state
     from consumer.worker import Worker
 
@@ -93,8 +94,9 @@ def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | Non
         settings = Settings.from_env()
         db = open_database(settings.database_url)
         client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
-        worker = Worker(settings, db, client, name or default_name(), batch_size=batch_size, block_ms=block_ms,
-                        deadline_ms=deadline_ms)
+        name = name or default_name()
+        worker = Worker(settings, db, client, name, batch_size=batch_size, block_ms=block_ms,
+                        deadline_ms=deadline_ms, reconciler=reconciler_for(settings, name))
         if settings.metrics_port:
             # A client of its own, quick to give up: a scrape must not wait on a Redis that hangs.
             scrape_client = connect_redis(settings.redis_url, timeout=1.0)

@@ -47,11 +47,17 @@ REDIS_FAILURES = Counter("billing_redis_errors", "Redis errors met by the worker
                          "refused for memory (then acknowledged without their dedupe marks)")
 DEADLINES_MISSED = Counter("billing_batch_deadline_exceeded",
                            "Batches rolled back because they ran past their deadline")
+RECONCILED = Counter(
+    "billing_reconciled_events",
+    "Events of failed webhooks that reconciliation found in Stripe's Events API: queued (we did not have them), "
+    "already_had; and error, reconciliation passes that failed (Stripe, network, Redis or database)", ["result"])
 
 # The handled types' series exist from the start, at 0, so that rate() sees their first event.
 for _type in HANDLED_TYPES:
     for _outcome in ("processed", "ignored", "stale", "deferred", "duplicate", "failed", "dead"):
         EVENTS.labels(_type, _outcome)
+for _result in ("queued", "already_had", "error"):
+    RECONCILED.labels(_result)
 
 
 def record_outcomes(outcomes: list[Outcome], committed_at: float) -> None:

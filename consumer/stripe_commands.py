@@ -1,5 +1,5 @@
-"""The commands that read Stripe's API to heal what webhooks missed: `backfill`. Thin, as the rest of
-consumer/cli.py (whose group they join): the work is in consumer.backfill."""
+"""The commands that read Stripe's API to heal what webhooks missed: `backfill` and `reconcile events`. Thin,
+as the rest of consumer/cli.py (whose group they join): the work is in consumer.backfill and consumer.reconcile."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import time
 import click
 import redis
 
-from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Progress, Window, parse_moment
+from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Found, Progress, Window, parse_moment
 from consumer.cli import cli, json_option, operation
 from consumer.stripe_api import StripeApi, StripeApiError
 from models.config import Settings
@@ -130,3 +130,28 @@ class BarProgress(Progress):
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+@cli.group()
+def reconcile() -> None:
+    """Compare with Stripe: events whose webhooks failed."""
+
+
+@reconcile.command("events")
+@timeout_option
+@json_option
+@operation
+def reconcile_events(settings: Settings, client: redis.Redis, timeout: float, as_json: bool) -> None:
+    """Queue now the events of the last 3 days whose webhooks failed and that we do not have (what the running
+    consumers do every RECONCILE_INTERVAL_SECONDS)."""
+    from consumer.reconcile import Reconciler
+
+    api = StripeApi.from_settings(settings, timeout=timeout)
+    reconciler = Reconciler(api, Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds), client,
+                            settings.stream_key, settings.reconcile_interval_seconds, owner="cli")
+    counts = {found.value: n for found, n in reconciler.run().items()}
+    if as_json:
+        click.echo(json.dumps(counts, indent=2))
+    else:
+        click.echo(f"events whose webhooks failed: queued {counts[Found.QUEUED.value]}, already had "
+                   f"{counts[Found.ALREADY_HAD.value]}")

@@ -5,6 +5,8 @@ its own failed entries (with backoff), takes over entries other consumers left i
 CLAIM_IDLE_MS, and trims the stream. A batch has a deadline shorter than CLAIM_IDLE_MS and is rolled
 back past it, so no other consumer can reclaim entries a live consumer is still applying; a missed deadline
 halves the batch size, and batches committed comfortably within it double it again, up to --batch.
+With STRIPE_API_KEY set, a thread of the worker's own reconciles from Stripe's Events API (consumer/reconcile.py):
+it only lists and queues, so nothing it waits on holds up the loop.
 
 No Redis error stops the worker: an unreachable Redis, an error reply that says "not now" (a full Redis,
 a failover: OOM, READONLY, UNBLOCKED, LOADING, MASTERDOWN, MISCONF, NOREPLICAS, TRYAGAIN) and even an
@@ -27,6 +29,7 @@ import redis
 from consumer import metrics
 from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
+from consumer.reconcile import ReconcilerThread
 from consumer.stream import Entry, EventStream
 from consumer.sweep import SWEEP_EVERY_SECONDS, sweep_if_ours
 from models.config import ConfigError, Settings
@@ -81,8 +84,10 @@ class Timing:
 
 class Worker:
     def __init__(self, settings: Settings, db: peewee.Database, client: redis.Redis, name: str,
-                 batch_size: int = 100, block_ms: int = 2000, deadline_ms: int | None = None):
+                 batch_size: int = 100, block_ms: int = 2000, deadline_ms: int | None = None,
+                 reconciler: ReconcilerThread | None = None):
         self.db = db
+        self.reconciler = reconciler  # lists and queues from Stripe in a thread of its own (None: off)
         self.client = client
         self.stream = EventStream(client, settings, name)
         self.policy = Policy.from_settings(settings)
@@ -112,16 +117,23 @@ class Worker:
         log.info("consumer %s starting (deadline %d ms, claim idle %d ms)", self.name,
                  self.timing.deadline_ms, self.timing.claim_idle_ms)
         self._retrying(self.stream.ensure_group, "creating the group")
-        self._finish_own_pending()
-        while not self.stopping.is_set():
-            if time.monotonic() >= self._next_tick:
-                self._tick()
-            wait_ms = max(1, min(self.block_ms, int((self._next_tick - time.monotonic()) * 1000)))
-            entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms), "reading new entries")
-            if entries:
-                self.process(entries)
-            elif entries is not None:  # nothing new: idle, and healthy
-                metrics.LAST_SUCCESS.set_to_current_time()
+        if self.reconciler:
+            self.reconciler.start()
+        try:
+            self._finish_own_pending()
+            while not self.stopping.is_set():
+                if time.monotonic() >= self._next_tick:
+                    self._tick()
+                wait_ms = max(1, min(self.block_ms, int((self._next_tick - time.monotonic()) * 1000)))
+                entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms),
+                                         "reading new entries")
+                if entries:
+                    self.process(entries)
+                elif entries is not None:  # nothing new: idle, and healthy
+                    metrics.LAST_SUCCESS.set_to_current_time()
+        finally:
+            if self.reconciler:
+                self.reconciler.stop()
         log.info("consumer %s stopped", self.name)
 
     def _finish_own_pending(self) -> None:

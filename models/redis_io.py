@@ -32,6 +32,11 @@ def backfill_cursor_key(stream_key: str) -> str:
     return f"{stream_key}:backfill:cursor"
 
 
+def reconcile_lock_key(stream_key: str) -> str:
+    """Held by the consumer that reconciles from Stripe's Events API this interval (one at a time)."""
+    return f"{stream_key}:reconcile:lock"
+
+
 # The entitlement cache's keys. Each kind of key has its own prefix, and the kind comes before the id, so no
 # community id (whatever it contains) can make one kind's key equal another kind's, or another community's. Nor
 # one of the keys of the cache before these (`billing:entitlements:<id>`, `billing:entitlements:gen:<id>`), which
