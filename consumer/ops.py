@@ -156,8 +156,8 @@ def failure_counts(client: redis.Redis, settings: Settings) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in client.hgetall(failures_key(settings.stream_key)).items()}
 
 
-def audit(action: str, details: dict[str, Any]) -> None:
-    AuditLog.create(event_type=action, community_id=None,
+def audit(action: str, details: dict[str, Any], community_id: str | None = None) -> None:
+    AuditLog.create(event_type=action, community_id=community_id,
                     event_data=json.dumps({"who": _who(), **details}, sort_keys=True))
 
 

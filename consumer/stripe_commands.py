@@ -1,5 +1,6 @@
-"""The commands that read Stripe's API to heal what webhooks missed: `backfill` and `reconcile events`. Thin,
-as the rest of consumer/cli.py (whose group they join): the work is in consumer.backfill and consumer.reconcile."""
+"""The commands that read Stripe's API to heal what webhooks missed: `backfill`, `reconcile events` and
+`reconcile subscriptions`. Thin, as the rest of consumer/cli.py (whose group they join): the work is in
+consumer.backfill, consumer.reconcile and consumer.drift."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,13 @@ import time
 import click
 import redis
 
+from consumer import drift
 from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Found, Progress, Window, parse_moment
-from consumer.cli import cli, json_option, operation
+from consumer.cli import _table, cli, json_option, operation
+from consumer.handlers import Policy
 from consumer.stripe_api import StripeApi, StripeApiError
 from models.config import Settings
+from models.db import database_proxy
 from models.stripe_events import HANDLED_TYPES
 from models.tables import from_epoch, iso
 
@@ -134,7 +138,7 @@ class BarProgress(Progress):
 
 @cli.group()
 def reconcile() -> None:
-    """Compare with Stripe: events whose webhooks failed."""
+    """Compare with Stripe: events whose webhooks failed, and each community's subscription."""
 
 
 @reconcile.command("events")
@@ -155,3 +159,42 @@ def reconcile_events(settings: Settings, client: redis.Redis, timeout: float, as
     else:
         click.echo(f"events whose webhooks failed: queued {counts[Found.QUEUED.value]}, already had "
                    f"{counts[Found.ALREADY_HAD.value]}")
+
+
+@reconcile.command("subscriptions")
+@click.option("--fix", is_flag=True, help="apply Stripe's state where ours differs (audit rows `reconciled`)")
+@click.option("--community", "communities", multiple=True, help="only this community (repeatable)")
+@timeout_option
+@json_option
+@operation
+def reconcile_subscriptions(settings: Settings, client: redis.Redis, fix: bool, communities: tuple[str, ...],
+                            timeout: float, as_json: bool) -> None:
+    """Each known community's subscription as Stripe has it now against our row: tier, status, period."""
+    api = StripeApi.from_settings(settings, timeout=timeout)
+    report = drift.check_subscriptions(api, database_proxy.obj, client, Policy.from_settings(settings), fix=fix,
+                                       communities=communities)
+    if as_json:
+        click.echo(drift.as_json(report))
+        return
+    rows = [{"community": d.community_id, "subscription": d.subscription_id, "field": field,
+             "ours": _or_dash(values["ours"]), "stripe": _or_dash(values["stripe"])}
+            for d in report for field, values in d.differences.items()]
+    rows += [{"community": d.community_id, "subscription": d.subscription_id, "field": "-", "ours": "-",
+              "stripe": d.problem} for d in report if d.problem]
+    if rows:
+        _table(rows, [("COMMUNITY", "community"), ("SUBSCRIPTION", "subscription"), ("FIELD", "field"),
+                      ("OURS", "ours"), ("STRIPE", "stripe")], empty="")
+    differing = sum(1 for d in report if d.differences)
+    problems = sum(1 for d in report if d.problem)
+    if not differing:
+        click.echo(f"all {len(report) - problems} communities compared match Stripe")
+    elif fix:
+        click.echo(f"fixed {sum(d.fixed for d in report)} of {len(report)} communities (audit rows `reconciled`)")
+    else:
+        click.echo(f"{differing} of {len(report)} communities differ from Stripe; --fix applies Stripe's state")
+    if problems:
+        click.echo(f"{problems} could not be compared (see STRIPE above)")
+
+
+def _or_dash(value: object) -> object:
+    return "-" if value is None else value
