@@ -47,7 +47,7 @@ def backfill(settings: Settings, client: redis.Redis, since: str, until: str | N
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     api = StripeApi.from_settings(settings, timeout=timeout)
-    progress = BarProgress() if sys.stderr.isatty() and not as_json else LineProgress(progress_every)
+    progress = BarProgress() if sys.stderr.isatty() and not as_json else LineProgress(progress_every, dry_run)
     job = Backfill(api, Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds),
                    Cursor(client, settings.stream_key), window, progress)
     try:
@@ -84,8 +84,9 @@ def _show_counts(counts: Counts, window: Window, dry_run: bool, as_json: bool, i
 class LineProgress(Progress):
     """For logs and pipes: a line every `every` events."""
 
-    def __init__(self, every: int):
+    def __init__(self, every: int, dry_run: bool = False):
         self.every, self.total, self.count = every, 0, 0
+        self.verb = "would queue" if dry_run else "queued"
 
     def listed(self, count: int) -> None:
         self.count = count
@@ -103,7 +104,7 @@ class LineProgress(Progress):
     def advanced(self, counts: Counts) -> None:
         done = counts.queued + counts.already_had + counts.other_types
         if done % self.every == 0 or done == self.total:
-            click.echo(f"{done}/{self.total}: queued {counts.queued}, already had {counts.already_had}, "
+            click.echo(f"{done}/{self.total}: {self.verb} {counts.queued}, already had {counts.already_had}, "
                        f"other types {counts.other_types}", err=True)
 
     def close(self) -> None:
