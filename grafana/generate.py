@@ -5,11 +5,13 @@
 
 The JSON is committed so a stock Grafana can load it (grafana/provisioning/); tests/test_dashboards.py
 regenerates it and fails on any difference, so edit this file and run it rather than editing the JSON.
-Queries use only the metric names of the contract (../shared/CONTRACT.md, Metrics).
+Queries use only the metric names of the contract (../shared/CONTRACT.md, Metrics) and those the README adds,
+through the template variables of variables() (data source, jobs, instances), so the JSON imports anywhere.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 import warnings
@@ -25,12 +27,17 @@ from grafana_foundation_sdk.builders.prometheus import Dataquery  # noqa: E402
 from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
 from grafana_foundation_sdk.models import common, units  # noqa: E402
 from grafana_foundation_sdk.models.dashboard import (  # noqa: E402
-    DashboardCursorSync, DynamicConfigValue, Threshold, ThresholdsMode,
+    DashboardCursorSync, DynamicConfigValue, Threshold, ThresholdsMode, VariableOption, VariableRefresh, VariableSort,
 )
 
-DATASOURCE = common.DataSourceRef(type_val="prometheus", uid="billing-prometheus")
-RECEIVER = 'job="billing-receiver"'
-CONSUMER = 'job="billing-consumer"'
+# Every panel and variable queries the data source the dashboard's ${datasource} variable names, so the JSON
+# imports into any Grafana; its default is the one grafana/provisioning/datasources/prometheus.yml creates.
+DATASOURCE = common.DataSourceRef(type_val="prometheus", uid="${datasource}")
+PROVISIONED_DATASOURCE = VariableOption(selected=True, text="Billing Prometheus", value="billing-prometheus")
+# The scrape jobs (CONTRACT.md's names by default) and their instances are variables too: another deployment's
+# job names, or one consumer of several. Group-wide gauges take max() over the instances shown.
+RECEIVER = 'job="$receiver_job",instance=~"$receiver_instance"'
+CONSUMER = 'job="$consumer_job",instance=~"$consumer_instance"'
 RATE = "$__rate_interval"
 
 Steps = list[tuple[str, float | None]]  # (color, value from which it applies); the first value is None
@@ -88,12 +95,16 @@ def graph(title: str, description: str, unit: str, *queries: Dataquery, steps: S
     return _with_queries(panel, list(queries))
 
 
-def latency(title: str, description: str, histogram: str, job: str, steps: Steps) -> timeseries.Panel:
-    """p50 and p99 of a histogram over all instances of a job, shown in ms (the unit scales seconds)."""
+def latency(title: str, description: str, histogram: str, job: str, steps: Steps, by: str | None = None,
+            width: int = 6) -> timeseries.Panel:
+    """p50 and p99 of a histogram over all instances of a job (a pair per value of label `by`, if given),
+    shown in ms (the unit scales seconds)."""
+    labels, legend = (f"le, {by}", f"{{{{{by}}}}} ") if by else ("le", "")
+
     def quantile(q: float) -> Dataquery:
-        expr = f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{{{job}}}[{RATE}])))"
-        return query(expr, f"p{round(q * 100)}")
-    return graph(title, description, units.Seconds, quantile(0.5), quantile(0.99), steps=steps, width=6)
+        expr = f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket{{{job}}}[{RATE}])))"
+        return query(expr, f"{legend}p{round(q * 100)}")
+    return graph(title, description, units.Seconds, quantile(0.5), quantile(0.99), steps=steps, width=width)
 
 
 def single(title: str, description: str, unit: str, q: Dataquery, steps: Steps, width: int = 6) -> stat.Panel:
@@ -243,9 +254,40 @@ def consumer_panels():
         query(f"sum by (instance) (rate(billing_reclaimed_total{{{CONSUMER}}}[{RATE}]))", "{{instance}}"),
         steps=red_from(0.1), width=8,
     )
+    yield graph(
+        "Reconciled from Stripe",
+        "Events of failed webhooks that reconciliation (consumers with STRIPE_API_KEY, every "
+        "RECONCILE_INTERVAL_SECONDS) found in Stripe's Events API over the last 15 minutes. `already_had` is "
+        "harmless (Stripe still retrying, or another endpoint of the account failing). Red is `queued`: Stripe "
+        "could not deliver those events to us and we only have them now, late; when it keeps happening our "
+        "endpoint is failing (BillingWebhooksMissed: check the receiver, STRIPE_WEBHOOK_SECRET and the endpoint in "
+        "Stripe's dashboard). `error`: a pass failed; the consumers' log says why (a wrong key, Stripe unreachable).",
+        units.Short,
+        query(f"sum by (result) (increase(billing_reconciled_events_total{{{CONSUMER}}}[15m]))", "{{result}}"),
+        colors={"^queued$": "red", "^already_had$": "green", "^error$": "orange"}, width=12,
+    )
 
 
 def api_panels():
+    yield graph(
+        "API requests by endpoint and status",
+        "/v1 requests per second, by route (`subscription`, `entitlements`; `unmatched` is a /v1 path that names "
+        "neither) and HTTP status. Red (503) means the database did not answer and the answer was not cached: "
+        "see the receiver's log (`/v1: database unavailable`) and check DATABASE_URL. Orange is a caller refused: "
+        "401, a missing or wrong API_TOKEN; 403, a caller off loopback while API_TOKEN is not set. 404 on "
+        "`subscription` is a community with no subscription, 400 a malformed community id.",
+        units.RequestsPerSecond,
+        query(f"sum by (endpoint, status) (rate(billing_api_requests_total{{{RECEIVER}}}[{RATE}]))",
+              "{{endpoint}} {{status}}"),
+        colors={" 2..$": "green", " 40[13]$": "orange", " 5..$": "red"}, width=12,
+    )
+    yield latency(
+        "API latency by endpoint",
+        "Time to answer a /v1 request (p50, p99), by route. A cached answer takes about a millisecond, one from "
+        "the database a few. Red is p99 over 0.5 s: a slow database (entitlements read it on every cache miss) "
+        "or a slow Redis; see \"Entitlement cache hit ratio\" and \"Database errors\".",
+        "billing_api_request_duration_seconds", RECEIVER, red_from(0.5, 0.1), by="endpoint", width=12,
+    )
     yield graph(
         "Entitlement cache hit ratio",
         "Share of /v1 entitlement reads answered from Redis. It drops after each change (the consumer drops "
@@ -262,9 +304,26 @@ def api_panels():
         "are failing (it retries for 3 days); for consumers, nothing is applied and the backlog panels go "
         "blank. Start them (`python -m receiver serve`, `python -m consumer`).",
         units.Short,
-        query('sum by (job) (up{job=~"billing-receiver|billing-consumer"})', "{{job}}"),
+        query('sum by (job) (up{job=~"$receiver_job|$consumer_job"})', "{{job}}"),
         [("red", None), ("green", 1)], width=12,
     )
+
+
+def variables():
+    """The data source, then each job and its instances (all by default)."""
+    yield (dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+           .current(PROVISIONED_DATASOURCE))
+    for side, metric in (("receiver", "billing_webhook_requests_total"), ("consumer", "billing_events_total")):
+        job = f"label_values({metric}, job)"
+        yield (dash.QueryVariable(f"{side}_job").label(f"{side.capitalize()} job").datasource(DATASOURCE)
+               .query(job).definition(job).refresh(VariableRefresh.ON_DASHBOARD_LOAD)
+               .sort(VariableSort.ALPHABETICAL_ASC)
+               .current(VariableOption(selected=True, text=f"billing-{side}", value=f"billing-{side}")))
+        instances = f'label_values(up{{job="${side}_job"}}, instance)'  # up: a target that is down is listed too
+        yield (dash.QueryVariable(f"{side}_instance").label(f"{side.capitalize()} instances").datasource(DATASOURCE)
+               .query(instances).definition(instances).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+               .sort(VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True).all_value(".*")
+               .current(VariableOption(selected=True, text=["All"], value=["$__all"])))
 
 
 def overview() -> dash.Dashboard:
@@ -275,6 +334,8 @@ def overview() -> dash.Dashboard:
         .tags(["billing", "generated"]).time("now-6h", "now").refresh("30s").timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
     )
+    for variable in variables():
+        board.with_variable(variable)
     rows = [
         ("Receiver: Stripe to stream", receiver_panels),
         ("Backlog", backlog_panels),
@@ -291,12 +352,27 @@ def overview() -> dash.Dashboard:
 DASHBOARDS = {"billing-overview.json": overview}
 
 
+PANEL_NAMES = {"timeseries": "Time series", "stat": "Stat"}
+
+
+def requires(board: dict) -> list[dict]:
+    """What Grafana's "Export for sharing externally" lists as `__requires`: the Grafana whose dashboard schema
+    this is, the data source plugin, and each panel plugin used. No `__inputs`: the data source is the
+    ${datasource} variable, and an `__inputs` placeholder would stay unresolved under file provisioning."""
+    types = sorted({panel["type"] for panel in board["panels"] if panel["type"] != "row"})
+    return ([{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "12.0.0"},
+             {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}]
+            + [{"type": "panel", "id": kind, "name": PANEL_NAMES.get(kind, kind), "version": ""} for kind in types])
+
+
 def render(build) -> str:
     model = build().build()
     # Grafana gives panels ids on load; fixing them here keeps the JSON, and links to a panel, stable.
     for number, panel in enumerate(model.panels, start=1):
         panel.id_val = number
-    return JSONEncoder(sort_keys=True, indent=2).encode(model) + "\n"
+    board = json.loads(JSONEncoder().encode(model))
+    board["__requires"] = requires(board)
+    return json.dumps(board, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str]) -> int:

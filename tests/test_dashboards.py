@@ -1,5 +1,7 @@
 """grafana/: the committed dashboards are exactly what grafana/generate.py writes; every panel says what red
-means and queries only the contract's metrics (../shared/CONTRACT.md, Metrics); every query parses in promtool."""
+means and queries only the contract's metrics (../shared/CONTRACT.md, Metrics) and those the README adds; every
+query parses in promtool. A dashboard imports into any Grafana: its data source, jobs and instances are template
+variables (defaults: the provisioned data source, the contract's job names, every instance) that every query uses."""
 from __future__ import annotations
 
 import difflib
@@ -18,6 +20,7 @@ SCHEMA_VERSION = 42  # what grafana-foundation-sdk 0.0.21 writes: Grafana 12's d
 
 HISTOGRAMS = {
     "billing_webhook_request_duration_seconds",
+    "billing_api_request_duration_seconds",
     "billing_event_processing_seconds",
     "billing_event_end_to_end_seconds",
 }
@@ -28,6 +31,7 @@ METRICS = HISTOGRAMS | {
     "billing_webhook_signature_failures_total",
     "billing_webhook_enqueue_failures_total",
     "billing_entitlement_cache_requests_total",
+    "billing_api_requests_total",
     # consumers (job billing-consumer)
     "billing_events_total",
     "billing_stream_length",
@@ -38,9 +42,16 @@ METRICS = HISTOGRAMS | {
     "billing_reclaimed_total",
     "billing_consumer_last_success_timestamp_seconds",
     "billing_db_errors_total",
+    "billing_reconciled_events_total",
 }
 # Grafana's own variables, replaced by something of the same type for promtool.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+# Gauges of the whole group that every consumer exports: a panel shows their max() over the consumers.
+GROUP_WIDE = ("billing_stream_length", "billing_group_lag", "billing_pending_entries",
+              "billing_oldest_pending_age_seconds", "billing_dead_letters")
+JOB_VARIABLES = {"receiver_job": "billing-receiver", "consumer_job": "billing-consumer"}  # CONTRACT.md's job names
+INSTANCE_VARIABLES = {"receiver_instance": "receiver_job", "consumer_instance": "consumer_job"}
+VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")  # $name, ${name}, ${name:format}, [[name]]
 
 
 def panels(dashboard: dict) -> list[dict]:
@@ -52,6 +63,33 @@ def panels(dashboard: dict) -> list[dict]:
         else:
             found.append(panel)
     return found
+
+
+def variables(dashboard: dict) -> dict[str, dict]:
+    return {variable["name"]: variable for variable in dashboard.get("templating", {}).get("list", [])}
+
+
+def defaults(dashboard: dict) -> dict[str, str]:
+    """Each template variable's value as Grafana puts it in a query when nobody changed it: its current value,
+    or its allValue when that is All."""
+    values = {}
+    for name, variable in variables(dashboard).items():
+        value = variable.get("current", {}).get("value")
+        value = value if isinstance(value, list) else [value]
+        values[name] = variable.get("allValue") if value == ["$__all"] else "|".join(value)
+    return values
+
+
+def interpolate(expr: str, dashboard: dict, builtins: dict[str, str] = GRAFANA_VARIABLES) -> str:
+    """`expr` as Grafana sends it with the dashboard's defaults; an unknown variable is left as it is."""
+    for variable, value in builtins.items():
+        expr = expr.replace(variable, value)
+    values = defaults(dashboard)
+    return VARIABLE.sub(lambda m: values.get(m[1] or m[2] or m[3], m[0]), expr)
+
+
+def used_variables(expr: str) -> set[str]:
+    return {m[1] or m[2] or m[3] for m in VARIABLE.finditer(expr)} - {name.lstrip("$") for name in GRAFANA_VARIABLES}
 
 
 def committed() -> dict[str, dict]:
@@ -109,25 +147,78 @@ def test_queries_use_only_the_contracts_metrics(name):
 @pytest.mark.parametrize("name", sorted(committed()))
 def test_queries_parse(name, tmp_path):
     rules = []
-    for panel in panels(committed()[name]):
+    dashboard = committed()[name]
+    for panel in panels(dashboard):
         for target in panel["targets"]:
-            expr = target["expr"]
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
+            expr = interpolate(target["expr"], dashboard)
             assert "$" not in expr, f"{panel['title']}: a Grafana variable promtool cannot stand in for: {expr}"
             rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": expr})
+    for variable in variables(dashboard).values():  # label_values(SELECTOR, label): the selector must parse
+        if variable["type"] == "query":
+            selector = re.fullmatch(r"label_values\((.+), *\w+\)", variable["query"])[1]
+            rules.append({"record": f"dashboard:variable_{variable['name']}", "expr": interpolate(selector, dashboard)})
     path = tmp_path / "panel_queries.yml"
     path.write_text(json.dumps({"groups": [{"name": name, "rules": rules}]}))  # JSON is YAML
     assert f"SUCCESS: {len(rules)} rules found" in promtool("check", "rules", path)
 
 
 @pytest.mark.parametrize("name", sorted(committed()))
-def test_panels_use_the_provisioned_datasource(name):
+def test_panels_use_the_datasource_variable_which_defaults_to_the_provisioned_one(name):
+    dashboard = committed()[name]
+    variable = variables(dashboard)["datasource"]
+    assert variable["type"] == "datasource" and variable["query"] == "prometheus"
     provisioned = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    uid = provisioned["datasources"][0]["uid"]
-    for panel in panels(committed()[name]):
+    assert variable["current"]["value"] == provisioned["datasources"][0]["uid"]
+    for panel in panels(dashboard):
         refs = [panel["datasource"]] + [target["datasource"] for target in panel["targets"]]
-        assert all(ref == {"type": "prometheus", "uid": uid} for ref in refs), panel["title"]
+        assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in refs), panel["title"]
+    for other in variables(dashboard).values():
+        if other["type"] == "query":
+            assert other["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, other["name"]
+
+
+@pytest.mark.parametrize("name", sorted(committed()))
+def test_jobs_and_instances_are_variables_every_query_uses(name):
+    dashboard = committed()[name]
+    defined = variables(dashboard)
+    for job, default in JOB_VARIABLES.items():
+        assert defined[job]["type"] == "query" and defined[job]["current"]["value"] == default
+        assert re.fullmatch(r"label_values\(billing_\w+, *job\)", defined[job]["query"]), defined[job]["query"]
+    for instance, job in INSTANCE_VARIABLES.items():
+        variable = defined[instance]
+        assert variable["type"] == "query" and variable["multi"] and variable["includeAll"]
+        assert variable["allValue"] == ".*" and variable["current"]["value"] == ["$__all"]
+        assert f'job="${job}"' in variable["query"] and variable["query"].endswith(", instance)")
+    used = set()
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            used |= used_variables(expr)
+            assert used_variables(expr) <= set(defined), f"{panel['title']}: undefined variable in {expr}"
+            assert used_variables(expr) & set(JOB_VARIABLES), f"{panel['title']}: no job variable in {expr}"
+            for selector in re.findall(r"\bbilling_\w+\{([^}]*)\}", expr):  # a job's metric: its instances too
+                job = re.search(r'job="\$(\w+)"', selector)[1]
+                side = job.removesuffix("_job")
+                assert f'instance=~"${side}_instance"' in selector, f"{panel['title']}: {expr}"
+    assert used >= set(JOB_VARIABLES) | set(INSTANCE_VARIABLES)
+
+
+@pytest.mark.parametrize("name", sorted(committed()))
+def test_group_wide_gauges_are_shown_as_the_max_over_consumers(name):
+    for panel in panels(committed()[name]):
+        for target in panel["targets"]:
+            for metric in GROUP_WIDE:
+                for match in re.finditer(rf"\b{metric}\b", target["expr"]):
+                    assert target["expr"][:match.start()].endswith("max("), f"{panel['title']}: {target['expr']}"
+
+
+@pytest.mark.parametrize("name", sorted(committed()))
+def test_requires_lists_grafana_the_datasource_and_each_panel_type(name):
+    dashboard = committed()[name]
+    required = {(item["type"], item["id"]) for item in dashboard["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", "prometheus")} <= required
+    assert {("panel", panel["type"]) for panel in panels(dashboard)} <= required
+    assert not dashboard.get("__inputs"), "no __inputs: a provisioned dashboard would keep the ${DS_...} placeholder"
 
 
 def test_provisioning_points_at_a_file_provider():
