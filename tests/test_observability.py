@@ -19,6 +19,7 @@ from models.db import migrate, open_database
 from receiver.sample_events import build_event
 from tests.conftest import sign
 from tests.services import REPO, Process, free_port, service_env, start_receiver, wait_for
+from tests.test_dashboards import JOB_VARIABLES, interpolate, variables
 
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
 ALERTS = REPO / "prometheus" / "alerts.yml"
@@ -34,10 +35,11 @@ def panels_of(dashboard: dict) -> list[dict]:
     return [p for p in found if p.get("targets")]
 
 
-def concrete(expr: str) -> str:
-    """A Grafana expression as Prometheus would receive it."""
+def concrete(expr: str, dashboard: dict) -> str:
+    """A Grafana expression as Prometheus would receive it from the dashboard as it opens (its variables'
+    defaults: the contract's job names, every instance)."""
     expr = re.sub(r"\$__(rate_interval|interval|range)|\$\{__(rate_interval|interval|range)\}", "30s", expr)
-    return re.sub(r"\$\{?\w+\}?", ".*", expr)  # dashboard variables: match everything
+    return interpolate(expr, dashboard)
 
 
 class Prometheus:
@@ -45,6 +47,7 @@ class Prometheus:
         if shutil.which("prometheus") is None:
             raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
         self.port = free_port()
+        self.receiver, self.consumers = receiver, consumers
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
@@ -150,8 +153,12 @@ def drive_traffic(base: str) -> None:
 
 def dashboard_panels() -> list[tuple[str, str, list[str]]]:
     assert DASHBOARDS, "no dashboards under grafana/dashboards"
-    return [(path.name, panel["title"], [t["expr"] for t in panel["targets"] if t.get("expr")])
-            for path in DASHBOARDS for panel in panels_of(json.loads(path.read_text()))]
+    found = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        found.extend((path.name, panel["title"], [concrete(t["expr"], dashboard) for t in panel["targets"]
+                                                  if t.get("expr")]) for panel in panels_of(dashboard))
+    return found
 
 
 def test_every_panel_query_parses_and_the_core_ones_have_data(stack):
@@ -159,10 +166,29 @@ def test_every_panel_query_parses_and_the_core_ones_have_data(stack):
     assert len(panels) >= 14 and all(exprs for _, _, exprs in panels)
     empty = []
     for dashboard, title, exprs in panels:
-        results = [stack.query(concrete(expr)) for expr in exprs]  # each asserts its query parsed and ran
+        results = [stack.query(expr) for expr in exprs]  # each asserts its query parsed and ran
         if not any(results) and not MAY_BE_EMPTY.search(title):
             empty.append(f"{dashboard}: {title}: {exprs}")
     assert not empty, "panels with no data after real traffic:\n" + "\n".join(empty)
+
+
+def test_the_variables_offer_the_jobs_and_instances_scraped(stack):
+    """Each job variable's query finds its default job, each instance variable's finds the targets of that job
+    (label_values(SELECTOR, label) asked the way Grafana's Prometheus data source answers it: the label's
+    values among the series SELECTOR matches)."""
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        offered = {}
+        for name, variable in variables(dashboard).items():
+            if variable["type"] != "query":
+                continue
+            selector, label = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["query"]).groups()
+            series = stack.query(f"count by ({label}) ({concrete(selector, dashboard)})")
+            offered[name] = {s["metric"][label] for s in series}
+        for job, default in JOB_VARIABLES.items():
+            assert default in offered[job], (path.name, job, offered[job])
+        assert offered["receiver_instance"] == {stack.receiver}, offered
+        assert offered["consumer_instance"] == set(stack.consumers), offered
 
 
 def test_the_alert_rules_load_and_only_the_dead_letter_alert_fires(stack):
