@@ -254,6 +254,18 @@ def consumer_panels():
         query(f"sum by (instance) (rate(billing_reclaimed_total{{{CONSUMER}}}[{RATE}]))", "{{instance}}"),
         steps=red_from(0.1), width=8,
     )
+    yield graph(
+        "Reconciled from Stripe",
+        "Events of failed webhooks that reconciliation (consumers with STRIPE_API_KEY, every "
+        "RECONCILE_INTERVAL_SECONDS) found in Stripe's Events API over the last 15 minutes. `already_had` is "
+        "harmless (Stripe still retrying, or another endpoint of the account failing). Red is `queued`: Stripe "
+        "could not deliver those events to us and we only have them now, late; when it keeps happening our "
+        "endpoint is failing (BillingWebhooksMissed: check the receiver, STRIPE_WEBHOOK_SECRET and the endpoint in "
+        "Stripe's dashboard). `error`: a pass failed; the consumers' log says why (a wrong key, Stripe unreachable).",
+        units.Short,
+        query(f"sum by (result) (increase(billing_reconciled_events_total{{{CONSUMER}}}[15m]))", "{{result}}"),
+        colors={"^queued$": "red", "^already_had$": "green", "^error$": "orange"}, width=12,
+    )
 
 
 def api_panels():

@@ -42,6 +42,7 @@ METRICS = HISTOGRAMS | {
     "billing_reclaimed_total",
     "billing_consumer_last_success_timestamp_seconds",
     "billing_db_errors_total",
+    "billing_reconciled_events_total",
 }
 # Grafana's own variables, replaced by something of the same type for promtool.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
