@@ -1,7 +1,8 @@
 """Reconciliation: the consumers heal by themselves what Stripe could not deliver. Every
 RECONCILE_INTERVAL_SECONDS one consumer (a Redis lock, as for the grace sweep) lists the events of our types
 whose webhooks failed (`delivery_success=false`, which also lists those Stripe is still retrying) over the last
-three days, Stripe's retry horizon, and queues, oldest first, those we do not have.
+three days, Stripe's retry horizon (but not the last minute's, whose first delivery may still be on its way), and
+queues, oldest first, those we do not have.
 
 It runs in a thread of its own that only lists and queues, so a slow or failing Stripe never holds up event
 processing; every request has a short timeout, and any error (Stripe, network, Redis, database) is logged and
@@ -24,6 +25,9 @@ from models.stripe_events import HANDLED_TYPES, event_created
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3 * 86_400  # Stripe retries a webhook for three days; older failures are backfill's
+# Stripe lists an event whose first delivery is still on its way as not delivered yet: younger events are left to
+# that delivery, or a healthy endpoint would see the reconciler queue, every pass, what Stripe is about to send.
+SETTLE_SECONDS = 60
 LOCK_MARGIN_MS = 1000  # as the sweep's: freed a little before the owner's next try (at most a tenth of it)
 
 
@@ -43,8 +47,9 @@ class Reconciler:
         return self.run()
 
     def run(self, now: int | None = None) -> dict[Found, int]:
-        since = (now or int(time.time())) - WINDOW_SECONDS
-        failed = list(self.api.list_events(created_gte=since, types=HANDLED_TYPES, delivery_success=False))
+        now = now or int(time.time())
+        failed = list(self.api.list_events(created_gte=now - WINDOW_SECONDS, created_lte=now - SETTLE_SECONDS,
+                                           types=HANDLED_TYPES, delivery_success=False))
         failed.sort(key=lambda event: (event_created(event), event["id"]))
         counts = {found: 0 for found in Found}
         queued = []

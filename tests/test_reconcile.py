@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from consumer.backfill import Enqueuer, Found
-from consumer.reconcile import WINDOW_SECONDS, Reconciler, ReconcilerThread
+from consumer.reconcile import SETTLE_SECONDS, WINDOW_SECONDS, Reconciler, ReconcilerThread
 from consumer.stripe_api import StripeApi
 from models.event_queue import EventQueue
 from models.redis_io import reconcile_lock_key, seen_key
@@ -50,6 +50,7 @@ def test_a_pass_queues_the_failed_deliveries_we_do_not_have(fake_stripe, client,
     client.set(seen_key(STREAM, had["id"]), "processed")
     fake_stripe.add_event(build_event("invoice.paid", "ok", created=NOW - 60), delivery_success=True)
     fake_stripe.add_event(build_event("invoice.paid", "old", created=NOW - WINDOW_SECONDS - 60))  # backfill's
+    fake_stripe.add_event(build_event("invoice.paid", "in-flight", created=int(time.time())))  # Stripe is sending it
     before = {found: reconciled(found.value) for found in Found}
     counts = reconciler(fake_stripe, client).run_if_ours()
     assert counts[Found.QUEUED] == len(failed) - 1 and counts[Found.ALREADY_HAD] == 1
@@ -59,6 +60,7 @@ def test_a_pass_queues_the_failed_deliveries_we_do_not_have(fake_stripe, client,
     [request] = fake_stripe.event_requests()
     assert request.params["delivery_success"] == ["false"]
     assert abs(int(request.params["created[gte]"][0]) - (NOW - WINDOW_SECONDS)) < 60
+    assert abs(int(request.params["created[lte]"][0]) - (NOW - SETTLE_SECONDS)) < 60
     assert sorted(v for name, [v] in request.params.items() if name.startswith("types[")) == sorted(HANDLED_TYPES)
 
 
@@ -96,7 +98,7 @@ def test_errors_are_counted_and_never_raised(fault, fake_stripe, client, redis_u
 
 
 def test_reconcile_events_runs_a_pass_now(redis_url, sqlite_url, fake_stripe, client):
-    fake_stripe.add_event(build_event("invoice.paid", "n1"))
+    fake_stripe.add_event(build_event("invoice.paid", "n1", created=NOW - 120))
     env = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "STRIPE_API_KEY": API_KEY,
            "STRIPE_API_BASE": fake_stripe.url}
     assert "queued 1, already had 0" in invoke(env, "reconcile", "events").stdout
@@ -120,7 +122,7 @@ def test_a_receiver_outage_is_healed_within_one_interval(redis_url, sqlite_url, 
             stories[f"heal{n}"] = [build_event("checkout.session.completed", f"heal{n}", tier="basic", api_version=api,
                                                created=NOW - 120, **ids),
                                    build_event("customer.subscription.updated", f"heal{n}", tier="elite",
-                                               api_version=api, created=NOW - 60, **ids)]
+                                               api_version=api, created=NOW - 90, **ids)]
         started = time.monotonic()
         for events in stories.values():
             for event in events:
