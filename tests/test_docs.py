@@ -126,3 +126,12 @@ def test_other_names_are_not_served(client):
         response = client.get(f"/docs/assets/{name}")
         assert response.status_code == 404, name
         assert response.is_json
+
+
+def test_without_the_package_docs_answer_503_and_the_document_still_answers(client, monkeypatch):
+    monkeypatch.setattr("receiver.docs.SWAGGER_UI", None)
+    for path in ("/docs", "/docs/assets/swagger-ui-bundle.js"):
+        response = client.get(path)
+        assert response.status_code == 503 and response.is_json, path
+        assert "flask-swagger-ui" in response.get_json()["error"]
+    assert client.get("/openapi.json").status_code == 200
