@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import socket
 import time
@@ -17,6 +16,8 @@ import redis
 
 from consumer import ops
 from consumer.stripe_api import StripeApiError
+from models import logs
+from models.cli_support import DURATION, entry_point, with_duration_help
 from models.config import ConfigError, Settings, redact_url, scrub
 from models.db import OUTAGE_ERRORS, open_database
 from models.redis_io import connect_redis
@@ -24,12 +25,15 @@ from models.tables import from_epoch, iso
 
 
 def default_name() -> str:
-    """Stable across restarts under a process manager that names its processes (honcho/foreman set PS,
-    Heroku sets DYNO), so a restarted worker finds its own pending entries; unique per process otherwise."""
-    suffix = os.environ.get("PS") or os.environ.get("DYNO") or str(os.getpid())
+    """Stable across restarts under a process manager that names its processes (honcho sets
+    HONCHO_PROCESS_NAME, foreman PS, Heroku DYNO), so a restarted worker finds its own pending entries; unique
+    per process otherwise."""
+    suffix = (os.environ.get("HONCHO_PROCESS_NAME") or os.environ.get("PS") or os.environ.get("DYNO")
+              or str(os.getpid()))
     return f"{socket.gethostname()}-{suffix}"
 
 
+@entry_point("billing-consumer")
 @click.group(invoke_without_command=True)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -88,13 +92,12 @@ def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | Non
     from consumer.stream import read_group_state
     from consumer.worker import Worker
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = name or default_name()
+    logs.configure(consumer=name)
     try:
         settings = Settings.from_env()
         db = open_database(settings.database_url)
         client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
-        name = name or default_name()
         worker = Worker(settings, db, client, name, batch_size=batch_size, block_ms=block_ms,
                         deadline_ms=deadline_ms, reconciler=reconciler_for(settings, name))
         if settings.metrics_port:
@@ -145,7 +148,7 @@ def _print_stats(data: dict) -> None:
 
 @cli.command()
 @json_option
-@click.option("--min-idle", "min_idle_ms", type=click.IntRange(0, None), help="only entries idle at least MS")
+@click.option("--min-idle", "min_idle_ms", type=DURATION, help=with_duration_help("only entries idle at least this long"))
 @click.option("--consumer", default=None, help="only this consumer's entries")
 @click.option("--count", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @operation
@@ -163,16 +166,16 @@ ENTRY_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_t
 @cli.command()
 @click.argument("entry_ids", nargs=-1)
 @click.option("--to", "to", required=True, help="consumer to give the entries to (a running one applies them)")
-@click.option("--idle", "min_idle_ms", type=click.IntRange(0, None), help="claim every entry idle at least MS")
+@click.option("--idle", "min_idle_ms", type=DURATION, help=with_duration_help("claim every entry idle at least this long"))
 @click.option("--new-consumer", is_flag=True, help="allow a NAME the group does not know yet")
 @click.option("--dry-run", is_flag=True, help="show what would move, move nothing")
 @json_option
 @operation
 def claim(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], to: str, min_idle_ms: int | None,
           new_consumer: bool, dry_run: bool, as_json: bool) -> None:
-    """Give pending entries to consumer NAME: by ENTRY_ID..., or all idle at least --idle MS."""
+    """Give pending entries to consumer NAME: by ENTRY_ID..., or all idle at least --idle (5m, 30s, ...)."""
     if bool(entry_ids) == (min_idle_ms is not None):
-        raise click.UsageError("give entry ids or --idle MS (one of the two)")
+        raise click.UsageError("give entry ids or --idle DURATION (one of the two)")
     rows = ops.claim(client, settings, to, entry_ids=list(entry_ids) or None, min_idle_ms=min_idle_ms,
                      dry_run=dry_run, new_consumer=new_consumer)
     if as_json:
@@ -234,8 +237,8 @@ def consumers() -> None:
 
 
 @consumers.command("prune")
-@click.option("--idle", "min_idle_ms", default=3_600_000, show_default=True, type=click.IntRange(0, None),
-              help="delete consumers inactive at least MS with nothing pending")
+@click.option("--idle", "min_idle_ms", default="1h", show_default=True, type=DURATION,
+              help=with_duration_help("delete consumers inactive at least this long with nothing pending"))
 @click.option("--dry-run", is_flag=True)
 @json_option
 @operation

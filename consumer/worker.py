@@ -227,7 +227,10 @@ class Worker:
         self._grow_batch(len(entries), time.monotonic() - started)
         for outcome in outcomes:
             log.info("%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id, outcome.entry.event_type,
-                     outcome.outcome, f" ({outcome.error})" if outcome.error else "")
+                     outcome.outcome, f" ({outcome.error})" if outcome.error else "",
+                     extra={"entry_id": outcome.entry.entry_id, "event_id": outcome.entry.event_id,
+                            "event_type": outcome.entry.event_type, "outcome": outcome.outcome,
+                            "community_id": outcome.community_id})
 
     def _grow_batch(self, size: int, seconds: float) -> None:
         """After missed deadlines made batches smaller: double the batch size when a batch twice as big, at
