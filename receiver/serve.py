@@ -26,6 +26,7 @@ from models.config import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 4
 
 
 class ReceiverServer(Application):
@@ -38,7 +39,7 @@ class ReceiverServer(Application):
             "bind": f"0.0.0.0:{settings.port}",
             "workers": int(os.environ.get("WEB_CONCURRENCY") or DEFAULT_WORKERS),
             "worker_class": "gthread",
-            "threads": 4,
+            "threads": DEFAULT_THREADS,
             "timeout": 30,
             "graceful_timeout": 20,
             "keepalive": 5,

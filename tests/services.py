@@ -53,6 +53,7 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="billing-redis-")
         self.port = free_port()
         self.appendonly = appendonly
+        self.fsync = "always"  # with appendonly: fsync before answering each write (bin/run's setting)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -64,7 +65,7 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.fsync,
                 "--logfile", os.path.join(self.dir, "redis.log")]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), what=f"redis-server on {self.port}")
