@@ -26,7 +26,9 @@ from models.config import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_WORKERS = 2
-DEFAULT_THREADS = 4
+# Well above the handful of stalled clients anyone can open, so a real webhook always finds a free thread
+# (receiver/worker.py bounds how long each of them can hold one); idle threads cost nothing.
+DEFAULT_THREADS = 16
 
 
 class ReceiverServer(Application):
@@ -38,7 +40,7 @@ class ReceiverServer(Application):
         self.defaults = {
             "bind": f"0.0.0.0:{settings.port}",
             "workers": int(os.environ.get("WEB_CONCURRENCY") or DEFAULT_WORKERS),
-            "worker_class": "gthread",
+            "worker_class": "receiver.worker.BoundedThreadWorker",  # gthread with bounded reads
             "threads": DEFAULT_THREADS,
             "timeout": 30,
             "graceful_timeout": 20,
