@@ -6,18 +6,24 @@ Prometheus scrapes, by StreamCollector, so every consumer exports the same value
 max()) and they are never staler than the scrape."""
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import redis
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from consumer.stream import GroupState
+from models.build_info import BuildInfo
 from models.stripe_events import HANDLED_TYPES
 
 if TYPE_CHECKING:
@@ -105,23 +111,6 @@ class StreamCollector(Collector):
                               "Age of the oldest pending entry, from its id's time (0 when none)"),
             GaugeMetricFamily("billing_dead_letters", "Entries in the dead-letter stream"),
         ]
-
-
-class BuildInfo(Collector):
-    """billing_build_info{version, python} 1: which release and Python this consumer runs."""
-
-    def __init__(self):
-        try:
-            version = importlib.metadata.version("stripe-billing-pipeline")
-        except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
-            version = "unknown"
-        self.labels = [version, platform.python_version()]
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("billing_build_info", "The running release (package version) and Python; "
-                                   "always 1", labels=["version", "python"])
-        family.add_metric(self.labels, 1)
-        return [family]
 
 
 class MetricsServerError(Exception):

@@ -8,19 +8,23 @@ variable (the Flask test client, a bare WSGI server) the process's own registry 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
-import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException
 
+from models.build_info import BuildInfo
 from models.stripe_events import HANDLED_TYPES
 
 REQUESTS = Counter("billing_webhook_requests", "Webhook requests answered, by HTTP status", ["status"])
@@ -60,24 +64,6 @@ for _endpoint in API_ENDPOINTS:
     API_REQUEST_SECONDS.labels(_endpoint)
     for _status in ("200", "400", "401", "403", "404", "503"):
         API_REQUESTS.labels(_endpoint, _status)
-
-
-class BuildInfo(Collector):
-    """billing_build_info{version, python} 1: which release and Python each target runs. A collector of
-    its own registry rather than a Gauge: in multiprocess mode a Gauge is kept once per worker, in files."""
-
-    def __init__(self):
-        try:
-            version = importlib.metadata.version("stripe-billing-pipeline")
-        except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
-            version = "unknown"
-        self.labels = [version, platform.python_version()]
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("billing_build_info", "The running release (package version) and Python; "
-                                   "always 1", labels=["version", "python"])
-        family.add_metric(self.labels, 1)
-        return [family]
 
 
 BUILD_INFO = CollectorRegistry()
