@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -100,3 +101,21 @@ def fake_stripe():
     server = FakeStripe().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def make_client(settings, db):
+    """A Flask test client of create_app(settings with `overrides`), sharing the test's database connection."""
+    from receiver import create_app
+
+    apps = []
+
+    def make(**overrides):
+        app = create_app(dataclasses.replace(settings, **overrides))
+        database_proxy.initialize(db)  # create_app bound the models to a database object of its own
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["redis"].close()

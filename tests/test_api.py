@@ -31,22 +31,6 @@ ENTITLEMENT_FIELDS = {"community_id", "tier", "status", "max_members", "features
 
 
 @pytest.fixture
-def make_client(settings, db):
-    """A test client of create_app(settings with `overrides`), sharing the test's database connection."""
-    apps = []
-
-    def make(**overrides):
-        app = create_app(dataclasses.replace(settings, **overrides))
-        database_proxy.initialize(db)  # create_app bound the models to a database object of its own
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["redis"].close()
-
-
-@pytest.fixture
 def client(make_client):
     return make_client()
 

@@ -4,13 +4,11 @@ counts (401, 403, 400, 404, 503 and paths that match no route too), in-process a
 workers of a live receiver; the live receiver also says which release it runs (billing_build_info)."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import platform
 import urllib.error
 import urllib.request
 
-import pytest
 from prometheus_client import REGISTRY
 
 from models.config import Settings
@@ -39,21 +37,6 @@ def counts() -> dict[tuple[str, str], float]:
 
 def increase(before: dict, after: dict) -> dict:
     return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
-
-
-@pytest.fixture
-def make_client(settings, db):
-    apps = []
-
-    def make(**overrides):
-        app = create_app(dataclasses.replace(settings, **overrides))
-        database_proxy.initialize(db)  # create_app bound the models to a database object of its own
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.extensions["redis"].close()
 
 
 def test_every_answer_is_counted_by_route_and_status(make_client):
