@@ -10,7 +10,7 @@ from models.config import Settings
 from models.db import database_proxy
 from receiver import create_app
 from tests.conftest import sign
-from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes, redis_client
+from tests.receiver_helpers import WEBHOOK, entries, event_bytes, redis_client
 from tests.services import SECRET
 
 
