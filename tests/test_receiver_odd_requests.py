@@ -52,14 +52,6 @@ NON_FINITE = {
 }
 
 
-@pytest.mark.parametrize("body", NON_FINITE.values(), ids=NON_FINITE.keys())
-def test_a_signed_body_with_a_number_stripe_never_sends_is_400_malformed(client, r, body):
-    response = client.post(WEBHOOK, data=body, headers=sign(body))
-    assert response.status_code == 400, response.data
-    assert response.is_json and response.get_json()["error"].startswith("malformed event: ")
-    assert r.xlen(STREAM) == 0
-
-
 ODD_ENVELOPES = {
     "id-lone-surrogate": b'{"id": "evt_\\ud800", "type": "invoice.paid", "created": 1700000000}',
     "type-lone-surrogate": b'{"id": "evt_1", "type": "invoice.\\udfff", "created": 1700000000}',
@@ -75,8 +67,11 @@ ODD_ENVELOPES = {
 }
 
 
-@pytest.mark.parametrize("body", ODD_ENVELOPES.values(), ids=ODD_ENVELOPES.keys())
-def test_a_signed_body_with_an_odd_envelope_is_400_malformed(client, r, body):
+MALFORMED = {**NON_FINITE, **ODD_ENVELOPES}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_signed_body_with_a_number_stripe_never_sends_or_an_odd_envelope_is_400_malformed(client, r, body):
     response = client.post(WEBHOOK, data=body, headers=sign(body))
     assert response.status_code == 400, response.data
     assert response.is_json and response.get_json()["error"].startswith("malformed event: ")
