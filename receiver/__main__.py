@@ -12,9 +12,9 @@ from models.config import ConfigError, Settings, redact_url, scrub
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES
 
 
-def _settings(environ: dict[str, str] | None = None) -> Settings:
+def _settings() -> Settings:
     try:
-        settings = Settings.from_env(environ)
+        settings = Settings.from_env()
         settings.require_webhook_secrets()
         return settings
     except ConfigError as exc:
