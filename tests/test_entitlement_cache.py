@@ -126,12 +126,18 @@ def test_a_reader_that_read_before_an_invalidation_never_caches_even_after_anoth
     assert late.get("c1") == ({**STALE, "tier": "basic"}, None)
 
 
-def test_a_full_redis_serves_hits_steps_aside_on_misses_and_still_invalidates(make_client, full_redis):
+@pytest.fixture
+def warm(make_client, full_redis):
+    """An API client on the test's own Redis, communities c1 (premium, its answer cached) and c2 (basic, not)."""
     client = make_client(redis_url=full_redis.url)
-    r = full_redis.client()
     row("c1", "premium")
     row("c2", "basic")
     assert ents(client, "c1")["source"] == "database" and ents(client, "c1")["source"] == "cache"
+    return client, full_redis.client()
+
+
+def test_a_full_redis_serves_hits_steps_aside_on_misses_and_still_invalidates(warm):
+    client, r = warm
     fill_until_refused(r)
     assert ents(client, "c1")["source"] == "cache"  # a hit needs no memory
     for _ in range(2):  # a miss cannot take a guard token: answered from the database, not cached, no error
@@ -147,13 +153,9 @@ def test_a_full_redis_serves_hits_steps_aside_on_misses_and_still_invalidates(ma
     assert ents(client, "c2")["source"] == "database" and ents(client, "c2")["source"] == "cache"
 
 
-def test_a_read_only_replica_serves_hits_and_steps_aside_on_misses(make_client, full_redis):
+def test_a_read_only_replica_serves_hits_and_steps_aside_on_misses(warm):
     """A failover in progress: the cache's Redis became a replica (of a primary that is not there yet)."""
-    client = make_client(redis_url=full_redis.url)
-    r = full_redis.client()
-    row("c1", "premium")
-    row("c2", "basic")
-    assert ents(client, "c1")["source"] == "database" and ents(client, "c1")["source"] == "cache"
+    client, r = warm
     r.execute_command("REPLICAOF", "127.0.0.1", "1")  # keeps its data while it tries to connect
     try:
         assert ents(client, "c1")["source"] == "cache"
