@@ -1,6 +1,8 @@
 """The two servers bench/receiver_load.py compares ours with, run under the same gunicorn settings:
 
 - `bare`: a Flask app that reads the body and answers a small JSON 200 (the floor: HTTP and Flask alone);
+- `bare_ping`: the bare app plus one Redis round trip (PING) before it answers: the floor for any receiver
+  that answers only once Redis has answered;
 - `naive`: the receiver a user would write in an afternoon: stripe's `construct_event`-style verification,
   `json.loads`, EXISTS then XADD (two Redis round trips, not atomic), no metrics."""
 from __future__ import annotations
@@ -19,6 +21,19 @@ def bare() -> Flask:
     @app.post("/webhooks/stripe")
     def webhook():
         request.get_data()
+        return jsonify(received=True)
+
+    return app
+
+
+def bare_ping() -> Flask:
+    app = Flask(__name__)
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+
+    @app.post("/webhooks/stripe")
+    def webhook():
+        request.get_data()
+        client.ping()
         return jsonify(received=True)
 
     return app

@@ -1,7 +1,8 @@
 """Receiver throughput under load, on demand: `.venv/bin/python bench/receiver_load.py [--seconds 10 --rounds 3]`.
 
-Same run, same gunicorn settings as `receiver serve` (worker count, class and threads), three servers:
-the bare Flask app, the naive receiver a user would write (bench/apps.py) and ours. wrk (Debian's `wrk`) keeps
+Same run, same gunicorn settings as `receiver serve` (worker count, class and threads), four servers
+(bench/apps.py): the bare Flask app, the bare app plus one Redis PING (the floor for any receiver that waits
+for Redis before it answers), the naive receiver a user would write, and ours. wrk (Debian's `wrk`) keeps
 32 connections busy from 2 threads, every request a distinct Stripe event (3.5-5.5 KB) signed the way Stripe
 signs. Prints, per server: requests/s, p99 latency and CPU per request (the server's process tree plus
 redis-server, from /proc), each as a ratio to the bare app measured in the same run; the best of the rounds."""
@@ -61,13 +62,15 @@ def request_files(tmp: str, count: int, threads: int) -> dict[str, str]:
     return env
 
 
-def start(kind: str, env: dict, tmp: str) -> tuple[Process, str]:
+def start(kind: str, env: dict, tmp: str, gunicorn_args: str = "") -> tuple[Process, str]:
     port = free_port()
     if kind == "ours":
         args = ["receiver", "serve", "--bind", f"127.0.0.1:{port}", *os.environ.get("BENCH_SERVE_ARGS", "").split()]
+        env = {**env, "GUNICORN_CMD_ARGS": gunicorn_args}
     else:
         args = ["gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(DEFAULT_WORKERS), "--worker-class",
-                "gthread", "--threads", str(DEFAULT_THREADS), "--no-control-socket", f"bench.apps:{kind}()"]
+                "gthread", "--threads", str(DEFAULT_THREADS), "--no-control-socket", *gunicorn_args.split(),
+                f"bench.apps:{kind}()"]
     proc = Process(args, env, tmp)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1) if kind == "ours" else
@@ -101,7 +104,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--servers", default="bare,naive,ours")
+    parser.add_argument("--servers", default="bare,bare_ping,naive,ours")
+    parser.add_argument("--gunicorn", default="", help="gunicorn options for all three servers, e.g. '--threads 4'")
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no-aof"],
                         help="the Redis's persistence: always (bin/run's, the default), everysec, or none")
     args = parser.parse_args()
@@ -119,7 +123,7 @@ def main() -> None:
             for kind in kinds:
                 redis.client().flushall()
                 files = request_files(tmp, 4000 * args.seconds, 2)  # more than any server answers in the time
-                proc, base = start(kind, env, tmp)
+                proc, base = start(kind, env, tmp, args.gunicorn)
                 try:
                     before = cpu_seconds(proc.popen.pid), cpu_seconds(redis.process.pid)
                     figures = wrk(base, args.seconds, args.connections, 2, files)
@@ -130,7 +134,7 @@ def main() -> None:
                     proc.stop()
                 figures["cpu_ms"] = used * 1000 / max(1, figures["requests"])
                 redis_ms = redis_cpu * 1000 / max(1, figures["requests"])
-                print(f"round {round_no + 1} {kind:6} {figures['rps']:8.0f} req/s  p99 {figures['p99_ms']:7.1f} ms  "
+                print(f"round {round_no + 1} {kind:9} {figures['rps']:8.0f} req/s  p99 {figures['p99_ms']:7.1f} ms  "
                       f"{figures['cpu_ms']:.2f} ms CPU/request (redis-server {redis_ms:.2f})  "
                       f"non-2xx {figures['non_2xx']}", flush=True)
                 if kind not in best or figures["rps"] > best[kind]["rps"]:

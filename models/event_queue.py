@@ -33,8 +33,37 @@ class EventQueue:
     def enqueue(self, event_id: str, event_type: str, created: int, payload: bytes) -> str | None:
         """The new entry's id, or None when the event was already queued or processed.
         Raises redis.RedisError when Redis cannot confirm the entry is stored."""
-        entry_id = self._script(
-            keys=[seen_key(self.stream_key, event_id), self.stream_key],
-            args=[self.dedupe_ttl_seconds, event_id, event_type, created, payload, int(time.time() * 1000)],
-        )
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        entry_id = self._script(keys=self._keys(event_id), args=self._args(event_id, event_type, created, payload))
+        return _entry_id(entry_id)
+
+    def enqueue_many(self, events: list[Event]) -> list[str | None | redis.RedisError]:
+        """`enqueue` for several events in one round trip (a pipeline, run in order, so a second copy of an
+        event in the same call is a duplicate), each event's answer in its place: its entry id, None for a
+        duplicate, or the error Redis answered for it. Raises redis.RedisError when Redis answered none."""
+        replies = self._run(events)
+        again = [n for n, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        if again:  # a restarted or flushed Redis: those EVALSHAs stored nothing, so load the script and redo them
+            self.client.script_load(_ENQUEUE)
+            for n, reply in zip(again, self._run([events[n] for n in again])):
+                replies[n] = reply
+        return [reply if isinstance(reply, redis.RedisError) else _entry_id(reply) for reply in replies]
+
+    def _run(self, events: list[Event]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for event_id, event_type, created, payload in events:
+            pipe.execute_command("EVALSHA", self._script.sha, 2, *self._keys(event_id),
+                                 *self._args(event_id, event_type, created, payload))
+        return pipe.execute(raise_on_error=False)
+
+    def _keys(self, event_id: str) -> tuple[str, str]:
+        return seen_key(self.stream_key, event_id), self.stream_key
+
+    def _args(self, event_id: str, event_type: str, created: int, payload: bytes) -> tuple:
+        return self.dedupe_ttl_seconds, event_id, event_type, created, payload, int(time.time() * 1000)
+
+
+Event = tuple[str, str, int, bytes]  # event_id, event_type, created, payload
+
+
+def _entry_id(reply: bytes | str | None) -> str | None:
+    return reply.decode() if isinstance(reply, bytes) else reply

@@ -11,6 +11,7 @@ from models.db import database_proxy, open_database
 from models.event_queue import EventQueue
 from models.redis_io import connect_redis
 from receiver.entitlement_cache import EntitlementCache
+from receiver.group_commit import GroupCommit
 
 MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -33,12 +34,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     # `python -m receiver serve` has set PROMETHEUS_MULTIPROC_DIR (see receiver/serve.py).
     from receiver import api, docs, health, metrics, openapi, webhooks
 
-    app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
+    # POST /webhooks/stripe is answered in front of Flask (see receiver/webhooks.py); the rest is Flask's.
+    app.wsgi_app = webhooks.WebhookRoute(app.wsgi_app, settings, GroupCommit(app.extensions["event_queue"]),
+                                         MAX_BODY_BYTES)
     if not settings.api_token:
         log.warning(api.LOOPBACK_ONLY)
 

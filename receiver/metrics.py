@@ -7,12 +7,9 @@ keeps its values in files there, and whichever worker answers /metrics sums them
 variable (the Flask test client, a bare WSGI server) the process's own registry is served."""
 from __future__ import annotations
 
-import functools
 import os
-import time
-from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -22,7 +19,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from werkzeug.exceptions import HTTPException
 
 from models.build_info import BuildInfo
 from models.stripe_events import HANDLED_TYPES
@@ -70,26 +66,6 @@ BUILD_INFO = CollectorRegistry()
 BUILD_INFO.register(BuildInfo())
 
 bp = Blueprint("metrics", __name__)
-
-
-def observed(view: Callable) -> Callable:
-    """Count every answer of `view` by status and time it, whatever the outcome: the errors Flask
-    turns into answers (413) count with their own code, an unexpected exception as 500."""
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = current_app.make_response(view(*args, **kwargs))
-            status = response.status_code
-            return response
-        except HTTPException as exc:
-            status = exc.code or 500
-            raise
-        finally:
-            REQUEST_SECONDS.observe(time.perf_counter() - start)
-            REQUESTS.labels(str(status)).inc()
-    return wrapper
 
 
 @bp.get("/metrics")

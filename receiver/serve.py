@@ -46,6 +46,7 @@ class ReceiverServer(Application):
             "graceful_timeout": 20,
             "keepalive": 5,
             "accesslog": "-" if access_log else None,
+            "logger_class": "receiver.access_log.ReceiverLogger",  # no line per webhook answered 200
             "errorlog": "-",
             "loglevel": logs.level().lower(),
             # gunicorn's default format, then the worker's pid: which worker answered.

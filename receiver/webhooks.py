@@ -1,51 +1,104 @@
-"""POST /webhooks/stripe: verify, dedupe, enqueue, answer in milliseconds."""
+"""POST /webhooks/stripe: verify, dedupe, enqueue, answer in milliseconds.
+
+This one route is answered at the WSGI level, in front of Flask (`WebhookRoute` wraps the app's `wsgi_app`):
+Stripe's POSTs are nearly all the receiver's traffic, and Flask's request context, routing and response
+objects cost more CPU per request than the verification and the enqueue together (bench/receiver_load.py;
+the profile is in the README's Speed section). Every other path and method goes on to Flask unchanged, so a
+GET here is Flask's 405. The answers are the ones Flask gave: the same statuses, JSON bodies and metrics."""
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable, Iterable
 
 import redis
-from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from models.config import scrub
+from models.config import Settings, scrub
 from models.stripe_events import event_created, parse_envelope
-from receiver.metrics import ENQUEUE_FAILURES, EVENTS, SIGNATURE_FAILURES, observed
+from receiver.metrics import ENQUEUE_FAILURES, EVENTS, REQUEST_SECONDS, REQUESTS, SIGNATURE_FAILURES
+from receiver.group_commit import GroupCommit
 from receiver.signature import SignatureRejected, verify
 
 log = logging.getLogger(__name__)
-bp = Blueprint("webhooks", __name__)
+
+PATH = "/webhooks/stripe"
+_STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 405: "405 METHOD NOT ALLOWED", 413: "413 REQUEST ENTITY TOO LARGE",
+                 500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
+TOO_LARGE = "The data value transmitted exceeds the capacity limit."  # werkzeug's words, as before
+NOT_ALLOWED = "The method is not allowed for the requested URL."
+Answer = tuple[int, dict, list[tuple[str, str]]]
 
 
-@bp.post("/webhooks/stripe")
-@observed
-def stripe_webhook():
-    settings = current_app.config["SETTINGS"]
-    payload = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH without reading on
-    # A body with no Content-Length (chunked) is cut at MAX_CONTENT_LENGTH without an error: one
-    # more byte on the server's own stream means the body was longer.
-    if len(payload) >= current_app.config["MAX_CONTENT_LENGTH"] and request.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
-    try:
-        verify(payload, request.headers.get("Stripe-Signature"), settings.webhook_secrets, settings.webhook_tolerance)
-    except SignatureRejected as exc:
-        SIGNATURE_FAILURES.labels(exc.reason).inc()
-        return jsonify(error=exc.message, reason=exc.reason), 400
-    try:
-        event = parse_envelope(payload)
-    except ValueError as exc:
-        return jsonify(error=f"malformed event: {exc}"), 400
+class WebhookRoute:
+    """The WSGI app in front of Flask's: takes POST /webhooks/stripe itself, hands everything else on."""
 
-    try:
-        entry_id = current_app.extensions["event_queue"].enqueue(
-            event["id"], event["type"], event_created(event), payload
-        )
-    except redis.RedisError as exc:
-        log.warning("enqueue failed for %s: %s", event["id"], scrub(str(exc), settings.redis_url),
-                    extra={"event_id": event["id"], "event_type": event["type"]})
-        ENQUEUE_FAILURES.inc()
-        response = jsonify(error="event queue unavailable; not stored, retry later")
-        response.headers["Retry-After"] = "5"
-        return response, 503
-    status = "queued" if entry_id else "duplicate"
-    EVENTS.labels(event["type"], status).inc()
-    return jsonify(received=True, status=status, event_id=event["id"], event_type=event["type"])
+    def __init__(self, flask_wsgi: Callable, settings: Settings, queue: GroupCommit, max_body_bytes: int):
+        self.flask_wsgi = flask_wsgi
+        self.settings = settings
+        self.queue = queue
+        self.max_body_bytes = max_body_bytes
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH:
+            return self.flask_wsgi(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":  # not counted: no webhook request
+            return _respond(start_response, 405, {"error": NOT_ALLOWED}, [("Allow", "POST")])
+        start = time.perf_counter()
+        try:
+            status, body, headers = self.answer(environ)
+        except Exception:  # what Flask did with an unexpected error: log it, answer 500
+            log.exception("webhook request failed")
+            status, body, headers = 500, {"error": "internal error"}, []
+        answer = _respond(start_response, status, body, headers)
+        REQUEST_SECONDS.observe(time.perf_counter() - start)
+        REQUESTS.labels(str(status)).inc()
+        return answer
+
+    def answer(self, environ: dict) -> Answer:
+        payload = self.read_body(environ)
+        if payload is None:
+            return 413, {"error": TOO_LARGE}, []
+        try:
+            verify(payload, environ.get("HTTP_STRIPE_SIGNATURE"), self.settings.webhook_secrets,
+                   self.settings.webhook_tolerance)
+        except SignatureRejected as exc:
+            SIGNATURE_FAILURES.labels(exc.reason).inc()
+            return 400, {"error": exc.message, "reason": exc.reason}, []
+        try:
+            event = parse_envelope(payload)
+        except ValueError as exc:
+            return 400, {"error": f"malformed event: {exc}"}, []
+        event_id, event_type = event["id"], event["type"]
+        try:
+            entry_id = self.queue.enqueue(event_id, event_type, event_created(event), payload)
+        except redis.RedisError as exc:
+            log.warning("enqueue failed for %s: %s", event_id, scrub(str(exc), self.settings.redis_url),
+                        extra={"event_id": event_id, "event_type": event_type})
+            ENQUEUE_FAILURES.inc()
+            return 503, {"error": "event queue unavailable; not stored, retry later"}, [("Retry-After", "5")]
+        status = "queued" if entry_id else "duplicate"
+        EVENTS.labels(event_type, status).inc()
+        return 200, {"received": True, "status": status, "event_id": event_id, "event_type": event_type}, []
+
+    def read_body(self, environ: dict) -> bytes | None:
+        """The whole body, or None when it is over the limit, read as werkzeug reads it for Flask: a body
+        gunicorn marks as terminated (chunked) to one byte past the limit; else the declared length, refused
+        without reading when over the limit (no valid Content-Length reads as none: an empty body)."""
+        stream = environ["wsgi.input"]
+        if environ.get("wsgi.input_terminated"):
+            payload = stream.read(self.max_body_bytes + 1)
+            return None if len(payload) > self.max_body_bytes else payload
+        try:
+            length = max(0, int(environ.get("CONTENT_LENGTH") or 0))
+        except ValueError:
+            length = 0
+        if length > self.max_body_bytes:
+            return None
+        return stream.read(length) if length else b""
+
+def _respond(start_response: Callable, status: int, body: dict, headers: list[tuple[str, str]]) -> list[bytes]:
+    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()  # as Flask's jsonify
+    start_response(_STATUS_LINES[status], [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                                           *headers])
+    return [data]

@@ -37,8 +37,11 @@ def post(base: str, event: dict, secret: str = SECRET) -> int:
     body = json.dumps(event).encode()
     request = urllib.request.Request(f"{base}/webhooks/stripe", body, method="POST", headers={
         "Stripe-Signature": signature_header(body, secret), "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 @pytest.fixture
@@ -67,14 +70,27 @@ def test_gunicorn_cmd_args_and_a_config_file_are_honoured(env, tmp_path):
         proc.stop()
 
 
+def test_the_access_log_leaves_out_webhooks_answered_200_and_logs_the_rest(env, tmp_path):
+    proc, base = start_receiver(env, str(tmp_path))
+    try:
+        assert post(base, build_event("invoice.paid", "42")) == 200
+        assert post(base, build_event("invoice.paid", "42"), secret="whsec_not_ours") == 400
+        urllib.request.urlopen(f"{base}/healthz", timeout=1)
+        wait_for(lambda: '"GET /healthz HTTP/1.1" 200' in proc.output(), what="the health check's access line")
+        assert '"POST /webhooks/stripe HTTP/1.1" 400' in proc.output()
+        assert '"POST /webhooks/stripe HTTP/1.1" 200' not in proc.output()
+    finally:
+        proc.stop()
+
+
 def test_the_access_log_can_be_switched_off(env, tmp_path):
     port = free_port()
     proc = Process(["receiver", "serve", "--bind", f"127.0.0.1:{port}", "--no-access-log"], env, str(tmp_path))
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200, what="the receiver")
-        assert post(base, build_event("invoice.paid", "42")) == 200
-        assert "POST /webhooks/stripe" not in proc.output()
+        assert post(base, build_event("invoice.paid", "42"), secret="whsec_not_ours") == 400
+        assert "POST /webhooks/stripe" not in proc.output() and "GET /healthz" not in proc.output()
     finally:
         proc.stop()
 
@@ -86,6 +102,7 @@ def test_json_logs_carry_the_fields_of_what_they_are_about(env, redis_server, db
     event = build_event("checkout.session.completed", "j1")
     try:
         assert post(base, event) == 200
+        assert post(base, event, secret="whsec_not_ours") == 400  # logged by the access log
         wait_for(lambda: f'"event_id": "{event["id"]}"' in worker.output(), what="the outcome line")
     finally:
         worker.stop()
@@ -96,7 +113,7 @@ def test_json_logs_carry_the_fields_of_what_they_are_about(env, redis_server, db
     assert outcome["entry_id"] and outcome["level"] == "INFO" and outcome["time"]
     assert all(line["consumer"] == "json-1" for line in lines)
     receiver_lines = [json.loads(line) for line in receiver.output().splitlines() if line.strip()]
-    assert any("POST /webhooks/stripe" in line["message"] for line in receiver_lines)  # the access log too
+    assert any("POST /webhooks/stripe HTTP/1.1\" 400" in line["message"] for line in receiver_lines)  # access log
     assert all(SECRET not in json.dumps(line) for line in lines + receiver_lines)
     assert all('"object": "event"' not in line["message"] for line in lines + receiver_lines)  # no payloads
 
