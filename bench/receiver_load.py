@@ -145,10 +145,10 @@ def main() -> None:
     bare = best.get("bare")
     print(f"\nbest of {args.rounds} rounds of {args.seconds} s, {args.connections} connections, gunicorn "
           f"{DEFAULT_WORKERS} workers x {DEFAULT_THREADS} threads (gthread), Redis appendfsync always")
-    print(f"{'server':8} {'req/s':>8} {'x bare':>7} {'p99 ms':>8} {'x bare':>7} {'CPU ms/req':>11} {'x bare':>7}")
+    print(f"{'server':9} {'req/s':>8} {'x bare':>7} {'p99 ms':>8} {'x bare':>7} {'CPU ms/req':>11} {'x bare':>7}")
     for kind, f in best.items():
         ratio = (lambda key: f[key] / bare[key]) if bare else (lambda key: float("nan"))
-        print(f"{kind:8} {f['rps']:8.0f} {ratio('rps'):7.2f} {f['p99_ms']:8.1f} {ratio('p99_ms'):7.2f} "
+        print(f"{kind:9} {f['rps']:8.0f} {ratio('rps'):7.2f} {f['p99_ms']:8.1f} {ratio('p99_ms'):7.2f} "
               f"{f['cpu_ms']:11.2f} {ratio('cpu_ms'):7.2f}")
 
 

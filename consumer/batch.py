@@ -1,32 +1,58 @@
-"""Applying a batch of stream entries exactly once: one transaction per batch, a savepoint per event.
+"""Applying a batch of stream entries exactly once, as a handful of set-based statements in one transaction.
 
-The event's `webhook_events` row and its effects commit together, so a crash before the commit
-leaves nothing (the entry is redelivered and applied once) and a crash after it leaves a row that
-the redelivery recognises (acknowledged with no second effect)."""
+1. claim: the batch's event rows in one INSERT ... ON CONFLICT DO NOTHING RETURNING. An id not returned is
+   already applied (a duplicate: acknowledged, its community's cache dropped again) or a row left `failed` or
+   `dead`, which this batch takes over. On PostgreSQL a concurrent consumer's insert of the same id waits for
+   our commit.
+2. load: on PostgreSQL, advisory locks on every community and subscription the batch names, in one fixed
+   order (so two consumers never deadlock, and one creating a community's row never misses the other's);
+   then every subscription the batch touches in one SELECT (FOR UPDATE), and, once an event links a
+   subscription, the events deferred for the batch's subscriptions in one more.
+3. apply in memory, in stream order (consumer/handlers.py: pure functions; a handler that raises fails only
+   its own event, and touched nothing).
+4. write: changed subscriptions in one upsert, audit rows in one insert, deferred events in one insert and
+   one delete, the events' outcomes in one upsert.
+
+The event rows and their effects commit together, so a crash before the commit leaves nothing (the entries
+are redelivered and applied once) and a crash after it leaves rows the redelivery recognises. If a set
+statement fails (a value too long for its column, say), the batch's events are applied again one by one, each
+in its own savepoint, so one bad row never blocks the rest."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 
 import peewee
 
-from consumer import deferred, faults
-from consumer.handlers import Policy, apply_event
+from consumer import faults
+from consumer.handlers import AuditRecord, Policy, Result, SubState, apply_facts, lookup_key, read
 from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
-from models.db import OUTAGE_ERRORS, bound_transaction, database_proxy, is_postgres, write_transaction
-from models.stripe_events import parse_envelope
-from models.tables import WebhookEvent, from_epoch, utcnow
+from models.db import OUTAGE_ERRORS, bound_transaction, is_postgres, write_transaction
+from models.stripe_events import BillingFacts, parse_envelope
+from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent, from_epoch, utcnow
 
 log = logging.getLogger(__name__)
 
 # A row in one of these states means the event's effects are committed: never apply it again.
 FINAL_STATUSES = ("processed", "ignored", "stale", "deferred")
+CHUNK = 500  # rows per multi-row statement: far below SQLite's and PostgreSQL's limits on parameters
+# Subscription columns an upsert writes (created_at only when the row is new).
+_SUB_FIELDS = ("tier", "status", "stripe_customer_id", "stripe_subscription_id", "grace_until",
+               "current_period_start", "current_period_end", "last_event_created", "last_paid_invoice_id",
+               "updated_at")
 
 
 class BatchDeadlineExceeded(Exception):
     """The batch did not commit in time; rolled back so a reclaiming consumer never runs it twice."""
+
+
+# Errors that end the whole batch (rolled back, retried later); any other error is one event's or one row's.
+_FATAL = (*OUTAGE_ERRORS, BatchDeadlineExceeded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,48 +62,24 @@ class Outcome:
     community_id: str | None = None
     error: str | None = None
     failure: Failure | None = None  # for failed and dead: the failures so far, this one included
-    seconds: float = 0.0  # time spent applying it (its savepoint, or recording its failure); not the commit
+    seconds: float = 0.0  # the batch's time to apply, per event; not the commit
 
 
 def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, policy: Policy,
                 max_deliveries: int, deadline: float | None = None) -> list[Outcome]:
-    """Apply `entries` in one transaction. Raises an OUTAGE_ERRORS error when the database is
-    unavailable and BatchDeadlineExceeded past `deadline` (time.monotonic()); either way nothing is
-    committed. Any other error is the event's own: recorded `failed`, or `dead` at its
+    """Apply `entries` in one transaction; their outcomes, in order. Raises an OUTAGE_ERRORS error when the
+    database is unavailable and BatchDeadlineExceeded past `deadline` (time.monotonic()); either way nothing
+    is committed. Any other error is the event's own: recorded `failed`, or `dead` at its
     `max_deliveries`th failure."""
-    outcomes = []
+    started = time.perf_counter()
     with write_transaction(db):
         bound_transaction(db, deadline)  # PostgreSQL: statement, lock wait and idle limits from the deadline
-        for entry in entries:
-            _check(deadline)
-            started = time.perf_counter()
-            outcome = _apply_one(db, entry, prior, policy, max_deliveries)
-            outcomes.append(dataclasses.replace(outcome, seconds=time.perf_counter() - started))
+        outcomes = _Batch(db, prior, policy, max_deliveries, deadline).run(entries)
         _check(deadline)
+        seconds = (time.perf_counter() - started) / max(1, len(entries))
         faults.checkpoint("before_commit")
     faults.checkpoint("after_commit")
-    return outcomes
-
-
-def _apply_one(db: peewee.Database, entry: Entry, prior: PriorState, policy: Policy,
-               max_deliveries: int) -> Outcome:
-    if entry.event_id in prior.processed_event_ids:
-        return Outcome(entry, "duplicate")  # its settlement dropped the cached entitlements with the mark
-    try:
-        try:
-            with db.atomic():  # a savepoint: a failing event never rolls back the others
-                return _apply_entry(db, entry, policy)
-        except peewee.IntegrityError:
-            # On PostgreSQL another consumer may have created the community's row since we looked (its
-            # insert won; ours waited for its commit, then failed). Once more, finding that row this time.
-            with db.atomic():
-                return _apply_entry(db, entry, policy)
-    except OUTAGE_ERRORS:
-        raise
-    except Exception as exc:
-        log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
-                      extra={"event_id": entry.event_id, "entry_id": entry.entry_id, "event_type": entry.event_type})
-        return _failed(db, entry, f"{type(exc).__name__}: {exc}", prior, max_deliveries)
+    return [dataclasses.replace(outcome, seconds=seconds) for outcome in outcomes]
 
 
 def settlement_of(outcomes: list[Outcome], prior: PriorState) -> Settlement:
@@ -92,70 +94,422 @@ def settlement_of(outcomes: list[Outcome], prior: PriorState) -> Settlement:
     )
 
 
+def load_subscription(db: peewee.Database, community_id: str) -> SubState | None:
+    """A community's subscription state, inside the caller's transaction (locked on PostgreSQL)."""
+    return _States.load({community_id}, set(), is_postgres(db)).find(("community", community_id))
+
+
+def write_result(result: Result) -> None:
+    """Write what a handler's Result changed (the state and its audit rows), inside the caller's transaction."""
+    writes = _Writes()
+    _States().take(result, writes)
+    writes.flush()
+
+
 def _check(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise BatchDeadlineExceeded("the batch ran past its deadline; rolled back")
 
 
-def _failed(db: peewee.Database, entry: Entry, error: str, prior: PriorState, max_deliveries: int) -> Outcome:
-    before = prior.failures.get(entry.entry_id)
-    failure = Failure(before.count + 1, before.first_failed_ms) if before else Failure(1, int(time.time() * 1000))
-    status = "dead" if failure.count >= max_deliveries else "failed"
-    try:
-        with db.atomic():  # a savepoint too: on PostgreSQL a failed statement would abort the batch
-            _record_failure(entry, error, status)
-    except OUTAGE_ERRORS:
-        raise
-    except (peewee.DatabaseError, ValueError):  # e.g. an event id longer than the column, or with a NUL
-        # (psycopg2 refuses NUL before sending: a ValueError): left unrecorded, dead-lettered in time.
-        log.exception("could not record the failure of event %r", entry.event_id)
-    return Outcome(entry, status, error=error, failure=failure)
+@dataclasses.dataclass
+class _Item:
+    index: int  # in the batch
+    entry: Entry
+    facts: BillingFacts | Result | None = None  # what `read` made of it: facts, or an `ignored` Result
+    error: str | None = None  # why it could not be read
 
 
-def _apply_entry(db: peewee.Database, entry: Entry, policy: Policy) -> Outcome:
-    if not entry.event_id:
-        raise ValueError(f"stream entry {entry.entry_id} has no event_id")
-    claimed, applied_to = _claim(entry)
-    if not claimed:  # applied before: drop the cache again, the crash may have come before the first drop
-        return Outcome(entry, "duplicate", community_id=applied_to)
-    event = parse_envelope(entry.payload)
-    result = apply_event(event, policy)
-    if result.outcome == "deferred":
-        # Decided again under the subscription's lock: a consumer may have linked it since we looked.
-        deferred.lock_subscription(db, result.subscription_id)
-        result = apply_event(event, policy)
+class _Batch:
+    def __init__(self, db: peewee.Database, prior: PriorState, policy: Policy, max_deliveries: int,
+                 deadline: float | None):
+        self.db = db
+        self.prior = prior
+        self.policy = policy
+        self.max_deliveries = max_deliveries
+        self.deadline = deadline
+        self.postgres = is_postgres(db)
+        self.outcomes: dict[int, Outcome] = {}
+        self.failed_rows: list[dict] = []  # webhook_events rows of the failures, written last
+
+    def run(self, entries: list[Entry]) -> list[Outcome]:
+        # An event id twice in one batch: its second entry goes in a round after the first's, and so finds
+        # the first's row, as if it came in the next batch.
+        pending = list(enumerate(entries))
+        while pending:
+            seen: set[str] = set()
+            this, later = [], []
+            for index, entry in pending:
+                (later if entry.event_id in seen else this).append((index, entry))
+                seen.add(entry.event_id)
+            self._round(this)
+            pending = later
+        self._write_failures()
+        return [self.outcomes[index] for index in range(len(entries))]
+
+    def _round(self, entries: list[tuple[int, Entry]]) -> None:
+        todo = []
+        for index, entry in entries:
+            if entry.event_id in self.prior.processed_event_ids:
+                # Its settlement dropped the cached entitlements with the mark.
+                self.outcomes[index] = Outcome(entry, "duplicate")
+            elif not entry.event_id:
+                self._fail(index, entry, f"ValueError: stream entry {entry.entry_id} has no event_id", record=False)
+            else:
+                todo.append((index, entry))
+        _check(self.deadline)
+        claimed, applied, unstorable = self._claim([entry for _, entry in todo])
+        items = []
+        for index, entry in todo:
+            if entry.event_id in applied:  # applied before: drop the cache again (the crash may have come first)
+                self.outcomes[index] = Outcome(entry, "duplicate", community_id=applied[entry.event_id])
+            elif entry.event_id in unstorable:
+                self._fail(index, entry, unstorable[entry.event_id], record=False)
+            else:
+                items.append(_read(index, entry))
+        _check(self.deadline)
+        try:
+            with self.db.atomic():
+                self._apply(items)
+        except _FATAL:
+            raise
+        except Exception as exc:
+            log.warning("a statement of the batch failed (%s); applying its %d events one by one", exc, len(items))
+            for item in items:
+                _check(self.deadline)
+                try:
+                    with self.db.atomic():
+                        self._apply([item])
+                except _FATAL:
+                    raise
+                except Exception as exc:
+                    log.exception("event %s (%s) could not be written", item.entry.event_id, item.entry.event_type)
+                    self._fail(item.index, item.entry, f"{type(exc).__name__}: {exc}")
+
+    # -- 1. claim ------------------------------------------------------------------------------------------
+
+    def _claim(self, entries: list[Entry]) -> tuple[set[str], dict[str, str | None], dict[str, str]]:
+        """(ids claimed, {id already applied: the community it changed}, {id we cannot store: why})."""
+        if not entries:
+            return set(), {}, {}
+        try:
+            with self.db.atomic():
+                claimed = self._insert_rows(entries)
+        except _FATAL:
+            raise
+        except Exception:  # an id too long for the column, or with a NUL (psycopg2)
+            claimed, unstorable = set(), {}
+            for entry in entries:
+                try:
+                    with self.db.atomic():
+                        claimed |= self._insert_rows([entry])
+                except _FATAL:
+                    raise
+                except Exception as exc:
+                    # Left unrecorded (no row can hold it), dead-lettered in time.
+                    unstorable[entry.event_id] = f"{type(exc).__name__}: {exc}"
+            taken, applied, unstorable = self._take_over(entries, claimed, unstorable)
+            return claimed | taken, applied, unstorable
+        taken, applied, unstorable = self._take_over(entries, claimed, {})
+        return claimed | taken, applied, unstorable
+
+    def _insert_rows(self, entries: list[Entry]) -> set[str]:
+        rows = [{"stripe_event_id": entry.event_id, "event_type": entry.event_type[:255],
+                 "status": "failed",  # rewritten with the outcome before the commit
+                 "received_at": _received_at(entry)} for entry in entries]
+        query = WebhookEvent.insert_many(rows).on_conflict_ignore().returning(WebhookEvent.stripe_event_id)
+        return {row.stripe_event_id for row in query.execute()}
+
+    def _take_over(self, entries: list[Entry], claimed: set[str], unstorable: dict[str, str]):
+        """Of the ids not inserted now: the applied ones, and the failed or dead rows this batch takes over."""
+        others = [entry.event_id for entry in entries if entry.event_id not in claimed | unstorable.keys()]
+        applied: dict[str, str | None] = {}
+        taken = set()
+        for chunk in _chunks(others):
+            query = (WebhookEvent.select(WebhookEvent.stripe_event_id, WebhookEvent.status, WebhookEvent.community_id)
+                     .where(WebhookEvent.stripe_event_id.in_(chunk)))
+            for row in (query.for_update() if self.postgres else query):
+                if row.status in FINAL_STATUSES:
+                    applied[row.stripe_event_id] = row.community_id
+                else:
+                    taken.add(row.stripe_event_id)
+        return taken, applied, unstorable
+
+    # -- 2-4. load, apply in memory, write -----------------------------------------------------------------
+
+    def _apply(self, items: list[_Item]) -> None:
+        facts = [item.facts for item in items if isinstance(item.facts, BillingFacts)]
+        communities = {f.community_id for f in facts if f.community_id}
+        subscriptions = {f.subscription_id for f in facts if f.subscription_id}
+        self._lock(communities, subscriptions)
+        states = _States.load(communities, subscriptions, self.postgres)
+        writes = _Writes()
+        waiting = _Waiting(subscriptions)
+        outcomes = {}
+        for item in items:
+            outcomes[item.index] = self._apply_one(item, states, writes, waiting)
+        _check(self.deadline)
+        writes.flush()
+        for index, outcome in outcomes.items():
+            if outcome.outcome in ("failed", "dead"):
+                self._fail(index, outcome.entry, outcome.error)
+            else:
+                self.outcomes[index] = outcome
+
+    def _apply_one(self, item: _Item, states: _States, writes: _Writes, waiting: _Waiting) -> Outcome:
+        entry = item.entry
+        if item.error is not None:
+            return Outcome(entry, "failed", error=item.error)
+        if isinstance(item.facts, Result):  # not ours
+            writes.outcome(entry.event_id, entry.event_type, item.facts.outcome)
+            return Outcome(entry, item.facts.outcome)
+        try:
+            result = apply_facts(item.facts, states.find(lookup_key(item.facts)), self.policy)
+        except Exception as exc:
+            log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
+                          extra={"event_id": entry.event_id, "entry_id": entry.entry_id, "event_type": entry.event_type})
+            return Outcome(entry, "failed", error=f"{type(exc).__name__}: {exc}")
+        states.take(result, writes)
         if result.outcome == "deferred":
-            deferred.defer(entry.event_id, entry.event_type, result.subscription_id, entry.created, entry.payload)
-    if result.linked_subscription_id:
-        deferred.apply_deferred(db, result.linked_subscription_id, lambda waiting: apply_event(waiting, policy))
-    changed = result.community_id if result.outcome == "processed" else None
-    (WebhookEvent.update(status=result.outcome, error_message=None, processed_at=utcnow(), community_id=changed)
-     .where(WebhookEvent.stripe_event_id == entry.event_id).execute())
-    return Outcome(entry, result.outcome, community_id=changed)
+            waiting.add(_Deferred(entry.event_id, entry.event_type, result.subscription_id, entry.created,
+                                  entry.payload.decode("utf-8", "replace")), writes)
+        if result.linked_subscription_id:
+            self._apply_waiting(result.linked_subscription_id, states, writes, waiting)
+        changed = result.community_id if result.outcome == "processed" else None
+        writes.outcome(entry.event_id, entry.event_type, result.outcome, community_id=changed)
+        return Outcome(entry, result.outcome, community_id=changed)
+
+    def _apply_waiting(self, subscription_id: str, states: _States, writes: _Writes, waiting: _Waiting) -> None:
+        """The events deferred for a subscription just linked to its community, oldest first. One that fails
+        now is recorded `failed` with an audit row: it has no stream entry left to retry."""
+        for row in waiting.take(subscription_id, writes):
+            try:
+                event = parse_envelope(row.payload)
+                facts = read(event)
+                result = facts if isinstance(facts, Result) else apply_facts(
+                    facts, states.find(lookup_key(facts)), self.policy)
+                if result.outcome == "deferred":  # cannot happen once linked; keep it rather than lose it
+                    waiting.keep(row, writes)
+                    continue
+            except Exception as exc:
+                log.exception("deferred event %s (%s) failed", row.event_id, row.event_type)
+                error = f"{type(exc).__name__}: {exc}"
+                writes.outcome(row.event_id, row.event_type, "failed", error=error[:4000])
+                writes.audits.append(AuditRecord("deferred_failed", None, {
+                    "stripe_event_id": row.event_id, "stripe_event_type": row.event_type,
+                    "subscription_id": subscription_id, "error": error[:1000]}))
+                continue
+            states.take(result, writes)
+            changed = result.community_id if result.outcome == "processed" else None
+            writes.outcome(row.event_id, row.event_type, result.outcome, community_id=changed)
+            log.info("deferred event %s (%s) applied: %s", row.event_id, row.event_type, result.outcome,
+                     extra={"event_id": row.event_id, "event_type": row.event_type, "outcome": result.outcome,
+                            "community_id": changed})
+
+    def _lock(self, communities: Iterable[str], subscriptions: Iterable[str]) -> None:
+        """PostgreSQL: transaction-scoped advisory locks on the batch's communities and subscriptions, taken in
+        the order of their keys, so whichever consumer comes second waits and then sees what the first
+        committed (SQLite's write transactions are serial already). The schema is in the key: advisory locks
+        are database-wide, and two deployments may share a database in separate schemas."""
+        keys = [f":billing:community:{c}" for c in communities] + [f":billing:subscription:{s}" for s in subscriptions]
+        if self.postgres and keys:
+            self.db.execute_sql(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM "
+                "(SELECT DISTINCT hashtext(current_schema() || key) AS k FROM unnest(%s::text[]) AS key ORDER BY k) s",
+                (keys,))
+
+    # -- failures ------------------------------------------------------------------------------------------
+
+    def _fail(self, index: int, entry: Entry, error: str, record: bool = True) -> None:
+        before = self.prior.failures.get(entry.entry_id)
+        failure = Failure(before.count + 1, before.first_failed_ms) if before else Failure(1, int(time.time() * 1000))
+        status = "dead" if failure.count >= self.max_deliveries else "failed"
+        self.outcomes[index] = Outcome(entry, status, error=error, failure=failure)
+        if record:
+            self.failed_rows.append({"stripe_event_id": entry.event_id, "event_type": entry.event_type[:255],
+                                     "status": status, "error_message": error[:4000],
+                                     "received_at": _received_at(entry), "processed_at": None, "community_id": None})
+
+    def _write_failures(self) -> None:
+        """The failed events' rows, in one statement; one by one if that fails (a row no column can hold is
+        left unrecorded: the entry is dead-lettered in time)."""
+        rows = list({row["stripe_event_id"]: row for row in self.failed_rows}.values())
+        for chunk in ([rows] if rows else []):
+            try:
+                with self.db.atomic():
+                    _upsert_events(chunk)
+            except _FATAL:
+                raise
+            except Exception:
+                for row in chunk:
+                    try:
+                        with self.db.atomic():
+                            _upsert_events([row])
+                    except _FATAL:
+                        raise
+                    except Exception:
+                        log.exception("could not record the failure of event %r", row["stripe_event_id"])
 
 
-def _claim(entry: Entry) -> tuple[bool, str | None]:
-    """Insert the event's row, or take over a row left `failed`/`dead`: (True, None). (False, the community
-    it changed) if already applied. On PostgreSQL a concurrent consumer's insert of the same id waits here
-    for our commit."""
+def _read(index: int, entry: Entry) -> _Item:
     try:
-        with database_proxy.atomic():
-            WebhookEvent.insert(
-                stripe_event_id=entry.event_id,
-                event_type=entry.event_type[:255],
-                status="processed",  # rewritten with the real outcome before the commit
-                received_at=_received_at(entry),
-            ).execute()
-        return True, None
-    except peewee.IntegrityError:
-        query = (WebhookEvent.select(WebhookEvent.status, WebhookEvent.community_id)
-                 .where(WebhookEvent.stripe_event_id == entry.event_id))
-        if is_postgres(database_proxy.obj):
-            query = query.for_update()
-        row = query.first()
-        if row is not None and row.status in FINAL_STATUSES:
-            return False, row.community_id
-        return row is not None, None
+        return _Item(index, entry, facts=read(parse_envelope(entry.payload)))
+    except Exception as exc:
+        return _Item(index, entry, error=f"{type(exc).__name__}: {exc}")
+
+
+class _States:
+    """The subscription states of the batch's communities, as loaded and as the batch changes them."""
+
+    def __init__(self):
+        self.by_community: dict[str, SubState] = {}
+        self.by_subscription: dict[str, str] = {}  # Stripe subscription id -> community id
+
+    @classmethod
+    def load(cls, communities: set[str], subscriptions: set[str], postgres: bool) -> _States:
+        states = cls()
+        if not communities and not subscriptions:
+            return states
+        query = (Subscription.select()
+                 .where(Subscription.community_id.in_(list(communities))
+                        | Subscription.stripe_subscription_id.in_(list(subscriptions)))
+                 .order_by(Subscription.id))
+        for row in (query.for_update() if postgres else query):
+            if row.community_id not in states.by_community:
+                states.put(SubState(community_id=row.community_id, created_at=row.created_at,
+                                    **{field: getattr(row, field) for field in _SUB_FIELDS}))
+        return states
+
+    def find(self, key: tuple[str, str] | None) -> SubState | None:
+        if key is None:
+            return None
+        kind, value = key
+        if kind == "community":
+            return self.by_community.get(value)
+        state = self.by_community.get(self.by_subscription.get(value, ""))
+        return state if state is not None and state.stripe_subscription_id == value else None
+
+    def put(self, state: SubState) -> None:
+        self.by_community[state.community_id] = state
+        if state.stripe_subscription_id:
+            self.by_subscription[state.stripe_subscription_id] = state.community_id
+
+    def take(self, result: Result, writes: _Writes) -> None:
+        if result.state is not None:
+            self.put(result.state)
+            writes.subscriptions[result.state.community_id] = result.state
+        writes.audits.extend(result.audits)
+
+
+@dataclasses.dataclass
+class _Deferred:
+    event_id: str
+    event_type: str
+    subscription_id: str
+    created: int
+    payload: str
+    row_id: int | None = None  # its deferred_events row, if it has one from an earlier batch
+
+
+class _Waiting:
+    """Events deferred for the batch's subscriptions: read from deferred_events at the first link (one
+    SELECT for all of them), plus those this batch defers."""
+
+    def __init__(self, subscriptions: set[str]):
+        self.subscriptions = subscriptions
+        self.loaded: dict[str, list[_Deferred]] | None = None
+        self.order = 0
+
+    def _load(self) -> dict[str, list[_Deferred]]:
+        if self.loaded is None:
+            self.loaded = defaultdict(list)
+            for chunk in _chunks(sorted(self.subscriptions)):
+                query = (DeferredEvent.select()
+                         .where(DeferredEvent.stripe_subscription_id.in_(chunk))
+                         .order_by(DeferredEvent.created, DeferredEvent.id))
+                for row in query:
+                    self.loaded[row.stripe_subscription_id].append(_Deferred(
+                        row.stripe_event_id, row.event_type, row.stripe_subscription_id, row.created, row.payload,
+                        row.id))
+        return self.loaded
+
+    def add(self, deferred: _Deferred, writes: _Writes) -> None:
+        writes.deferred[deferred.event_id] = deferred
+        if self.loaded is not None:
+            self.loaded[deferred.subscription_id].append(deferred)
+
+    def take(self, subscription_id: str, writes: _Writes) -> list[_Deferred]:
+        """The events waiting for `subscription_id`, oldest first, no longer waiting."""
+        loaded = self._load()
+        batch = [d for d in writes.deferred.values() if d.subscription_id == subscription_id]
+        known = {d.event_id for d in loaded.get(subscription_id, [])}
+        rows = loaded.pop(subscription_id, []) + [d for d in batch if d.event_id not in known]
+        for row in rows:
+            writes.deferred.pop(row.event_id, None)
+            if row.row_id is not None:
+                writes.deferred_deletes.append(row.row_id)
+        return sorted(rows, key=lambda d: d.created)  # stable: in the order they were deferred, within a second
+
+    def keep(self, row: _Deferred, writes: _Writes) -> None:
+        if row.row_id is not None:
+            writes.deferred_deletes.remove(row.row_id)
+        else:
+            writes.deferred[row.event_id] = row
+
+
+class _Writes:
+    """What the batch writes, gathered in memory, then flushed as a few multi-row statements."""
+
+    def __init__(self):
+        self.subscriptions: dict[str, SubState] = {}
+        self.audits: list[AuditRecord] = []
+        self.deferred: dict[str, _Deferred] = {}
+        self.deferred_deletes: list[int] = []
+        self.outcomes: dict[str, dict] = {}
+
+    def outcome(self, event_id: str, event_type: str, status: str, community_id: str | None = None,
+                error: str | None = None) -> None:
+        self.outcomes[event_id] = {"event_type": event_type[:255], "status": status, "community_id": community_id,
+                                   "error_message": error}
+
+    def flush(self) -> None:
+        now = utcnow()
+        if self.subscriptions:
+            rows = [{"community_id": s.community_id, "created_at": s.created_at or now,
+                     **{field: getattr(s, field) for field in _SUB_FIELDS}} for s in self.subscriptions.values()]
+            rows.sort(key=lambda row: row["community_id"])  # one order for every consumer's writes
+            for chunk in _chunks(rows):
+                (Subscription.insert_many(chunk)
+                 .on_conflict(conflict_target=[Subscription.community_id],
+                              preserve=[getattr(Subscription, field) for field in _SUB_FIELDS])
+                 .execute())
+        for chunk in _chunks([{"event_type": a.kind, "community_id": a.community_id, "created_at": now,
+                               "event_data": json.dumps(a.data, sort_keys=True)} for a in self.audits]):
+            AuditLog.insert_many(chunk).execute()
+        for chunk in _chunks([{"stripe_event_id": d.event_id, "stripe_subscription_id": d.subscription_id,
+                               "event_type": d.event_type[:255], "created": d.created, "payload": d.payload}
+                              for d in self.deferred.values()]):
+            DeferredEvent.insert_many(chunk).on_conflict_ignore().execute()
+        for chunk in _chunks(self.deferred_deletes):
+            DeferredEvent.delete().where(DeferredEvent.id.in_(chunk)).execute()
+        rows = [{"stripe_event_id": event_id, "received_at": now, "processed_at": now, **row}
+                for event_id, row in self.outcomes.items()]
+        for chunk in _chunks(rows):
+            _upsert_events(chunk)
+
+
+def _upsert_events(rows: list[dict]) -> None:
+    """Rows of webhook_events: new ones inserted; an existing row (the claim) takes their status, community,
+    error and processing time."""
+    (WebhookEvent.insert_many(rows)
+     .on_conflict(conflict_target=[WebhookEvent.stripe_event_id],
+                  preserve=[WebhookEvent.status, WebhookEvent.community_id, WebhookEvent.error_message,
+                            WebhookEvent.processed_at])
+     .execute())
+
+
+def _chunks(rows: list) -> Iterable[list]:
+    for start in range(0, len(rows), CHUNK):
+        yield rows[start:start + CHUNK]
 
 
 def _received_at(entry: Entry) -> dt.datetime:
@@ -165,19 +519,3 @@ def _received_at(entry: Entry) -> dt.datetime:
         return from_epoch(entry.received_at_ms / 1000)
     except (OverflowError, ValueError, OSError):
         return utcnow()
-
-
-def _record_failure(entry: Entry, error: str, status: str) -> None:
-    if not entry.event_id:
-        return
-    (WebhookEvent.insert(
-        stripe_event_id=entry.event_id,
-        event_type=entry.event_type[:255],
-        status=status,
-        error_message=error[:4000],
-        received_at=_received_at(entry),
-    ).on_conflict(
-        conflict_target=[WebhookEvent.stripe_event_id],
-        update={WebhookEvent.status: status, WebhookEvent.error_message: error[:4000]},
-        where=WebhookEvent.status.not_in(FINAL_STATUSES),
-    ).execute())

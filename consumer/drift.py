@@ -20,9 +20,10 @@ import peewee
 import redis
 
 from consumer import ops
-from consumer.handlers import Policy, apply_event
+from consumer.batch import load_subscription, write_result
+from consumer.handlers import Policy, SubState, apply_event
 from consumer.stripe_api import StripeApi
-from models.db import is_postgres, write_transaction
+from models.db import write_transaction
 from models.redis_io import invalidate_entitlements
 from models.stripe_events import read_facts
 from models.tables import Subscription, iso
@@ -89,20 +90,21 @@ def _compare(db: peewee.Database, drift: Drift, event: dict[str, Any], policy: P
         return
     try:
         with write_transaction(db):
-            before = _state(db, drift.community_id)
-            if before is None or before.pop("stripe_subscription_id") != drift.subscription_id:
+            current = load_subscription(db, drift.community_id)
+            if current is None or current.stripe_subscription_id != drift.subscription_id:
                 drift.problem = "the row changed while we asked Stripe; run again"
                 raise _Rollback()
             try:
-                apply_event(event, policy)
+                result = apply_event(event, current, policy)
             except ValueError as exc:  # an object the handler cannot read
                 drift.problem = f"cannot apply Stripe's subscription: {exc}"
                 raise _Rollback() from None
-            after = _state(db, drift.community_id) or {}
-            drift.differences = {field: {"ours": before[field], "stripe": after.get(field)}
-                                 for field in COMPARED if before[field] != after.get(field)}
+            before, after = _compared(current), _compared(result.state or current)
+            drift.differences = {field: {"ours": before[field], "stripe": after[field]}
+                                 for field in COMPARED if before[field] != after[field]}
             if not drift.differences or not fix:
                 raise _Rollback()
+            write_result(result)
             ops.audit("reconciled", {"stripe_event_id": event["id"], "subscription_id": drift.subscription_id,
                                      "differences": drift.differences}, community_id=drift.community_id)
             drift.fixed = True
@@ -110,13 +112,9 @@ def _compare(db: peewee.Database, drift: Drift, event: dict[str, Any], policy: P
         pass
 
 
-def _state(db: peewee.Database, community_id: str) -> dict[str, Any] | None:
-    query = Subscription.select().where(Subscription.community_id == community_id)
-    row = (query.for_update() if is_postgres(db) else query).first()  # no consumer changes it under us
-    if row is None:
-        return None
-    return {"tier": row.tier, "status": row.status, "current_period_start": iso(row.current_period_start),
-            "current_period_end": iso(row.current_period_end), "stripe_subscription_id": row.stripe_subscription_id}
+def _compared(state: SubState) -> dict[str, Any]:
+    return {"tier": state.tier, "status": state.status, "current_period_start": iso(state.current_period_start),
+            "current_period_end": iso(state.current_period_end)}
 
 
 def as_json(report: list[Drift]) -> str:

@@ -1,22 +1,22 @@
-"""What each Stripe event does to a community's subscription. Plain functions over the database:
-no Redis, no Stripe API calls. `apply_event` is the one entry point; the rules are the Domain section of
-CONTRACT.md, and the README's event-rules table says them in a user's words.
+"""What each Stripe event does to a community's subscription: pure functions, no database, no Redis, no
+Stripe API. `read` turns an event into its facts (or "not ours"); `apply_facts` takes those facts and the
+community's current subscription state and returns the new state, the audit records and the outcome. The batch
+(consumer/batch.py) loads the states and writes the results. The rules are the Domain section of CONTRACT.md,
+and the README's event-rules table says them in a user's words.
 
-Stripe delivers late, twice and out of order, so before any handler runs `apply_event` decides whether
-the event is ours at all, about the community's current subscription, and not older than what that
-subscription has already had (staleness is judged per Stripe subscription, never across two)."""
+Stripe delivers late, twice and out of order, so before any handler runs `apply_facts` decides whether the
+event is about the community's current subscription, and not older than what that subscription has already
+had (staleness is judged per Stripe subscription, never across two)."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Mapping
 from typing import Any, Callable
 
 from models import community
-from models.db import database_proxy, is_postgres
 from models.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
-from models.tables import AuditLog, Subscription, from_epoch, iso, utcnow
+from models.tables import from_epoch, iso, utcnow
 from models.tiers import TierMatrix
 
 # Stripe subscription statuses we do not keep as such.
@@ -29,6 +29,31 @@ PAID_CHECKOUT = ("paid", "no_payment_required")
 CHECKOUT = "checkout.session.completed"
 ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 ASYNC_FAILED = "checkout.session.async_payment_failed"
+
+
+@dataclasses.dataclass
+class SubState:
+    """One community's row of `subscriptions`, in memory: what handlers read and return."""
+
+    community_id: str
+    tier: str | None = None
+    status: str | None = None
+    stripe_customer_id: str | None = None
+    stripe_subscription_id: str | None = None
+    grace_until: dt.datetime | None = None
+    current_period_start: dt.datetime | None = None
+    current_period_end: dt.datetime | None = None
+    last_event_created: int = 0
+    last_paid_invoice_id: str | None = None
+    created_at: dt.datetime | None = None  # None: not in the table yet
+    updated_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRecord:
+    kind: str
+    community_id: str | None
+    data: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +76,13 @@ class Result:
     reason: str | None = None  # why ignored, stale or deferred, for the log
     subscription_id: str | None = None  # deferred: the subscription it waits for
     linked_subscription_id: str | None = None  # processed: a subscription this event newly linked
+    state: SubState | None = None  # the subscription's new state, when it changed (processed, or stale news)
+    audits: tuple[AuditRecord, ...] = ()
 
 
-def apply_event(event: dict[str, Any], policy: Policy) -> Result:
-    """Apply one event inside the caller's transaction. Raises on an event we cannot read (its payload is
-    not its type's object, or its community_id breaks the community-id rule)."""
+def read(event: dict[str, Any]) -> BillingFacts | Result:
+    """The event's facts, or an `ignored` Result when it is not ours. Raises (a ValueError) on an event we
+    cannot read: its payload is not its type's object, or its community_id breaks the community-id rule."""
     if event["type"] not in HANDLED_TYPES:
         return Result("ignored", reason="event type not handled")
     facts = read_facts(event)
@@ -65,7 +92,35 @@ def apply_event(event: dict[str, Any], policy: Policy) -> Result:
         return Result("ignored", reason=f"checkout session in {facts.mode} mode")
     if facts.event_type.startswith("invoice.") and not facts.subscription_id:
         return Result("ignored", reason="one-off invoice: bills no subscription")
-    sub = find_subscription(facts)
+    return facts
+
+
+def lookup_key(facts: BillingFacts) -> tuple[str, str] | None:
+    """Where the event's subscription state is found: ("community", id) when the event names its community,
+    else ("subscription", the Stripe subscription id), else nowhere."""
+    if facts.community_id:
+        return "community", facts.community_id
+    if facts.subscription_id:
+        return "subscription", facts.subscription_id
+    return None
+
+
+def apply_event(event: dict[str, Any], sub: SubState | None, policy: Policy) -> Result:
+    """`read`, then `apply_facts`: for callers holding the state already (drift's comparison)."""
+    facts = read(event)
+    return facts if isinstance(facts, Result) else apply_facts(facts, sub, policy)
+
+
+def apply_facts(facts: BillingFacts, current: SubState | None, policy: Policy) -> Result:
+    """The outcome of one event for the community's current state (None: no row). Never changes `current`:
+    a changed state is a new object in the Result."""
+    audits: list[AuditRecord] = []
+    sub = dataclasses.replace(current) if current is not None else None
+    result = _decide(facts, sub, policy, audits)
+    return dataclasses.replace(result, audits=tuple(audits))
+
+
+def _decide(facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]) -> Result:
     if sub is None and not facts.community_id:
         if facts.subscription_id and not facts.event_type.startswith("checkout."):
             return Result("deferred", reason="no community yet: waits for the checkout that links its subscription",
@@ -74,35 +129,22 @@ def apply_event(event: dict[str, Any], policy: Policy) -> Result:
     if sub is not None and _about_another_subscription(facts, sub):
         return Result("ignored", reason="about a subscription the community no longer has")
     if sub is not None and _same_subscription(facts, sub) and facts.created < sub.last_event_created:
-        _merge_lasting_facts(sub, facts)
-        return Result("stale", reason="older than the last event applied to this subscription")
+        changed = _merge_lasting_facts(sub, facts)
+        return Result("stale", reason="older than the last event applied to this subscription",
+                      state=sub if changed else None)
     if sub is not None and facts.event_type == "invoice.payment_failed" and _already_paid(facts, sub):
         return Result("stale", reason="a failed attempt of an invoice already paid")
     linked = facts.subscription_id if facts.subscription_id and (
         sub is None or sub.stripe_subscription_id != facts.subscription_id) else None
-    sub = HANDLERS[facts.event_type](facts, sub, policy)
-    return Result("processed", sub.community_id, linked_subscription_id=linked)
+    sub = HANDLERS[facts.event_type](facts, sub, policy, audits)
+    return Result("processed", sub.community_id, linked_subscription_id=linked, state=sub)
 
 
-def find_subscription(facts: BillingFacts) -> Subscription | None:
-    """The community's subscription row, locked on PostgreSQL so two consumers never interleave on it."""
-    query = Subscription.select()
-    if facts.community_id:
-        query = query.where(Subscription.community_id == facts.community_id)
-    elif facts.subscription_id:
-        query = query.where(Subscription.stripe_subscription_id == facts.subscription_id)
-    else:
-        return None
-    if is_postgres(database_proxy.obj):
-        query = query.for_update()
-    return query.first()
-
-
-def _same_subscription(facts: BillingFacts, sub: Subscription) -> bool:
+def _same_subscription(facts: BillingFacts, sub: SubState) -> bool:
     return not (facts.subscription_id and sub.stripe_subscription_id) or facts.subscription_id == sub.stripe_subscription_id
 
 
-def _about_another_subscription(facts: BillingFacts, sub: Subscription) -> bool:
+def _about_another_subscription(facts: BillingFacts, sub: SubState) -> bool:
     """An old subscription's events never touch the community's current one. A checkout of another
     subscription starts a new current one, unless it is older than what the current one has had while that
     one is live (a late checkout of the subscription it replaced). Once the current one has ended, a live
@@ -114,51 +156,55 @@ def _about_another_subscription(facts: BillingFacts, sub: Subscription) -> bool:
     return sub.status not in ENDED or facts.event_type == "customer.subscription.deleted"
 
 
-def _already_paid(facts: BillingFacts, sub: Subscription) -> bool:
+def _already_paid(facts: BillingFacts, sub: SubState) -> bool:
     """Stripe stops retrying an invoice once paid: its failure, delivered after (or in the same second as)
     the payment, is the older news."""
     return _same_subscription(facts, sub) and facts.object_id is not None and sub.last_paid_invoice_id == facts.object_id
 
 
-def checkout_completed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def checkout_completed(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                       audits: list[AuditRecord]) -> SubState:
     sub, seen = _current(sub, facts)
-    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     if facts.payment_status in PAID_CHECKOUT or facts.payment_status is None:  # None: sessions before 2019
         status = "trialing" if facts.status == "trialing" else "active"
         _mark_paid(sub, facts.invoice_id or facts.object_id)
         _save(sub, facts, status=status, grace_until=None)
     else:  # unpaid: a bank debit not settled yet. Linked now, granted by async_payment_succeeded or invoice.paid
         _save(sub, facts, status=sub.status if seen and sub.status else "unpaid", grace_until=sub.grace_until)
-    _audit("subscription_created", sub, facts, tier=sub.tier, subscription_id=sub.stripe_subscription_id,
-           payment_status=facts.payment_status, status=sub.status)
+    _audit(audits, "subscription_created", sub, facts, tier=sub.tier,
+           subscription_id=sub.stripe_subscription_id, payment_status=facts.payment_status, status=sub.status)
     return sub
 
 
-def checkout_payment_succeeded(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def checkout_payment_succeeded(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                               audits: list[AuditRecord]) -> SubState:
     sub, seen = _current(sub, facts)
-    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     _mark_paid(sub, facts.invoice_id or facts.object_id)
     _save(sub, facts, status="active", grace_until=None)
-    _audit("payment_succeeded", sub, facts, checkout_session_id=facts.object_id, invoice_id=facts.invoice_id,
-           amount=facts.amount, currency=facts.currency)
+    _audit(audits, "payment_succeeded", sub, facts, checkout_session_id=facts.object_id,
+           invoice_id=facts.invoice_id, amount=facts.amount, currency=facts.currency)
     return sub
 
 
-def checkout_payment_failed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def checkout_payment_failed(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                            audits: list[AuditRecord]) -> SubState:
     """The bank debit of a checkout failed: nothing is granted (nor taken from a subscription already paid)."""
     sub, seen = _current(sub, facts)
     if not seen:
-        sub.tier = _resolve_tier(facts, sub, policy, seen)
+        sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     status = sub.status if seen and sub.status and sub.last_paid_invoice_id else "unpaid"
     _save(sub, facts, status=status, grace_until=sub.grace_until)
-    _audit("payment_failed", sub, facts, checkout_session_id=facts.object_id, invoice_id=facts.invoice_id,
-           status=sub.status)
+    _audit(audits, "payment_failed", sub, facts, checkout_session_id=facts.object_id,
+           invoice_id=facts.invoice_id, status=sub.status)
     return sub
 
 
-def invoice_paid(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def invoice_paid(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                 audits: list[AuditRecord]) -> SubState:
     sub, seen = _current(sub, facts)
-    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     _mark_paid(sub, facts.object_id)
     if seen and sub.status == "canceled":
         status, grace = sub.status, sub.grace_until  # a late payment of an ended subscription does not revive it
@@ -167,13 +213,15 @@ def invoice_paid(facts: BillingFacts, sub: Subscription | None, policy: Policy) 
     else:
         status, grace = "active", None
     _save(sub, facts, status=status, grace_until=grace)
-    _audit("payment_succeeded", sub, facts, invoice_id=facts.object_id, amount=facts.amount, currency=facts.currency)
+    _audit(audits, "payment_succeeded", sub, facts, invoice_id=facts.object_id, amount=facts.amount,
+           currency=facts.currency)
     return sub
 
 
-def invoice_payment_failed(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def invoice_payment_failed(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                           audits: list[AuditRecord]) -> SubState:
     sub, seen = _current(sub, facts)
-    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     never_paid = facts.billing_reason == "subscription_create" and not (seen and sub.last_paid_invoice_id)
     grace_started = False
     if never_paid:  # as Stripe's `incomplete`: nothing was ever paid, so no grace
@@ -183,41 +231,43 @@ def invoice_payment_failed(facts: BillingFacts, sub: Subscription | None, policy
     else:  # already past due (grace runs from the first failure), ended, or unpaid: keep it so
         status, grace = sub.status, sub.grace_until
     _save(sub, facts, status=status, grace_until=grace)
-    _audit("payment_failed", sub, facts, invoice_id=facts.object_id, attempt_count=facts.attempt_count,
+    _audit(audits, "payment_failed", sub, facts, invoice_id=facts.object_id, attempt_count=facts.attempt_count,
            billing_reason=facts.billing_reason, grace_until=iso(sub.grace_until))
     if grace_started:
-        _audit("grace_period_started", sub, facts, grace_until=iso(sub.grace_until))
+        _audit(audits, "grace_period_started", sub, facts, grace_until=iso(sub.grace_until))
     return sub
 
 
-def subscription_updated(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def subscription_updated(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                         audits: list[AuditRecord]) -> SubState:
     previous = {"tier": sub.tier, "status": sub.status} if sub else {"tier": None, "status": None}
     sub, seen = _current(sub, facts)
     status = STATUS_MAP.get(facts.status or "", facts.status)
     if status not in KEPT_STATUSES:
         status = sub.status or "unpaid"  # a status Stripe may add later: keep ours rather than guess
-    sub.tier = _resolve_tier(facts, sub, policy, seen)
+    sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     grace_until = sub.grace_until
     if status in GRACE_CLEARING:
         grace_until = None
     elif status == "past_due" and grace_until is None:
         grace_until = _grace_end(facts, policy)
-        _audit("grace_period_started", sub, facts, grace_until=iso(grace_until))
+        _audit(audits, "grace_period_started", sub, facts, grace_until=iso(grace_until))
     _save(sub, facts, status=status, grace_until=grace_until)
-    _audit("subscription_updated", sub, facts, tier=sub.tier, status=sub.status, previous=previous,
+    _audit(audits, "subscription_updated", sub, facts, tier=sub.tier, status=sub.status, previous=previous,
            stripe_status=facts.status)
     return sub
 
 
-def subscription_deleted(facts: BillingFacts, sub: Subscription | None, policy: Policy) -> Subscription:
+def subscription_deleted(facts: BillingFacts, sub: SubState | None, policy: Policy,
+                         audits: list[AuditRecord]) -> SubState:
     sub, _seen = _current(sub, facts)
     sub.tier = policy.tiers.free.name
     _save(sub, facts, status="canceled", grace_until=None)
-    _audit("subscription_canceled", sub, facts)
+    _audit(audits, "subscription_canceled", sub, facts)
     return sub
 
 
-HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], Subscription]] = {
+HANDLERS: dict[str, Callable[[BillingFacts, SubState | None, Policy, list[AuditRecord]], SubState]] = {
     CHECKOUT: checkout_completed,
     ASYNC_SUCCEEDED: checkout_payment_succeeded,
     ASYNC_FAILED: checkout_payment_failed,
@@ -228,11 +278,11 @@ HANDLERS: dict[str, Callable[[BillingFacts, Subscription | None, Policy], Subscr
 }
 
 
-def _current(sub: Subscription | None, facts: BillingFacts) -> tuple[Subscription, bool]:
+def _current(sub: SubState | None, facts: BillingFacts) -> tuple[SubState, bool]:
     """The row this event writes, and whether it already holds this event's subscription ("seen"). A
     subscription new to the community starts afresh: its own order, period and payments."""
     if sub is None:
-        return Subscription(community_id=facts.community_id, tier=None, status=None), False
+        return SubState(community_id=facts.community_id), False
     if _same_subscription(facts, sub) and sub.stripe_subscription_id:
         return sub, True
     if facts.subscription_id and facts.subscription_id != sub.stripe_subscription_id:
@@ -243,7 +293,8 @@ def _current(sub: Subscription | None, facts: BillingFacts) -> tuple[Subscriptio
     return sub, sub.stripe_subscription_id is None and sub.tier is not None
 
 
-def _resolve_tier(facts: BillingFacts, sub: Subscription, policy: Policy, seen: bool) -> str:
+def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool,
+                  audits: list[AuditRecord]) -> str:
     """The price's tier (a plan change in the customer portal changes the price, not the metadata); else
     the metadata tier if it is one of ours; else the tier this subscription already has; DEFAULT_TIER only
     for a subscription we have never seen. A metadata tier we do not know never grants anything."""
@@ -261,7 +312,8 @@ def _resolve_tier(facts: BillingFacts, sub: Subscription, policy: Policy, seen: 
     kept = known or policy.tiers.free.name
     reason = ("metadata tier is not in the tier matrix" if facts.tier is not None else
               f"no tier in metadata and the default {DEFAULT_TIER!r} is not in the tier matrix")
-    _audit("tier_unresolved", sub, facts, metadata_tier=facts.tier, price_ids=list(facts.price_ids), kept_tier=kept,
+    _audit(audits, "tier_unresolved", sub, facts, metadata_tier=facts.tier, price_ids=list(facts.price_ids),
+           kept_tier=kept,
            reason=f"{reason}, and no price maps to a tier in STRIPE_PRICE_TIERS")
     return kept
 
@@ -270,22 +322,23 @@ def _grace_end(facts: BillingFacts, policy: Policy) -> dt.datetime:
     return from_epoch(facts.created + policy.grace_period_seconds)
 
 
-def _mark_paid(sub: Subscription, invoice_id: str | None) -> None:
+def _mark_paid(sub: SubState, invoice_id: str | None) -> None:
     sub.last_paid_invoice_id = invoice_id or sub.last_paid_invoice_id
 
 
-def _merge_lasting_facts(sub: Subscription, facts: BillingFacts) -> None:
+def _merge_lasting_facts(sub: SubState, facts: BillingFacts) -> bool:
     """What a stale event still tells: a later billing period (periods only move forward, whatever the
-    order), and that an invoice was paid. Nothing else of it applies."""
+    order), and that an invoice was paid. Nothing else of it applies. True if `sub` changed."""
     changed = _advance_period(sub, facts)
     if facts.event_type == "invoice.paid" and not sub.last_paid_invoice_id and facts.object_id:
-        sub.last_paid_invoice_id = changed = facts.object_id
+        sub.last_paid_invoice_id = facts.object_id
+        changed = True
     if changed:
         sub.updated_at = utcnow()
-        sub.save()
+    return changed
 
 
-def _advance_period(sub: Subscription, facts: BillingFacts) -> bool:
+def _advance_period(sub: SubState, facts: BillingFacts) -> bool:
     if facts.period_start is None or facts.period_end is None:
         return False
     end = from_epoch(facts.period_end)
@@ -295,7 +348,7 @@ def _advance_period(sub: Subscription, facts: BillingFacts) -> bool:
     return True
 
 
-def _save(sub: Subscription, facts: BillingFacts, *, status: str, grace_until: dt.datetime | None) -> None:
+def _save(sub: SubState, facts: BillingFacts, *, status: str, grace_until: dt.datetime | None) -> None:
     sub.status = status
     sub.grace_until = grace_until
     sub.stripe_customer_id = facts.customer_id or sub.stripe_customer_id
@@ -303,9 +356,8 @@ def _save(sub: Subscription, facts: BillingFacts, *, status: str, grace_until: d
     _advance_period(sub, facts)
     sub.last_event_created = max(sub.last_event_created or 0, facts.created)
     sub.updated_at = utcnow()
-    sub.save()
 
 
-def _audit(kind: str, sub: Subscription, facts: BillingFacts, **details: Any) -> None:
-    data = {"stripe_event_id": facts.event_id, "stripe_event_type": facts.event_type, **details}
-    AuditLog.create(event_type=kind, community_id=sub.community_id, event_data=json.dumps(data, sort_keys=True))
+def _audit(audits: list[AuditRecord], kind: str, sub: SubState, facts: BillingFacts, **details: Any) -> None:
+    audits.append(AuditRecord(kind, sub.community_id,
+                              {"stripe_event_id": facts.event_id, "stripe_event_type": facts.event_type, **details}))

@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -225,12 +226,7 @@ class Worker:
         self.backoff.reset()
         metrics.LAST_SUCCESS.set_to_current_time()
         self._grow_batch(len(entries), time.monotonic() - started)
-        for outcome in outcomes:
-            log.info("%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id, outcome.entry.event_type,
-                     outcome.outcome, f" ({outcome.error})" if outcome.error else "",
-                     extra={"entry_id": outcome.entry.entry_id, "event_id": outcome.entry.event_id,
-                            "event_type": outcome.entry.event_type, "outcome": outcome.outcome,
-                            "community_id": outcome.community_id})
+        _log_batch(outcomes, time.monotonic() - started)
 
     def _grow_batch(self, size: int, seconds: float) -> None:
         """After missed deadlines made batches smaller: double the batch size when a batch twice as big, at
@@ -311,3 +307,20 @@ class Worker:
 
 def _describe(exc: BaseException) -> str:
     return f"database unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
+
+
+def _log_batch(outcomes: list, seconds: float) -> None:
+    """One INFO line per batch (its outcomes counted, its time); a line per event at DEBUG, and at WARNING for
+    the events that failed."""
+    counts = Counter(outcome.outcome for outcome in outcomes)
+    log.info("batch of %d in %.0f ms: %s", len(outcomes), seconds * 1000,
+             ", ".join(f"{count} {name}" for name, count in sorted(counts.items())))
+    for outcome in outcomes:
+        failed = outcome.outcome in ("failed", "dead")
+        level = logging.WARNING if failed else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id,
+                    outcome.entry.event_type, outcome.outcome, f" ({outcome.error})" if outcome.error else "",
+                    extra={"entry_id": outcome.entry.entry_id, "event_id": outcome.entry.event_id,
+                           "event_type": outcome.entry.event_type, "outcome": outcome.outcome,
+                           "community_id": outcome.community_id})

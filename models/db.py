@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -28,7 +29,10 @@ def open_database(url: str) -> peewee.Database:
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        db = connect(url, pragmas=SQLITE_PRAGMAS)
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: the consumer needs 3.35 or newer "
+                               "(INSERT ... RETURNING); use a newer Python or PostgreSQL")
+        db = connect(url, pragmas=SQLITE_PRAGMAS, returning_clause=True)
     else:
         # Short connect timeout: an outage should be noticed, not waited on.
         db = connect(url, connect_timeout=5)

@@ -82,19 +82,19 @@ class WebhookRoute:
         return 200, {"received": True, "status": status, "event_id": event_id, "event_type": event_type}, []
 
     def read_body(self, environ: dict) -> bytes | None:
-        """The whole body, or None when it is over the limit, read as werkzeug reads it for Flask: a body
-        gunicorn marks as terminated (chunked) to one byte past the limit; else the declared length, refused
-        without reading when over the limit (no valid Content-Length reads as none: an empty body)."""
+        """The whole body, or None when it is over the limit, read as werkzeug reads it for Flask: a declared
+        length over the limit is refused without reading; a stream the server ends itself (gunicorn's, chunked
+        bodies included) is read to one byte past the limit; else the declared length (none valid: empty)."""
         stream = environ["wsgi.input"]
-        if environ.get("wsgi.input_terminated"):
-            payload = stream.read(self.max_body_bytes + 1)
-            return None if len(payload) > self.max_body_bytes else payload
         try:
             length = max(0, int(environ.get("CONTENT_LENGTH") or 0))
         except ValueError:
             length = 0
         if length > self.max_body_bytes:
             return None
+        if environ.get("wsgi.input_terminated"):
+            payload = stream.read(self.max_body_bytes + 1)
+            return None if len(payload) > self.max_body_bytes else payload
         return stream.read(length) if length else b""
 
 def _respond(start_response: Callable, status: int, body: dict, headers: list[tuple[str, str]]) -> list[bytes]:

@@ -24,7 +24,7 @@ def port():
 
 @pytest.fixture
 def env(redis_url, db, database_url, port):
-    return service_env(redis_url, database_url, METRICS_PORT=str(port))
+    return service_env(redis_url, database_url, METRICS_PORT=str(port), LOG_LEVEL="DEBUG")  # a line per event
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ STREAM, GROUP = "stripe:events", "billing"
 
 @pytest.fixture
 def env(redis_url, db, database_url):
-    return service_env(redis_url, database_url)
+    return service_env(redis_url, database_url, LOG_LEVEL="DEBUG")  # the tests read the line per event
 
 
 @pytest.fixture

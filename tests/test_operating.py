@@ -96,7 +96,7 @@ def test_the_access_log_can_be_switched_off(env, tmp_path):
 
 
 def test_json_logs_carry_the_fields_of_what_they_are_about(env, redis_server, db, tmp_path):
-    json_env = {**env, "LOG_FORMAT": "json"}
+    json_env = {**env, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}  # a line per event is DEBUG
     receiver, base = start_receiver(json_env, str(tmp_path))
     worker = Process(["consumer", "run", "--name", "json-1", "--block-ms", "100"], json_env, str(tmp_path))
     event = build_event("checkout.session.completed", "j1")
@@ -110,7 +110,7 @@ def test_json_logs_carry_the_fields_of_what_they_are_about(env, redis_server, db
     lines = [json.loads(line) for line in worker.output().splitlines() if line.strip()]
     [outcome] = [line for line in lines if line.get("event_id") == event["id"]]
     assert outcome["consumer"] == "json-1" and outcome["community_id"] == "j1" and outcome["outcome"] == "processed"
-    assert outcome["entry_id"] and outcome["level"] == "INFO" and outcome["time"]
+    assert outcome["entry_id"] and outcome["level"] == "DEBUG" and outcome["time"]
     assert all(line["consumer"] == "json-1" for line in lines)
     receiver_lines = [json.loads(line) for line in receiver.output().splitlines() if line.strip()]
     assert any("POST /webhooks/stripe HTTP/1.1\" 400" in line["message"] for line in receiver_lines)  # access log

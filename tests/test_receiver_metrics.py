@@ -96,7 +96,9 @@ def metrics_dirs(tmp_dir) -> list[str]:
 
 
 def test_counts_are_exact_summed_over_both_workers(receiver_env, tmp_path, tmp_dir):
-    proc, base = start_receiver(receiver_env, str(tmp_path), workers=2)
+    # gunicorn's own logger, which logs webhooks answered 200 too: which worker took them is in its lines.
+    env = {**receiver_env, "GUNICORN_CMD_ARGS": "--logger-class gunicorn.glogging.Logger"}
+    proc, base = start_receiver(env, str(tmp_path), workers=2)
     try:
         # Signed events, eight at a time, each on its own connection, until both workers have taken some.
         queued: collections.Counter[str] = collections.Counter()
