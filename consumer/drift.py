@@ -104,7 +104,7 @@ def _compare(db: peewee.Database, drift: Drift, event: dict[str, Any], policy: P
                                  for field in COMPARED if before[field] != after[field]}
             if not drift.differences or not fix:
                 raise _Rollback()
-            write_result(result)
+            write_result(db, result)
             ops.audit("reconciled", {"stripe_event_id": event["id"], "subscription_id": drift.subscription_id,
                                      "differences": drift.differences}, community_id=drift.community_id)
             drift.fixed = True
