@@ -8,7 +8,7 @@ Every figure is a ratio to a baseline measured in the same run (the machine is s
    (bench/consumer_workload.py); queued on a fresh redis-server the way the receiver queues them (EventQueue).
 2. The raw loop (bench/consumer_baselines.py): XREADGROUP 500, json.loads, three executemany in one sqlite3
    transaction, XACK. Events/s, CPU per event, RSS.
-3. Ours: `python -m consumer run` (defaults: batch 100, LOG_LEVEL as deployed unless --log-level) on a fresh
+3. Ours: `python -m consumer run` (defaults: batch 500, LOG_LEVEL as deployed unless --log-level) on a fresh
    SQLite file. The consumer starts on the empty stream, is stopped (SIGSTOP) once it has joined the group, the
    events are queued, and it is timed from SIGCONT until the group has every entry read and acknowledged (it
    acks after its commit). CPU of its process from /proc; its VmRSS once drained.
@@ -100,7 +100,8 @@ def run_ours(queued: list[Queued], database_url: str, tmp: str, log_level: str, 
     with fresh_redis() as redis_server:
         client = redis_server.client()
         env = service_env(redis_server.url, database_url, LOG_LEVEL=log_level)
-        procs = [Process(["consumer", "run", "--name", f"bench-{k}"], env, tmp) for k in range(consumers)]
+        extra = os.environ.get("BENCH_CONSUMER_ARGS", "").split()  # e.g. "--batch 500"
+        procs = [Process(["consumer", "run", "--name", f"bench-{k}", *extra], env, tmp) for k in range(consumers)]
         try:
             wait_for(lambda: len(client.xinfo_consumers(STREAM_KEY, GROUP)) == consumers, timeout=60,
                      what=f"{consumers} consumer(s) in the group: {procs[0].output()[-1500:]}")

@@ -221,7 +221,8 @@ class _Batch:
 
     def _take_over(self, entries: list[Entry], claimed: set[str], unstorable: dict[str, str]):
         """Of the ids not inserted now: the applied ones, and the failed or dead rows this batch takes over."""
-        others = [entry.event_id for entry in entries if entry.event_id not in claimed | unstorable.keys()]
+        settled = claimed | unstorable.keys()
+        others = [entry.event_id for entry in entries if entry.event_id not in settled]
         applied: dict[str, str | None] = {}
         taken = set()
         for chunk in _chunks(others):
@@ -368,14 +369,15 @@ class _States:
         states = cls()
         if not communities and not subscriptions:
             return states
-        query = (Subscription.select()
+        fields = ("community_id", "created_at", *_SUB_FIELDS)
+        query = (Subscription.select(*(getattr(Subscription, field) for field in fields))
                  .where(Subscription.community_id.in_(list(communities))
                         | Subscription.stripe_subscription_id.in_(list(subscriptions)))
-                 .order_by(Subscription.id))
+                 .order_by(Subscription.id)
+                 .tuples())
         for row in (query.for_update() if postgres else query):
-            if row.community_id not in states.by_community:
-                states.put(SubState(community_id=row.community_id, created_at=row.created_at,
-                                    **{field: getattr(row, field) for field in _SUB_FIELDS}))
+            if row[0] not in states.by_community:
+                states.put(SubState(**dict(zip(fields, row))))
         return states
 
     def find(self, key: tuple[str, str] | None) -> SubState | None:

@@ -79,7 +79,7 @@ def json_option(func: Callable) -> Callable:
 
 @cli.command()
 @click.option("--name", default=None, help="consumer name in the group [HOSTNAME-$PS or HOSTNAME-PID]")
-@click.option("--batch", "batch_size", default=100, show_default=True, type=click.IntRange(1, 10_000),
+@click.option("--batch", "batch_size", default=500, show_default=True, type=click.IntRange(1, 10_000),
               help="entries read (and committed) per batch")
 @click.option("--block-ms", default=2000, show_default=True, type=click.IntRange(1, 60_000),
               help="how long one read waits for new entries")

@@ -85,7 +85,7 @@ class Timing:
 
 class Worker:
     def __init__(self, settings: Settings, db: peewee.Database, client: redis.Redis, name: str,
-                 batch_size: int = 100, block_ms: int = 2000, deadline_ms: int | None = None,
+                 batch_size: int = 500, block_ms: int = 2000, deadline_ms: int | None = None,
                  reconciler: ReconcilerThread | None = None):
         self.db = db
         self.reconciler = reconciler  # lists and queues from Stripe in a thread of its own (None: off)
