@@ -13,15 +13,13 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import redis
 
 from bench.consumer_workload import GROUP, STREAM_KEY, Queued, events, fresh_redis, prepare_database
-from receiver.serve import DEFAULT_THREADS, DEFAULT_WORKERS
+from bench.servers import serve_app
 from receiver.signing import signature_header
-from tests.services import REPO, SECRET, Process, free_port, service_env, start_receiver, wait_for
+from tests.services import SECRET, Process, service_env, start_receiver, wait_for
 
 PATH = "/webhooks/stripe"
 
@@ -169,21 +167,7 @@ def queued_at(client: redis.Redis, stream_key: str) -> dict[str, float]:
 
 def start_bare(env: dict, tmp: str) -> tuple[Process, str]:
     """bench/apps.py's bare Flask app under gunicorn, the receiver's worker count, class and threads."""
-    port = free_port()
-    args = ["gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(DEFAULT_WORKERS), "--worker-class",
-            "gthread", "--threads", str(DEFAULT_THREADS), "--no-control-socket", "bench.apps:bare()"]
-    proc = Process(args, {**env, "PYTHONPATH": REPO.as_posix()}, tmp)
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(base), what=f"bare app: {proc.output()[-1500:]}")
-    return proc, base
-
-
-def _answers(base: str) -> bool:
-    try:
-        urllib.request.urlopen(urllib.request.Request(f"{base}{PATH}", b"{}", method="POST"), timeout=1)
-    except urllib.error.HTTPError:
-        pass
-    return True
+    return serve_app("bare", env, tmp)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from receiver.sample_events import EVENT_TYPES, build_event  # noqa: E402
 from receiver.serve import DEFAULT_THREADS, DEFAULT_WORKERS  # noqa: E402
 from receiver.signing import signature_header  # noqa: E402
+from bench.servers import serve_app  # noqa: E402
 from tests.services import SECRET, REPO, Process, RedisServer, free_port, service_env, wait_for  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,27 +64,15 @@ def request_files(tmp: str, count: int, threads: int) -> dict[str, str]:
 
 
 def start(kind: str, env: dict, tmp: str, gunicorn_args: str = "") -> tuple[Process, str]:
+    if kind != "ours":
+        return serve_app(kind, env, tmp, gunicorn_args)
     port = free_port()
-    if kind == "ours":
-        args = ["receiver", "serve", "--bind", f"127.0.0.1:{port}", *os.environ.get("BENCH_SERVE_ARGS", "").split()]
-        env = {**env, "GUNICORN_CMD_ARGS": gunicorn_args}
-    else:
-        args = ["gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(DEFAULT_WORKERS), "--worker-class",
-                "gthread", "--threads", str(DEFAULT_THREADS), "--no-control-socket", *gunicorn_args.split(),
-                f"bench.apps:{kind}()"]
-    proc = Process(args, env, tmp)
+    args = ["receiver", "serve", "--bind", f"127.0.0.1:{port}", *os.environ.get("BENCH_SERVE_ARGS", "").split()]
+    proc = Process(args, {**env, "GUNICORN_CMD_ARGS": gunicorn_args}, tmp)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1) if kind == "ours" else
-             _answers(base), what=f"{kind} server: {proc.output()[-1500:]}")
+    wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1),
+             what=f"our receiver: {proc.output()[-1500:]}")
     return proc, base
-
-
-def _answers(base: str) -> bool:
-    try:
-        urllib.request.urlopen(urllib.request.Request(f"{base}/webhooks/stripe", b"{}", method="POST"), timeout=1)
-    except urllib.error.HTTPError:
-        pass
-    return True
 
 
 def wrk(base: str, seconds: int, connections: int, threads: int, files: dict) -> dict[str, float]:
