@@ -86,11 +86,11 @@ class Timing:
 class Worker:
     def __init__(self, settings: Settings, db: peewee.Database, client: redis.Redis, name: str,
                  batch_size: int = 500, block_ms: int = 2000, deadline_ms: int | None = None,
-                 reconciler: ReconcilerThread | None = None):
+                 reconciler: ReconcilerThread | None = None, stream: EventStream | None = None):
         self.db = db
         self.reconciler = reconciler  # lists and queues from Stripe in a thread of its own (None: off)
         self.client = client
-        self.stream = EventStream(client, settings, name)
+        self.stream = stream or EventStream(client, settings, name)  # a test may pass its own
         self.policy = Policy.from_settings(settings)
         self.timing = Timing.for_settings(settings, deadline_ms)
         self.max_deliveries = settings.max_deliveries
