@@ -31,6 +31,14 @@ def redis_url(redis_server):
 
 
 @pytest.fixture
+def r(redis_server, redis_url):
+    """A client of the suite's redis-server, on its clean database."""
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def own_redis():
     """A redis-server of this test's own, with append-only persistence, to stop, kill and restart."""
     server = RedisServer(appendonly=True).start()

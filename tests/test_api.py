@@ -35,13 +35,6 @@ def client(make_client):
     return make_client()
 
 
-@pytest.fixture
-def r(redis_server, redis_url):
-    client = redis_server.client()
-    yield client
-    client.close()
-
-
 def ents(client, community_id="c1", **headers) -> dict:
     response = client.get(f"{V1}/{community_id}/entitlements", headers=headers)
     assert response.status_code == 200 and response.is_json, response.data

@@ -28,13 +28,6 @@ def env(redis_url, db, database_url, port):
 
 
 @pytest.fixture
-def r(redis_server, redis_url):
-    client = redis_server.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def queue(r):
     return EventQueue(r, STREAM, 3600)
 

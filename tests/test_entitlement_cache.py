@@ -16,7 +16,7 @@ from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
 from receiver.sample_events import build_event
 from tests.services import RedisServer
-from tests.test_api import V1, client, consume, ents, r, row  # noqa: F401 (fixtures)
+from tests.test_api import V1, client, consume, ents, row  # noqa: F401 (fixtures)
 
 STALE = {"community_id": "42", "tier": "elite", "status": "active", "max_members": 10000, "features": ["api_access"],
          "in_grace_period": False, "grace_until": None}

@@ -16,7 +16,7 @@ from models.redis_io import seen_key
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.conftest import load_peer_events, sign
-from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes, redis_client
+from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
 from tests.services import SECRET, free_port
 
 OLD_SECRET, NEW_SECRET = "whsec_old_secret_being_rolled", "whsec_new_secret_rolled_in"
@@ -42,13 +42,6 @@ def make_app(redis_url, tmp_path):
 @pytest.fixture
 def client(make_app):
     return make_app().test_client()
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    client.close()
 
 
 def assert_nothing_queued(r):

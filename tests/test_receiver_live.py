@@ -16,7 +16,7 @@ from models.stripe_events import read_facts
 from receiver import MAX_BODY_BYTES
 from receiver.sample_events import API_VERSIONS, CURRENT_API_VERSION, EVENT_TYPES
 from tests.conftest import sign
-from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes, redis_client
+from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
 from tests.services import REPO, free_port, service_env, start_receiver
 
 
@@ -27,13 +27,6 @@ def live(redis_server, tmp_path_factory):
     proc, base = start_receiver(service_env(redis_server.url, f"sqlite:///{log_dir}/x.db"), str(log_dir), workers=2)
     yield base
     proc.stop()
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    client.close()
 
 
 def connection(base: str, timeout: float = 10) -> http.client.HTTPConnection:

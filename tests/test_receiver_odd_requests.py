@@ -12,7 +12,7 @@ from models.db import database_proxy
 from models.stripe_events import event_created, parse_envelope
 from receiver import create_app
 from tests.conftest import sign
-from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes, redis_client
+from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
 from tests.services import SECRET
 
 
@@ -23,13 +23,6 @@ def client(redis_url, tmp_path):
     yield app.test_client()
     app.extensions["redis"].close()
     database_proxy.initialize(None)
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    client.close()
 
 
 def with_created(raw: str) -> bytes:

@@ -18,13 +18,6 @@ NOW = dt.datetime(2026, 3, 16, 12, 0, 0)
 SECOND = dt.timedelta(seconds=1)
 
 
-@pytest.fixture
-def r(redis_server, redis_url):
-    client = redis_server.client()
-    yield client
-    client.close()
-
-
 def row(community_id, status="past_due", grace_until=None, tier="premium") -> Subscription:
     return Subscription.create(community_id=community_id, tier=tier, status=status, grace_until=grace_until)
 

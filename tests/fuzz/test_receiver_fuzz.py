@@ -22,7 +22,7 @@ from receiver.signing import signature_header
 from tests.conftest import load_peer_events
 from tests.fuzz.strategies import (BASE_EVENTS, PEER_EVENTS, TEXT, dumps, fuzz_settings, json_values,
                                    mutated_events)
-from tests.receiver_helpers import STREAM, WEBHOOK, entries, redis_client
+from tests.receiver_helpers import STREAM, WEBHOOK, entries
 from tests.services import SECRET
 
 STATUSES = {200, 400, 413, 503}
@@ -37,13 +37,6 @@ def client(redis_url, sqlite_url):
     app = create_app(Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=sqlite_url))
     yield app.test_client()
     app.extensions["redis"].close()
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis_client(redis_url)
-    yield client
-    client.close()
 
 
 # --- bodies ---------------------------------------------------------------------------------------------------
