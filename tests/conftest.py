@@ -9,7 +9,13 @@ from models.config import Settings
 from models.db import database_proxy, migrate, open_database
 from receiver.sample_events import API_VERSIONS
 from receiver.signing import signature_header
-from tests.services import PEER_EVENTS, SECRET, RedisServer, postgres_reachable, postgres_schema
+from tests.services import (
+    PEER_EVENTS,
+    SECRET,
+    RedisServer,
+    postgres_reachable,
+    postgres_schema,
+)
 
 DATABASES = ["sqlite", "postgresql"] if postgres_reachable() else ["sqlite"]
 
@@ -36,6 +42,12 @@ def r(redis_server, redis_url):
     client = redis_server.client()
     yield client
     client.close()
+
+
+@pytest.fixture
+def cli_env(redis_url, database_url, db):
+    """What the ops CLI (`python -m consumer ...`) reads from the environment, for the suite's Redis and database."""
+    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
 
 
 @pytest.fixture
@@ -109,6 +121,12 @@ def fake_stripe():
     server = FakeStripe().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def client(make_client):
+    """The receiver's app (create_app) through Flask's test client, on the suite's Redis and database."""
+    return make_client()
 
 
 @pytest.fixture

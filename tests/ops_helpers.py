@@ -1,10 +1,9 @@
-"""Helpers shared by the ops CLI tests, and the two fixtures they all use (client, env)."""
+"""Helpers shared by the ops CLI tests (their fixtures, r and cli_env, are in conftest.py)."""
 from __future__ import annotations
 
 import json
 import time
 
-import pytest
 import redis
 from click.testing import CliRunner, Result
 
@@ -121,12 +120,3 @@ def start_consumer(redis_url: str, database_url: str, tmp_path, name: str, **env
                    service_env(redis_url, database_url, **env), str(tmp_path))
 
 
-@pytest.fixture
-def client(redis_server, redis_url):
-    return redis_server.client()
-
-
-@pytest.fixture
-def env(redis_url, database_url, db):
-    """What the CLI reads from the environment."""
-    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url}

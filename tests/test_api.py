@@ -11,39 +11,21 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from consumer.batch import apply_batch, settlement_of
-from consumer.handlers import Policy
-from consumer.stream import EventStream
 from models.db import database_proxy
-from models.event_queue import EventQueue
 from models.redis_io import entitlement_key, invalidate_entitlements
 from models.tables import AuditLog, Subscription, utcnow
 from receiver import create_app
 from receiver.sample_events import EVENT_TYPES, build_event
+from tests.api_helpers import V1, consume, ents, row
 from tests.conftest import sign
+from tests.entitlement_helpers import STARTER, TIER_NAMES, expected_tier
 from tests.services import wait_for
-from tests.test_entitlements import STARTER, TIER_NAMES, expected_tier
 
-V1 = "/v1/communities"
 TOKEN = "s3cret-token"
-ENTITLEMENT_FIELDS = {"community_id", "tier", "status", "max_members", "features", "in_grace_period", "grace_until",
-                      "source"}
 
 
-@pytest.fixture
-def client(make_client):
-    return make_client()
 
 
-def ents(client, community_id="c1", **headers) -> dict:
-    response = client.get(f"{V1}/{community_id}/entitlements", headers=headers)
-    assert response.status_code == 200 and response.is_json, response.data
-    assert set(response.get_json()) == ENTITLEMENT_FIELDS
-    return response.get_json()
-
-
-def row(community_id="c1", tier="premium", status="active", **fields) -> Subscription:
-    return Subscription.create(community_id=community_id, tier=tier, status=status, **fields)
 
 
 def cache_counts() -> tuple[float, float]:
@@ -186,20 +168,6 @@ def test_expired_grace_is_starter_unpaid_at_read_time_with_nothing_written(clien
 
 # --- invalidation ------------------------------------------------------------------------------------------
 
-def consume(settings, db, r, *events) -> None:
-    """Queue the events and run them through the consumer's own steps: read, apply_batch, settle (XACK)."""
-    queue = EventQueue(r, settings.stream_key, settings.dedupe_ttl_seconds)
-    for event in events:
-        queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
-    stream = EventStream(r, settings, "t1")
-    stream.ensure_group()
-    entries = stream.read_new(100, 100)
-    assert len(entries) == len(events)
-    prior = stream.prior_state(entries)
-    outcomes = apply_batch(db, entries, prior, Policy.from_settings(settings), settings.max_deliveries)
-    assert [o.outcome for o in outcomes] == ["processed"] * len(events)
-    stream.settle(settlement_of(outcomes, prior))
-    assert r.xpending(settings.stream_key, settings.consumer_group)["pending"] == 0
 
 
 def event(event_type, created, **kw):

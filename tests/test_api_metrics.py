@@ -15,8 +15,8 @@ from models.config import Settings
 from models.db import database_proxy
 from models.tables import Subscription
 from receiver import create_app
+from tests.metrics_helpers import ACCESS_LINE, scrape, value
 from tests.services import SECRET, service_env, start_receiver
-from tests.test_receiver_metrics import ACCESS_LINE, scrape, value
 
 V1 = "/v1/communities"
 TOKEN = "api-metrics-token"

@@ -8,10 +8,10 @@ import time
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.event_queue import EventQueue
 from receiver.sample_events import build_event
+from tests.consumer_metrics_helpers import events_by, scrape, scrape_when, value
 from tests.services import Process, free_port, service_env, wait_for
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
@@ -40,25 +40,12 @@ def consumer(env: dict, tmp_path, name: str = "c1", **env_extra: str) -> Process
     return Process(["consumer", "run", "--name", name, "--block-ms", "200"], {**env, **env_extra}, str(tmp_path))
 
 
-def scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def scrape_when(port: int, condition) -> dict | None:
-    samples = scrape(port)
-    return samples if condition(samples) else None
 
 
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
-def events_by(samples: dict) -> dict[tuple[str, str], float]:
-    return {(dict(labels)["event_type"], dict(labels)["outcome"]): v
-            for (name, labels), v in samples.items() if name == "billing_events_total" and v}
 
 
 def test_events_by_outcome_timings_and_backlog(env, queue, r, port, tmp_path):

@@ -13,6 +13,13 @@ import sys
 import pytest
 import yaml
 
+from tests.dashboard_helpers import (
+    GRAFANA_VARIABLES,
+    JOB_VARIABLES,
+    VARIABLE,
+    interpolate,
+    variables,
+)
 from tests.promtool_helpers import ROOT, promtool
 
 DASHBOARDS = ROOT / "grafana" / "dashboards"
@@ -45,13 +52,10 @@ METRICS = HISTOGRAMS | {
     "billing_reconciled_events_total",
 }
 # Grafana's own variables, replaced by something of the same type for promtool.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 # Gauges of the whole group that every consumer exports: a panel shows their max() over the consumers.
 GROUP_WIDE = ("billing_stream_length", "billing_group_lag", "billing_pending_entries",
               "billing_oldest_pending_age_seconds", "billing_dead_letters")
-JOB_VARIABLES = {"receiver_job": "billing-receiver", "consumer_job": "billing-consumer"}  # CONTRACT.md's job names
 INSTANCE_VARIABLES = {"receiver_instance": "receiver_job", "consumer_instance": "consumer_job"}
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")  # $name, ${name}, ${name:format}, [[name]]
 
 
 def panels(dashboard: dict) -> list[dict]:
@@ -65,27 +69,10 @@ def panels(dashboard: dict) -> list[dict]:
     return found
 
 
-def variables(dashboard: dict) -> dict[str, dict]:
-    return {variable["name"]: variable for variable in dashboard.get("templating", {}).get("list", [])}
 
 
-def defaults(dashboard: dict) -> dict[str, str]:
-    """Each template variable's value as Grafana puts it in a query when nobody changed it: its current value,
-    or its allValue when that is All."""
-    values = {}
-    for name, variable in variables(dashboard).items():
-        value = variable.get("current", {}).get("value")
-        value = value if isinstance(value, list) else [value]
-        values[name] = variable.get("allValue") if value == ["$__all"] else "|".join(value)
-    return values
 
 
-def interpolate(expr: str, dashboard: dict, builtins: dict[str, str] = GRAFANA_VARIABLES) -> str:
-    """`expr` as Grafana sends it with the dashboard's defaults; an unknown variable is left as it is."""
-    for variable, value in builtins.items():
-        expr = expr.replace(variable, value)
-    values = defaults(dashboard)
-    return VARIABLE.sub(lambda m: values.get(m[1] or m[2] or m[3], m[0]), expr)
 
 
 def used_variables(expr: str) -> set[str]:

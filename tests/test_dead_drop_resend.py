@@ -15,7 +15,14 @@ from models.tables import Subscription, WebhookEvent
 from receiver import create_app
 from receiver.sample_events import build_event
 from tests.conftest import sign
-from tests.ops_helpers import DEAD, STREAM, add_dead_letter, audit_rows, invoke, start_consumer
+from tests.ops_helpers import (
+    DEAD,
+    STREAM,
+    add_dead_letter,
+    audit_rows,
+    invoke,
+    start_consumer,
+)
 from tests.services import SECRET, wait_for
 
 BLOCK = ("CREATE TRIGGER block_community BEFORE INSERT ON subscriptions WHEN NEW.community_id = 'resent' "

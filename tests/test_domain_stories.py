@@ -12,10 +12,30 @@ from consumer.batch import apply_batch, settlement_of
 from consumer.stream import PriorState
 from models.db import database_proxy
 from models.entitlements import entitlements
-from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent, from_epoch
+from models.tables import (
+    AuditLog,
+    DeferredEvent,
+    Subscription,
+    WebhookEvent,
+    from_epoch,
+)
 from models.tiers import TierMatrix
-from tests.handler_helpers import (DAY, P_END, P_START, POLICY, T0, apply, audits, checkout, entry_for, ev, row,
-                                   run_batch, webhook)
+from tests.handler_helpers import (
+    DAY,
+    P_END,
+    P_START,
+    POLICY,
+    T0,
+    apply,
+    audits,
+    checkout,
+    entry_for,
+    ev,
+    row,
+    run_batch,
+    webhook,
+)
+
 
 def effective(community_id="c1"):
     return entitlements(community_id, row(community_id), TierMatrix.default(), from_epoch(T0 + 60))

@@ -9,13 +9,13 @@ import pytest
 from models.redis_io import entitlement_key
 from models.tables import AuditLog, from_epoch, iso
 from tests.handler_helpers import DAY, P_END, P_START, T0, apply, ev, row
-from tests.ops_helpers import client, env, invoke, one_line_error  # noqa: F401 (fixtures)
+from tests.ops_helpers import invoke, one_line_error
 from tests.stripe_server import API_KEY
 
 
 @pytest.fixture
-def stripe_env(env, fake_stripe):
-    return {**env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": fake_stripe.url}
+def stripe_env(cli_env, fake_stripe):
+    return {**cli_env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": fake_stripe.url}
 
 
 def subscription(api, community_id, **kw) -> dict:
@@ -24,7 +24,7 @@ def subscription(api, community_id, **kw) -> dict:
 
 
 @pytest.fixture
-def drifted(db, api, fake_stripe, client):  # noqa: F811
+def drifted(db, api, fake_stripe, r):
     """d1 drifted (Stripe: elite, past_due, next period), d2 in sync, d3 unknown to Stripe, d4 canceled in Stripe."""
     ids = {c: {"customer_id": f"cus_{c}", "subscription_id": f"sub_{c}"} for c in ("d1", "d2", "d3", "d4")}
     for community in ids:
@@ -36,7 +36,7 @@ def drifted(db, api, fake_stripe, client):  # noqa: F811
     fake_stripe.subscriptions["sub_d2"] = in_sync["data"]["object"]
     fake_stripe.subscriptions["sub_d4"] = subscription(api, "d4", tier="basic", status="canceled", **ids["d4"])
     for community in ids:
-        client.set(entitlement_key(community), json.dumps({"tier": "basic"}))
+        r.set(entitlement_key(community), json.dumps({"tier": "basic"}))
     return ids
 
 
@@ -45,7 +45,7 @@ def reconciled_rows() -> list[tuple[str, dict]]:
     return [(a.community_id, json.loads(a.event_data)) for a in query]
 
 
-def test_the_report_shows_each_difference_and_changes_nothing(stripe_env, drifted, client):  # noqa: F811
+def test_the_report_shows_each_difference_and_changes_nothing(stripe_env, drifted, r):
     audits_before = AuditLog.select().count()
     result = invoke(stripe_env, "reconcile", "subscriptions", "--json")
     assert result.exit_code == 0, result.output
@@ -62,13 +62,13 @@ def test_the_report_shows_each_difference_and_changes_nothing(stripe_env, drifte
     assert not any(d["fixed"] for d in report.values())
     assert (row("d1").tier, row("d1").status, row("d4").status) == ("basic", "active", "active")
     assert AuditLog.select().count() == audits_before  # the handler's rows were rolled back with the rest
-    assert client.exists(entitlement_key("d1"))
+    assert r.exists(entitlement_key("d1"))
     text = invoke(stripe_env, "reconcile", "subscriptions").stdout
     assert "2 of 4 communities differ from Stripe; --fix applies Stripe's state" in text
     assert "d3  " in text and "Stripe has no such subscription" in text and "1 could not be compared" in text
 
 
-def test_fix_applies_stripes_state_once(stripe_env, drifted, client):  # noqa: F811
+def test_fix_applies_stripes_state_once(stripe_env, drifted, r):
     fixed = invoke(stripe_env, "reconcile", "subscriptions", "--fix")
     assert "fixed 2 of 4 communities (audit rows `reconciled`)" in fixed.stdout, fixed.output
     assert (row("d1").tier, row("d1").status) == ("elite", "past_due") and row("d1").grace_until is not None
@@ -81,8 +81,8 @@ def test_fix_applies_stripes_state_once(stripe_env, drifted, client):  # noqa: F
     assert d1["stripe_event_id"].startswith("evt_reconcile_") and d1["who"]
     handler_rows = AuditLog.select().where(AuditLog.community_id == "d1", AuditLog.event_type == "subscription_updated")
     assert d1["stripe_event_id"] in {json.loads(a.event_data)["stripe_event_id"] for a in handler_rows}
-    assert not client.exists(entitlement_key("d1")) and not client.exists(entitlement_key("d4"))
-    assert client.exists(entitlement_key("d2"))  # unchanged, so still cached
+    assert not r.exists(entitlement_key("d1")) and not r.exists(entitlement_key("d4"))
+    assert r.exists(entitlement_key("d2"))  # unchanged, so still cached
 
     again = invoke(stripe_env, "reconcile", "subscriptions", "--fix")
     assert "all 3 communities compared match Stripe" in again.stdout, again.output
@@ -104,5 +104,5 @@ def test_a_subscription_naming_another_community_is_not_fixed(stripe_env, db, ap
     assert not drift["fixed"] and row("m1").current_period_start is None
 
 
-def test_without_a_key_it_is_one_line(env):  # noqa: F811
-    assert "STRIPE_API_KEY is not set" in one_line_error(invoke(env, "reconcile", "subscriptions"))
+def test_without_a_key_it_is_one_line(cli_env):
+    assert "STRIPE_API_KEY is not set" in one_line_error(invoke(cli_env, "reconcile", "subscriptions"))

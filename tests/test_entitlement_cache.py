@@ -10,35 +10,26 @@ import pytest
 import redis
 
 from consumer.stream import EventStream, Settlement
-from models.redis_io import (ENTITLEMENT_TOKEN_TTL_SECONDS, entitlement_key, entitlement_token_key,
-                             invalidate_entitlements, seen_key)
+from models.redis_io import (
+    ENTITLEMENT_TOKEN_TTL_SECONDS,
+    entitlement_key,
+    entitlement_token_key,
+    invalidate_entitlements,
+    seen_key,
+)
 from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
 from receiver.sample_events import build_event
+from tests.api_helpers import V1, consume, ents, row
+from tests.redis_memory_helpers import fill_until_refused
 from tests.services import RedisServer
-from tests.test_api import V1, client, consume, ents, row  # noqa: F401 (fixtures)
 
 STALE = {"community_id": "42", "tier": "elite", "status": "active", "max_members": 10000, "features": ["api_access"],
          "in_grace_period": False, "grace_until": None}
 
 
-def fill_until_refused(client: redis.Redis, headroom: int = 2 * 1024 * 1024) -> int:
-    """Give Redis a maxmemory just above what it uses now, with noeviction (the README's advice), and write
-    padding until Redis refuses writes; how many padding keys it took. Then maxmemory is pinned a little under
-    what Redis uses, so that a byte freed here or there (a client's buffers) never lets a small write through."""
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", used_memory(client) + headroom)
-    for n in range(100_000):
-        try:
-            client.set(f"padding:{n}", b"x" * 32 * 1024)
-        except redis.OutOfMemoryError:
-            client.config_set("maxmemory", used_memory(client) - 256 * 1024)
-            return n
-    raise AssertionError("Redis never refused a write")
 
 
-def used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
 
 
 @pytest.fixture

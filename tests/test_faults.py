@@ -12,50 +12,31 @@ import pytest
 from consumer.stream import EventStream
 from models.config import Settings
 from models.db import migrate, open_database
-from models.event_queue import EventQueue
-from models.tables import AuditLog, WebhookEvent
+from models.tables import WebhookEvent
 from receiver.sample_events import build_event
+from tests.fault_helpers import (
+    DEAD,
+    GROUP,
+    STREAM,
+    applied_once,
+    consumer,
+    enqueue_all,
+    events_for,
+    pending,
+)
 from tests.services import PostgresServer, Process, RedisServer, service_env, wait_for
 
-STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
 FAST = {"CLAIM_IDLE_MS": "1000", "MAX_DELIVERIES": "3"}
 
 
-def events_for(n: int, prefix: str = "c") -> list[dict]:
-    """n events over n/2 communities: a checkout then an invoice each."""
-    out = []
-    for i in range(0, n, 2):
-        ids = dict(customer_id=f"cus_{prefix}{i}", subscription_id=f"sub_{prefix}{i}", created=1_700_000_000 + i)
-        out.append(build_event("checkout.session.completed", f"{prefix}{i}", tier="basic", **ids))
-        out.append(build_event("invoice.paid", f"{prefix}{i}", **{**ids, "created": ids["created"] + 1}))
-    return out[:n]
 
 
-def enqueue_all(client, events: list[dict]) -> None:
-    queue = EventQueue(client, STREAM, 3600)
-    for event in events:
-        assert queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
 
 
-def consumer(env, tmp_path, name, **extra) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", "100", "--batch", "20"], {**env, **extra},
-                   str(tmp_path))
 
 
-def applied_once(events: list[dict]) -> tuple[int, int]:
-    """(lost, doubled): events with no row or no audit, and events with more than one audit row."""
-    audits: dict[str, int] = {}
-    for row in AuditLog.select(AuditLog.event_data):
-        event_id = json.loads(row.event_data).get("stripe_event_id")
-        audits[event_id] = audits.get(event_id, 0) + 1
-    rows = {r.stripe_event_id: r.status for r in WebhookEvent.select()}
-    lost = sum(1 for e in events if rows.get(e["id"]) != "processed" or not audits.get(e["id"]))
-    doubled = sum(1 for e in events if audits.get(e["id"], 0) > 1)
-    return lost, doubled
 
 
-def pending(client) -> int:
-    return client.xpending(STREAM, GROUP)["pending"]
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_server, redis_url, db, database_url, tmp_path):

@@ -12,12 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from models.db import (bound_transaction, database_proxy, is_postgres, migrate, open_database, transaction_bounds,
-                       write_transaction)
+from models.db import (
+    bound_transaction,
+    database_proxy,
+    is_postgres,
+    migrate,
+    open_database,
+    transaction_bounds,
+    write_transaction,
+)
 from models.tables import WebhookEvent
 from tests.conftest import DATABASES
+from tests.fault_helpers import (
+    DEAD,
+    GROUP,
+    STREAM,
+    applied_once,
+    consumer,
+    enqueue_all,
+    events_for,
+    pending,
+)
 from tests.services import postgres_schema, service_env, wait_for
-from tests.test_faults import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 
 # The frozen consumer runs with the production default (CLAIM_IDLE_MS 60 s, so a 30 s batch deadline,
 # and its transactions are ended by the server after 5 s idle). The one taking over reclaims after 1 s,

@@ -6,16 +6,36 @@ import time
 
 import pytest
 
-from consumer.batch import FINAL_STATUSES, BatchDeadlineExceeded, apply_batch, settlement_of
+from consumer.batch import (
+    FINAL_STATUSES,
+    BatchDeadlineExceeded,
+    apply_batch,
+    settlement_of,
+)
 from consumer.stream import Entry, Failure, PriorState
 from models.stripe_events import HANDLED_TYPES, read_facts
 from models.tables import AuditLog, Subscription, WebhookEvent, from_epoch
 from models.tiers import STATUSES
 from receiver.sample_events import EVENT_TYPES
 from tests.conftest import load_peer_events
-from tests.handler_helpers import (DAY, P_END, P_START, POLICY, T0, TIERS, apply, audits, checkout, entry_for, ev,
-                                   past_due, row, run_batch, snapshot, webhook)
-
+from tests.handler_helpers import (
+    DAY,
+    P_END,
+    P_START,
+    POLICY,
+    T0,
+    TIERS,
+    apply,
+    audits,
+    checkout,
+    entry_for,
+    ev,
+    past_due,
+    row,
+    run_batch,
+    snapshot,
+    webhook,
+)
 
 
 @pytest.mark.parametrize("tier,expected", [("premium", "premium"), (None, "basic")])

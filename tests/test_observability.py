@@ -18,8 +18,15 @@ import pytest
 from models.db import migrate, open_database
 from receiver.sample_events import build_event
 from tests.conftest import sign
-from tests.services import REPO, Process, free_port, service_env, start_receiver, wait_for
-from tests.test_dashboards import JOB_VARIABLES, interpolate, variables
+from tests.dashboard_helpers import JOB_VARIABLES, interpolate, variables
+from tests.services import (
+    REPO,
+    Process,
+    free_port,
+    service_env,
+    start_receiver,
+    wait_for,
+)
 
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
 ALERTS = REPO / "prometheus" / "alerts.yml"

@@ -20,7 +20,15 @@ from models.cli_support import DURATION
 from models.tables import Subscription
 from receiver.sample_events import build_event
 from receiver.signing import signature_header
-from tests.services import REPO, SECRET, Process, free_port, service_env, start_receiver, wait_for
+from tests.services import (
+    REPO,
+    SECRET,
+    Process,
+    free_port,
+    service_env,
+    start_receiver,
+    wait_for,
+)
 
 
 def children(pid: int) -> list[int]:

@@ -13,16 +13,22 @@ import time
 import pytest
 
 from receiver.sample_events import build_event
-from tests.ops_helpers import (GROUP, STREAM, add_dead_letter, age, broken_event, deliver, enqueue, events,
-                               invoke, one_line_error, table)
+from tests.ops_helpers import (
+    GROUP,
+    STREAM,
+    add_dead_letter,
+    age,
+    broken_event,
+    deliver,
+    enqueue,
+    events,
+    invoke,
+    one_line_error,
+    table,
+)
 from tests.services import REPO, Process, free_port, service_env, wait_for
 
 TWO_HOURS_MS = 2 * 3600 * 1000
-
-
-@pytest.fixture
-def client(redis_server, redis_url):
-    return redis_server.client()
 
 
 @pytest.fixture
@@ -32,18 +38,18 @@ def env(redis_url, tmp_path):
 
 
 @pytest.fixture
-def busy(client):
+def busy(r):
     """One entry received two hours ago and four since; dead-worker holds two, other one, two are undelivered;
     one dead letter."""
     old = build_event("invoice.paid", "old")
-    old_id = client.xadd(STREAM, {"event_id": old["id"], "event_type": old["type"], "created": old["created"],
+    old_id = r.xadd(STREAM, {"event_id": old["id"], "event_type": old["type"], "created": old["created"],
                                   "payload": json.dumps(old), "received_at": int(time.time() * 1000) - TWO_HOURS_MS},
                          id=f"{int(time.time() * 1000) - TWO_HOURS_MS}-0").decode()
-    ids = [old_id] + [enqueue(client, event) for event in events(4)]
-    client.xgroup_create(STREAM, GROUP, id="0")
-    assert deliver(client, "dead-worker", 2) == ids[:2]
-    assert deliver(client, "other", 1) == ids[2:3]
-    add_dead_letter(client, broken_event())
+    ids = [old_id] + [enqueue(r, event) for event in events(4)]
+    r.xgroup_create(STREAM, GROUP, id="0")
+    assert deliver(r, "dead-worker", 2) == ids[:2]
+    assert deliver(r, "other", 1) == ids[2:3]
+    add_dead_letter(r, broken_event())
     return ids
 
 
@@ -75,9 +81,9 @@ def test_stats_table(env, busy):
     assert all(row["IDLE"].endswith("s") for row in rows.values())
 
 
-def test_stats_without_a_group_or_a_stream_is_one_line(env, client):
+def test_stats_without_a_group_or_a_stream_is_one_line(env, r):
     assert "no stream 'stripe:events'" in one_line_error(invoke(env, "stats"))
-    enqueue(client, events(1)[0])  # the receiver ran, no consumer ever did
+    enqueue(r, events(1)[0])  # the receiver ran, no consumer ever did
     for command in (["stats"], ["pending"], ["claim", "--idle", "0", "--to", "x"], ["consumers", "prune"]):
         assert "no consumer group 'billing' on 'stripe:events'" in one_line_error(invoke(env, *command)), command
 
@@ -94,14 +100,14 @@ def test_stats_watch_refreshes_until_ctrl_c(env, busy, redis_url, tmp_path):
 
 
 @pytest.fixture
-def held(client):
+def held(r):
     """Four entries: dead-worker holds three (two idle five minutes, delivered three times), other holds one."""
-    client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     evs = events(4)
-    ids = [enqueue(client, event) for event in evs]
-    assert deliver(client, "dead-worker", 3) == ids[:3]
-    age(client, "dead-worker", ids[:2], idle_ms=300_000, deliveries=3)
-    assert deliver(client, "other", 1) == ids[3:]
+    ids = [enqueue(r, event) for event in evs]
+    assert deliver(r, "dead-worker", 3) == ids[:3]
+    age(r, "dead-worker", ids[:2], idle_ms=300_000, deliveries=3)
+    assert deliver(r, "other", 1) == ids[3:]
     return list(zip(ids, evs))
 
 

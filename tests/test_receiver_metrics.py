@@ -14,15 +14,14 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import MAX_BODY_BYTES
 from receiver.sample_events import EVENT_TYPES
 from tests.conftest import sign
+from tests.metrics_helpers import ACCESS_LINE, scrape, value
 from tests.receiver_helpers import WEBHOOK, event_bytes
 from tests.services import free_port, service_env, start_receiver, wait_for
 
-ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) .* <(?P<pid>\d+)>$')
 METRICS_DIR_PREFIX = "billing-receiver-metrics-"
 
 
@@ -67,18 +66,8 @@ def post_too_big(base: str) -> int:
         conn.close()
 
 
-def scrape(base: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of /metrics, by (name, labels)."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def access_pids(output: str, method: str, path: str) -> set[int]:

@@ -22,9 +22,16 @@ from models.event_queue import EventQueue
 from models.redis_io import connect_redis, entitlement_key, seen_key
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
-from tests.services import SECRET, Process, RedisServer, free_port, service_env, wait_for
-from tests.test_consumer_metrics import scrape, value
-from tests.test_entitlement_cache import fill_until_refused, used_memory
+from tests.consumer_metrics_helpers import scrape, value
+from tests.redis_memory_helpers import fill_until_refused, used_memory
+from tests.services import (
+    SECRET,
+    Process,
+    RedisServer,
+    free_port,
+    service_env,
+    wait_for,
+)
 
 STREAM, GROUP = "stripe:events", "billing"
 ERRORS = "billing_redis_errors_total"

@@ -33,7 +33,7 @@ def models_cli():
     f"redis://:{PASSWORD}@127.0.0.1:{{port}}/0",
     f"redis://default:{PASSWORD}@127.0.0.1:{{port}}/0",
     # unencoded '/' in the password: urllib takes "hunter2-Z" for the port and says so
-    f"redis://:hunter2-Z/q8@127.0.0.1:{{port}}/0",
+    "redis://:hunter2-Z/q8@127.0.0.1:{port}/0",
 ])
 def test_consumer_commands_never_print_the_redis_password(tmp_path, redis_url):
     output = run(consumer_cli(), ["stats"], REDIS_URL=redis_url.format(port=free_port()),

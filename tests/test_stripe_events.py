@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from models.stripe_events import HANDLED_TYPES, BillingFacts, UnreadableEvent, parse_envelope, read_facts
+from models.stripe_events import (
+    HANDLED_TYPES,
+    BillingFacts,
+    UnreadableEvent,
+    parse_envelope,
+    read_facts,
+)
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES, build_event
 from tests.conftest import load_peer_events
 

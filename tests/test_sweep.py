@@ -8,7 +8,12 @@ import time
 
 import pytest
 
-from consumer.sweep import LOCK_KEY, SWEEP_EVERY_SECONDS, end_expired_grace, sweep_if_ours
+from consumer.sweep import (
+    LOCK_KEY,
+    SWEEP_EVERY_SECONDS,
+    end_expired_grace,
+    sweep_if_ours,
+)
 from models.redis_io import entitlement_key, entitlement_token_key
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent, utcnow
 from tests.ops_helpers import invoke

@@ -29,7 +29,15 @@ from receiver.signing import signature_header
 from tests.chaos import oracle
 from tests.chaos.stories import PRICE_TIERS, Run, build_run
 from tests.conftest import DATABASES
-from tests.services import SECRET, PostgresServer, Process, RedisServer, service_env, start_receiver, wait_for
+from tests.services import (
+    SECRET,
+    PostgresServer,
+    Process,
+    RedisServer,
+    service_env,
+    start_receiver,
+    wait_for,
+)
 
 COMMUNITIES = int(os.environ.get("CHAOS_COMMUNITIES", "1000"))
 EVENTS_PER_STORY = 10

@@ -21,7 +21,15 @@ from models.stripe_events import HANDLED_TYPES, event_created
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 from models.tiers import STATUSES
 from receiver.sample_events import build_event
-from tests.fuzz.strategies import BASE_EVENTS, DAY, T0, TEXT, dumps, fuzz_settings, mutated_events
+from tests.fuzz.strategies import (
+    BASE_EVENTS,
+    DAY,
+    T0,
+    TEXT,
+    dumps,
+    fuzz_settings,
+    mutated_events,
+)
 from tests.handler_helpers import POLICY, TIERS
 
 OUTCOMES = {"processed", "ignored", "stale", "deferred", "duplicate", "failed"}

@@ -20,8 +20,15 @@ from models.config import Settings
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.conftest import load_peer_events
-from tests.fuzz.strategies import (BASE_EVENTS, PEER_EVENTS, TEXT, dumps, fuzz_settings, json_values,
-                                   mutated_events)
+from tests.fuzz.strategies import (
+    BASE_EVENTS,
+    PEER_EVENTS,
+    TEXT,
+    dumps,
+    fuzz_settings,
+    json_values,
+    mutated_events,
+)
 from tests.receiver_helpers import STREAM, WEBHOOK, entries
 from tests.services import SECRET
 
