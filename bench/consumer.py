@@ -46,11 +46,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import consumer_report as report  # noqa: E402
 from bench.consumer_e2e import run_e2e  # noqa: E402
-from bench.consumer_workload import (GROUP, STREAM_KEY, Queued, busy_since, cpu_seconds, drained,  # noqa: E402
-                                     enqueue, events, fresh_redis, machine_jiffies, poll, prepare_database, rss_mb)
+from bench.consumer_workload import (  # noqa: E402
+    GROUP,
+    STREAM_KEY,
+    Queued,
+    busy_since,
+    cpu_seconds,
+    drained,
+    enqueue,
+    events,
+    fresh_redis,
+    machine_jiffies,
+    poll,
+    prepare_database,
+    rss_mb,
+)
 from models.db import open_database  # noqa: E402
-from tests.services import (REPO, Process, postgres_reachable, postgres_schema, service_env,  # noqa: E402
-                            wait_for)
+from tests.services import REPO, Process, postgres_reachable, postgres_schema, service_env, wait_for  # noqa: E402
 
 PARTS = ("celery", "e2e", "postgres")
 

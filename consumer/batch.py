@@ -267,7 +267,8 @@ class _Batch:
             result = apply_facts(item.facts, states.find(lookup_key(item.facts)), self.policy)
         except Exception as exc:
             log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
-                          extra={"event_id": entry.event_id, "entry_id": entry.entry_id, "event_type": entry.event_type})
+                          extra={"event_id": entry.event_id, "entry_id": entry.entry_id,
+                                 "event_type": entry.event_type})
             return Outcome(entry, "failed", error=f"{type(exc).__name__}: {exc}")
         states.take(result, writes)
         if result.outcome == "deferred":

@@ -136,7 +136,8 @@ def _print_stats(data: dict) -> None:
     age = data["oldest_pending_age_seconds"]
     pairs = [("stream", f"{data['stream']} ({data['stream_length']} entries)"), ("group", data["group"]),
              ("lag (undelivered)", data["group_lag"]), ("pending", data["pending"]),
-             ("oldest pending", f"{data['oldest_pending_id']} ({_duration(age * 1000)} old)" if age is not None else "-"),
+             ("oldest pending",
+              f"{data['oldest_pending_id']} ({_duration(age * 1000)} old)" if age is not None else "-"),
              ("dead letters", data["dead_letters"])]
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
@@ -148,7 +149,8 @@ def _print_stats(data: dict) -> None:
 
 @cli.command()
 @json_option
-@click.option("--min-idle", "min_idle_ms", type=DURATION, help=with_duration_help("only entries idle at least this long"))
+@click.option("--min-idle", "min_idle_ms", type=DURATION,
+              help=with_duration_help("only entries idle at least this long"))
 @click.option("--consumer", default=None, help="only this consumer's entries")
 @click.option("--count", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @operation
@@ -166,7 +168,8 @@ ENTRY_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_t
 @cli.command()
 @click.argument("entry_ids", nargs=-1)
 @click.option("--to", "to", required=True, help="consumer to give the entries to (a running one applies them)")
-@click.option("--idle", "min_idle_ms", type=DURATION, help=with_duration_help("claim every entry idle at least this long"))
+@click.option("--idle", "min_idle_ms", type=DURATION,
+              help=with_duration_help("claim every entry idle at least this long"))
 @click.option("--new-consumer", is_flag=True, help="allow a NAME the group does not know yet")
 @click.option("--dry-run", is_flag=True, help="show what would move, move nothing")
 @json_option

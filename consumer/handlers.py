@@ -141,7 +141,8 @@ def _decide(facts: BillingFacts, sub: SubState | None, policy: Policy, audits: l
 
 
 def _same_subscription(facts: BillingFacts, sub: SubState) -> bool:
-    return not (facts.subscription_id and sub.stripe_subscription_id) or facts.subscription_id == sub.stripe_subscription_id
+    return (not (facts.subscription_id and sub.stripe_subscription_id)
+            or facts.subscription_id == sub.stripe_subscription_id)
 
 
 def _about_another_subscription(facts: BillingFacts, sub: SubState) -> bool:
@@ -159,7 +160,8 @@ def _about_another_subscription(facts: BillingFacts, sub: SubState) -> bool:
 def _already_paid(facts: BillingFacts, sub: SubState) -> bool:
     """Stripe stops retrying an invoice once paid: its failure, delivered after (or in the same second as)
     the payment, is the older news."""
-    return _same_subscription(facts, sub) and facts.object_id is not None and sub.last_paid_invoice_id == facts.object_id
+    return (_same_subscription(facts, sub) and facts.object_id is not None
+            and sub.last_paid_invoice_id == facts.object_id)
 
 
 def checkout_completed(facts: BillingFacts, sub: SubState | None, policy: Policy,

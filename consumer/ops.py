@@ -99,7 +99,8 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
         return []
     pipe = client.pipeline(transaction=True)
     for entry_id, fields in letters:
-        pipe.xadd(settings.stream_key, {name: fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in fields})
+        pipe.xadd(settings.stream_key,
+                  {name: fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in fields})
         pipe.xdel(settings.dead_letter_key, entry_id)
     results = pipe.execute()
     retried = [{**_dead_row(entry_id, fields), "new_entry_id": as_text(results[2 * i])}
@@ -182,11 +183,13 @@ def _group_info(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     try:
         groups = client.xinfo_groups(settings.stream_key)
     except redis.ResponseError:
-        raise OpsError(f"no stream {settings.stream_key!r} (no event has been received yet, or Redis lost it)") from None
+        raise OpsError(
+            f"no stream {settings.stream_key!r} (no event has been received yet, or Redis lost it)") from None
     for group in groups:
         if as_text(group["name"]) == settings.consumer_group:
             return group
-    raise OpsError(f"no consumer group {settings.consumer_group!r} on {settings.stream_key!r} (no consumer has run yet)")
+    raise OpsError(
+        f"no consumer group {settings.consumer_group!r} on {settings.stream_key!r} (no consumer has run yet)")
 
 
 def _fields_of(client: redis.Redis, key: str, entry_ids: list) -> list[dict[str, str]]:

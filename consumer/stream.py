@@ -9,8 +9,7 @@ from collections.abc import Callable, Mapping
 import redis
 
 from models.config import Settings
-from models.redis_io import (entitlement_key, entitlement_token_key, invalidate_entitlements, is_memory_refusal,
-                             seen_key)
+from models.redis_io import entitlement_key, entitlement_token_key, invalidate_entitlements, is_memory_refusal, seen_key
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +240,8 @@ class EventStream:
         for dead in settlement.dead:
             pipe.xadd(self.dead_letter_key, dead_letter_fields(dead))
         if settlement.failures:
-            pipe.hset(self.failures_key, mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()})
+            pipe.hset(self.failures_key,
+                      mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()})
         cleared = settlement.cleared_failures + tuple(d.entry.entry_id for d in settlement.dead)
         if cleared:
             pipe.hdel(self.failures_key, *cleared)
@@ -347,5 +347,6 @@ def _stream_messages(reply) -> list:
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
-        return [(stream, value[0] if value and isinstance(value[0], list) else value) for stream, value in reply.items()]
+        return [(stream, value[0] if value and isinstance(value[0], list) else value)
+                for stream, value in reply.items()]
     return reply

@@ -27,7 +27,13 @@ from grafana_foundation_sdk.builders.prometheus import Dataquery  # noqa: E402
 from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
 from grafana_foundation_sdk.models import common, units  # noqa: E402
 from grafana_foundation_sdk.models.dashboard import (  # noqa: E402
-    DashboardCursorSync, DynamicConfigValue, Threshold, ThresholdsMode, VariableOption, VariableRefresh, VariableSort,
+    DashboardCursorSync,
+    DynamicConfigValue,
+    Threshold,
+    ThresholdsMode,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
 )
 
 # Every panel and variable queries the data source the dashboard's ${datasource} variable names, so the JSON
@@ -205,7 +211,8 @@ def consumer_panels():
     yield graph(
         "Events by type and outcome",
         "Events applied per second, by type and outcome. `processed`, `ignored`, `stale`, `duplicate` and "
-        "`deferred` (waiting for the checkout that names its community) are healthy. Red series are `failed` (a handler raised; retried with backoff) and `dead` (gave up after "
+        "`deferred` (waiting for the checkout that names its community) are healthy. Red series are `failed` "
+        "(a handler raised; retried with backoff) and `dead` (gave up after "
         "MAX_DELIVERIES): `python -m consumer pending` and `python -m consumer dead list` show the errors.",
         units.OpsPerSecond,
         query(f"sum by (event_type, outcome) (rate(billing_events_total{{{CONSUMER}}}[{RATE}]))",

@@ -169,7 +169,8 @@ def _invoice(invoice: dict, base: dict) -> BillingFacts:
     details = _dict(_dict(invoice.get("parent")).get("subscription_details"))  # 2025-03-31 and later
     legacy_details = _dict(invoice.get("subscription_details"))  # before
     subscription_id = _id(details.get("subscription")) or _id(invoice.get("subscription"))
-    metadata = {**_dict(invoice.get("metadata")), **_dict(legacy_details.get("metadata")), **_dict(details.get("metadata"))}
+    metadata = {**_dict(invoice.get("metadata")), **_dict(legacy_details.get("metadata")),
+                **_dict(details.get("metadata"))}
     lines = _list(_dict(invoice.get("lines")).get("data"))
     sub_lines = _subscription_lines(lines, subscription_id)
     # Several lines (several items): they share the period; prefer the one ending last.

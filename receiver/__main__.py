@@ -43,7 +43,8 @@ def serve(bind: str | None, workers: int | None, config_file: str | None, no_acc
 
 @cli.command()
 @click.argument("event_type", type=click.Choice(EVENT_TYPES))
-@click.option("--community", default=None, help="metadata community_id (omit to send one without, like `stripe trigger`)")
+@click.option("--community", default=None,
+              help="metadata community_id (omit to send one without, like `stripe trigger`)")
 @click.option("--tier", default="premium", show_default=True, help="metadata tier")
 @click.option("--api-version", default="current", show_default=True, type=click.Choice(API_VERSIONS))
 @click.option("--url", default=None, help="webhook URL [http://localhost:$PORT/webhooks/stripe]")
@@ -56,7 +57,8 @@ def send(event_type: str, community: str | None, tier: str, api_version: str, ur
     try:
         event, status, body = send_event(url, settings.webhook_secrets[0], event_type, community, tier, api_version)
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        raise click.ClickException(scrub(f"could not reach {redact_url(url)}: {getattr(exc, 'reason', exc)}", url)) from None
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(scrub(f"could not reach {redact_url(url)}: {reason}", url)) from None
     click.echo(f"sent {event['type']} {event['id']} (api_version {event['api_version']}) to {redact_url(url)}")
     click.echo(f"{status} {body.strip()}")
     if not 200 <= status < 300:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from models import community
-from receiver import docs
 from models.tiers import STATUSES
+from receiver import docs
 
 bp = Blueprint("openapi", __name__)
 

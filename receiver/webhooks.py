@@ -16,14 +16,15 @@ import redis
 
 from models.config import Settings, scrub
 from models.stripe_events import event_created, parse_envelope
-from receiver.metrics import ENQUEUE_FAILURES, EVENTS, REQUEST_SECONDS, REQUESTS, SIGNATURE_FAILURES
 from receiver.group_commit import GroupCommit
+from receiver.metrics import ENQUEUE_FAILURES, EVENTS, REQUEST_SECONDS, REQUESTS, SIGNATURE_FAILURES
 from receiver.signature import SignatureRejected, verify
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/stripe"
-_STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 405: "405 METHOD NOT ALLOWED", 413: "413 REQUEST ENTITY TOO LARGE",
+_STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 405: "405 METHOD NOT ALLOWED",
+                 413: "413 REQUEST ENTITY TOO LARGE",
                  500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
 TOO_LARGE = "The data value transmitted exceeds the capacity limit."  # werkzeug's words, as before
 NOT_ALLOWED = "The method is not allowed for the requested URL."

@@ -1,4 +1,5 @@
-"""The /v1 API through the Flask test client: its answers, rows to answer from, and events run through the consumer's own steps."""
+"""The /v1 API through the Flask test client: its answers, rows to answer from, and events run through the
+consumer's own steps."""
 from __future__ import annotations
 
 import json

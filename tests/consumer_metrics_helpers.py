@@ -1,4 +1,5 @@
-"""Reading a consumer's /metrics (on METRICS_PORT): its samples, by name and labels (None for a series it does not have)."""
+"""Reading a consumer's /metrics (on METRICS_PORT): its samples, by name and labels (None for a series it does
+not have)."""
 from __future__ import annotations
 
 import urllib.request

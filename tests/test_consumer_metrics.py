@@ -146,7 +146,8 @@ def test_metrics_port_in_use_is_one_clear_error(env, port, tmp_path):
         worker.stop()
     output = worker.output()
     assert "Traceback" not in output
-    assert output.strip().splitlines()[-1] == f"Error: METRICS_PORT={port}: cannot serve /metrics: Address already in use"
+    assert output.strip().splitlines()[-1] == (
+        f"Error: METRICS_PORT={port}: cannot serve /metrics: Address already in use")
 
 
 def test_metrics_port_zero_serves_nothing(env, port, queue, tmp_path):

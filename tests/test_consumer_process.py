@@ -39,14 +39,16 @@ def lifecycle(community: str, start: int, api_version: str = "current") -> list[
         build_event("checkout.session.completed", community, tier="basic", created=start, **ids),
         build_event("invoice.paid", community, tier="basic", created=start + 1, **ids),
         build_event("invoice.payment_failed", community, tier="basic", created=start + 2, **ids),
-        build_event("customer.subscription.updated", community, tier="elite", status="active", created=start + 3, **ids),
+        build_event("customer.subscription.updated", community, tier="elite", status="active", created=start + 3,
+                    **ids),
         # The invoice's subscription metadata mirrors the subscription's, which the update moved to elite.
         build_event("invoice.paid", community, tier="elite", created=start + 4, **ids),
     ]
 
 
 def consumer(env: dict, tmp_path, name: str = "c1", *extra: str, **env_extra: str) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", "200", *extra], {**env, **env_extra}, str(tmp_path))
+    return Process(["consumer", "run", "--name", name, "--block-ms", "200", *extra], {**env, **env_extra},
+                   str(tmp_path))
 
 
 def pending(client) -> int:

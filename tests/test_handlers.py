@@ -174,7 +174,8 @@ def test_an_old_subscriptions_events_are_ignored(db, api, event_type):
 
 def test_a_new_subscription_takes_over_once_the_old_one_is_canceled(db, api):
     checkout(db, api, tier="premium", subscription_id="sub_old")
-    assert apply(db, ev("customer.subscription.deleted", api, created=T0 + 10, subscription_id="sub_old")) == ["processed"]
+    deleted = ev("customer.subscription.deleted", api, created=T0 + 10, subscription_id="sub_old")
+    assert apply(db, deleted) == ["processed"]
     event = ev("customer.subscription.updated", api, created=T0 + 20, subscription_id="sub_new", tier="elite")
     assert apply(db, event) == ["processed"]
     assert (row().stripe_subscription_id, row().tier, row().status) == ("sub_new", "elite", "active")
@@ -314,7 +315,8 @@ def test_peer_events(db):
     for name, raw in peers:  # raw, byte for byte, one batch each, in file order
         event = json.loads(raw)
         outcomes = run_batch(db, [entry_for(event, payload=raw)])
-        assert len(outcomes) == 1 and outcomes[0].outcome in ("processed", "ignored", "stale", "deferred", "duplicate"), \
+        assert len(outcomes) == 1 and outcomes[0].outcome in (
+            "processed", "ignored", "stale", "deferred", "duplicate"), \
             (name, outcomes)
         ids.append(event["id"])
     statuses = dict(WebhookEvent.select(WebhookEvent.stripe_event_id, WebhookEvent.status).tuples())

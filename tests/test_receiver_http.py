@@ -107,6 +107,7 @@ def test_signing_matches_stripes_scheme_computed_by_hand(client, r):
 
 _NOW = int(time.time())
 _BODY = event_bytes("invoice.paid")[1]
+_NOT_UTF8 = b'{"id": "evt_\xff\xfe", "type": "invoice.paid"}'
 SIGNATURE_FAILURES = {
     # name: (body sent, Stripe-Signature header or None, reason)
     "missing": (_BODY, None, "missing"),
@@ -117,9 +118,11 @@ SIGNATURE_FAILURES = {
     "no-v1": (_BODY, "t=123", "malformed"),
     "v0-only": (_BODY, "t=123,v0=" + "a" * 64, "malformed"),
     "wrong-secret": (_BODY, signature_header(_BODY, "whsec_someone_else"), "mismatch"),
-    "tampered-body": (_BODY.replace(b'"invoice.paid"', b'"invoice.voided"'), signature_header(_BODY, SECRET), "mismatch"),
-    "signed-for-other-timestamp": (_BODY, signature_header(_BODY, SECRET, _NOW).replace(f"t={_NOW}", f"t={_NOW + 1}"), "mismatch"),
-    "not-utf8": (b'{"id": "evt_\xff\xfe", "type": "invoice.paid"}', signature_header(b'{"id": "evt_\xff\xfe", "type": "invoice.paid"}', SECRET), "malformed"),
+    "tampered-body": (_BODY.replace(b'"invoice.paid"', b'"invoice.voided"'), signature_header(_BODY, SECRET),
+                      "mismatch"),
+    "signed-for-other-timestamp": (_BODY, signature_header(_BODY, SECRET, _NOW).replace(f"t={_NOW}", f"t={_NOW + 1}"),
+                                   "mismatch"),
+    "not-utf8": (_NOT_UTF8, signature_header(_NOT_UTF8, SECRET), "malformed"),
 }
 
 

@@ -275,8 +275,10 @@ def counted() -> float:
 
 FAULTS = {
     # A replica whose primary is unreachable, told not to serve stale data: every read is MASTERDOWN.
-    "MASTERDOWN": (lambda r: (r.config_set("replica-serve-stale-data", "no"), r.execute_command("REPLICAOF", "127.0.0.1", 1)),
-                   lambda r: (r.execute_command("REPLICAOF", "NO", "ONE"), r.config_set("replica-serve-stale-data", "yes")),
+    "MASTERDOWN": (lambda r: (r.config_set("replica-serve-stale-data", "no"),
+                              r.execute_command("REPLICAOF", "127.0.0.1", 1)),
+                   lambda r: (r.execute_command("REPLICAOF", "NO", "ONE"),
+                              r.config_set("replica-serve-stale-data", "yes")),
                    logging.WARNING),
     # A replica serving its data: XREADGROUP (a write) is READONLY.
     "READONLY": (lambda r: r.execute_command("REPLICAOF", "127.0.0.1", 1),

@@ -90,7 +90,8 @@ def _event(step: str, kind: str, community: str, tier: str, created: int, period
               period_end=1_760_000_000 + (period + 1) * 30 * DAY)
     if kind == "portal" and step != "checkout":
         # The portal moved the price; the metadata still says the tier of the checkout.
-        kw.update(tier="basic", price_id="price_chaos_elite" if tier in ("elite", "enterprise") else "price_chaos_exclusive")
+        kw.update(tier="basic",
+                  price_id="price_chaos_elite" if tier in ("elite", "enterprise") else "price_chaos_exclusive")
     event_type = {"checkout": "checkout.session.completed", "trialing": "customer.subscription.updated"}.get(step, step)
     status = {"trialing": "trialing", "customer.subscription.updated": "active"}.get(step)
     if status:

@@ -169,7 +169,8 @@ SIGNINGS = st.one_of(
     st.builds(Signing, st.just("other body"), st.integers(-100, 100)),
     st.builds(Signing, st.just("non-ascii"), st.integers(-100, 100), st.just(()), st.integers(0, 200),
               st.text(st.characters(min_codepoint=0x80, max_codepoint=0xFF), min_size=1, max_size=3)),
-    st.builds(Signing, st.just("t-text"), st.just(0), st.just(()), st.just(0), HEADER_TEXT.filter(lambda t: "," not in t)),
+    st.builds(Signing, st.just("t-text"), st.just(0), st.just(()), st.just(0),
+              HEADER_TEXT.filter(lambda t: "," not in t)),
     st.builds(Signing, st.just("text"), text=st.one_of(HEADER_TEXT, st.sampled_from(
         ["", ",", "t=", "t=1,v1=", "v1=" + "a" * 64, "t=" + "9" * 4300 + ",v1=" + "a" * 64, "t=1" * 500]))),
     st.just(Signing("missing")),
