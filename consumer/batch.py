@@ -157,7 +157,7 @@ class _Batch:
             else:
                 todo.append((index, entry))
         _check(self.deadline)
-        claimed, applied, unstorable = self._claim([entry for _, entry in todo])
+        applied, unstorable = self._claim([entry for _, entry in todo])
         items = []
         for index, entry in todo:
             if entry.event_id in applied:  # applied before: drop the cache again (the crash may have come first)
@@ -187,53 +187,49 @@ class _Batch:
 
     # -- 1. claim ------------------------------------------------------------------------------------------
 
-    def _claim(self, entries: list[Entry]) -> tuple[set[str], dict[str, str | None], dict[str, str]]:
-        """(ids claimed, {id already applied: the community it changed}, {id we cannot store: why})."""
+    def _claim(self, entries: list[Entry]) -> tuple[dict[str, str | None], dict[str, str]]:
+        """({id already applied: the community it changed}, {id we cannot store: why}). Every other id is this
+        batch's: its row inserted now, or a `failed` or `dead` row taken over."""
         if not entries:
-            return set(), {}, {}
+            return {}, {}
+        unstorable: dict[str, str] = {}
         try:
             with self.db.atomic():
-                claimed = self._insert_rows(entries)
+                inserted = self._insert_rows(entries)
         except _FATAL:
             raise
         except Exception:  # an id too long for the column, or with a NUL (psycopg2)
-            claimed, unstorable = set(), {}
+            inserted = set()
             for entry in entries:
                 try:
                     with self.db.atomic():
-                        claimed |= self._insert_rows([entry])
+                        inserted |= self._insert_rows([entry])
                 except _FATAL:
                     raise
                 except Exception as exc:
                     # Left unrecorded (no row can hold it), dead-lettered in time.
                     unstorable[entry.event_id] = f"{type(exc).__name__}: {exc}"
-            taken, applied, unstorable = self._take_over(entries, claimed, unstorable)
-            return claimed | taken, applied, unstorable
-        taken, applied, unstorable = self._take_over(entries, claimed, {})
-        return claimed | taken, applied, unstorable
+        settled = inserted | unstorable.keys()
+        return self._applied_before([e.event_id for e in entries if e.event_id not in settled]), unstorable
 
     def _insert_rows(self, entries: list[Entry]) -> set[str]:
         rows = [(entry.event_id, entry.event_type[:255], "failed",  # rewritten with the outcome before the commit
                  _received_at(entry)) for entry in entries]
-        cursor = _insert(self.db, WebhookEvent, ("stripe_event_id", "event_type", "status", "received_at"), rows,
-                         'ON CONFLICT DO NOTHING RETURNING "stripe_event_id"')
-        return {row[0] for row in cursor.fetchall()}
+        returned = _insert(self.db, WebhookEvent, ("stripe_event_id", "event_type", "status", "received_at"), rows,
+                           'ON CONFLICT DO NOTHING RETURNING "stripe_event_id"')
+        return {row[0] for row in returned}
 
-    def _take_over(self, entries: list[Entry], claimed: set[str], unstorable: dict[str, str]):
-        """Of the ids not inserted now: the applied ones, and the failed or dead rows this batch takes over."""
-        settled = claimed | unstorable.keys()
-        others = [entry.event_id for entry in entries if entry.event_id not in settled]
+    def _applied_before(self, event_ids: list[str]) -> dict[str, str | None]:
+        """Of ids that already had a row: the applied ones, with the community each changed (the rest are rows
+        left `failed` or `dead`, which this batch takes over; locked on PostgreSQL)."""
         applied: dict[str, str | None] = {}
-        taken = set()
-        for chunk in _chunks(others):
+        for chunk in _chunks(event_ids):
             query = (WebhookEvent.select(WebhookEvent.stripe_event_id, WebhookEvent.status, WebhookEvent.community_id)
                      .where(WebhookEvent.stripe_event_id.in_(chunk)))
             for row in (query.for_update() if self.postgres else query):
                 if row.status in FINAL_STATUSES:
                     applied[row.stripe_event_id] = row.community_id
-                else:
-                    taken.add(row.stripe_event_id)
-        return taken, applied, unstorable
+        return applied
 
     # -- 2-4. load, apply in memory, write -----------------------------------------------------------------
 
@@ -504,21 +500,23 @@ def _upsert_events(db: peewee.Database, rows: list[tuple]) -> None:
 
 
 def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], rows: list[tuple],
-            suffix: str = "") -> peewee.Cursor | None:
+            suffix: str = "") -> list[tuple]:
     """One multi-row INSERT per CHUNK rows, its SQL written here rather than by peewee's query builder (which
     cost more than the database's own work: the README's Speed section); values converted by the model's
-    fields, as peewee would. The cursor of the last statement, None for no rows."""
+    fields, as peewee would. The rows a RETURNING in `suffix` returned, from every statement."""
     columns = [model._meta.fields[name] for name in fields]
     names = ", ".join(f'"{column.column_name}"' for column in columns)
     head = f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES '
 
     row_sql = "(" + ", ".join([db.param] * len(columns)) + ")"
     converters = [column.db_value for column in columns]
-    cursor = None
+    returned: list[tuple] = []
     for chunk in _chunks(rows):
         params = [convert(value) for row in chunk for convert, value in zip(converters, row)]
         cursor = db.execute_sql(f"{head}{', '.join([row_sql] * len(chunk))} {suffix}", params)
-    return cursor
+        if cursor.description:  # a RETURNING clause
+            returned += cursor.fetchall()
+    return returned
 
 
 def _upsert_clause(key: str, fields: tuple[str, ...]) -> str:

@@ -121,6 +121,13 @@ def service_env(redis_url: str, database_url: str, **extra: str) -> dict[str, st
     return env
 
 
+def default_sigint() -> None:
+    """In a child before it runs: Ctrl-C's default action, even when the suite runs where SIGINT is ignored (a
+    background job of a non-interactive shell), which Python would otherwise keep ignoring, so tests that press
+    Ctrl-C (SIGINT) on a command see what a user would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Process:
     """One of our commands as a child process, its output kept in a file for the failure message."""
 
@@ -128,7 +135,8 @@ class Process:
         self.log_path = os.path.join(log_dir, f"{args[0]}-{uuid.uuid4().hex[:6]}.log")
         self.log = open(self.log_path, "wb")
         self.popen = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=REPO,
-                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=default_sigint)
 
     def output(self) -> str:
         if not self.log.closed:

@@ -25,7 +25,7 @@ from models.stripe_events import HANDLED_TYPES
 from models.tables import WebhookEvent
 from receiver.sample_events import API_VERSIONS, LEGACY_API_VERSION, build_event
 from tests.ops_helpers import STREAM, invoke, one_line_error
-from tests.services import REPO, service_env
+from tests.services import REPO, default_sigint, service_env
 from tests.stripe_server import API_KEY, peer_events
 
 NOW = int(time.time())
@@ -201,7 +201,8 @@ def test_ctrl_c_says_how_to_resume_and_a_rerun_does(redis_url, sqlite_url, fake_
     ours(fake_stripe, total, start=NOW - 3 * 3600, step=5)
     env = service_env(redis_url, sqlite_url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=fake_stripe.url)
     proc = subprocess.Popen([sys.executable, "-m", "consumer", "backfill", "--since", "4h", "--progress-every", "1"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     for line in proc.stderr:
         if line.startswith(f"20/{total}:"):
             proc.send_signal(signal.SIGINT)

@@ -14,16 +14,7 @@ from models.config import Settings
 from models.db import migrate, open_database
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
-from tests.fault_helpers import (
-    DEAD,
-    GROUP,
-    STREAM,
-    applied_once,
-    consumer,
-    enqueue_all,
-    events_for,
-    pending,
-)
+from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 from tests.services import PostgresServer, Process, RedisServer, service_env, wait_for
 
 FAST = {"CLAIM_IDLE_MS": "1000", "MAX_DELIVERIES": "3"}

@@ -23,16 +23,7 @@ from models.db import (
 )
 from models.tables import WebhookEvent
 from tests.conftest import DATABASES
-from tests.fault_helpers import (
-    DEAD,
-    GROUP,
-    STREAM,
-    applied_once,
-    consumer,
-    enqueue_all,
-    events_for,
-    pending,
-)
+from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 from tests.services import postgres_schema, service_env, wait_for
 
 # The frozen consumer runs with the production default (CLAIM_IDLE_MS 60 s, so a 30 s batch deadline,
