@@ -16,24 +16,20 @@ from flask import Flask, jsonify, request
 
 
 def bare() -> Flask:
-    app = Flask(__name__)
-
-    @app.post("/webhooks/stripe")
-    def webhook():
-        request.get_data()
-        return jsonify(received=True)
-
-    return app
+    return _bare(lambda: None)
 
 
 def bare_ping() -> Flask:
+    return _bare(redis.Redis.from_url(os.environ["REDIS_URL"]).ping)
+
+
+def _bare(before_answering) -> Flask:
     app = Flask(__name__)
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
 
     @app.post("/webhooks/stripe")
     def webhook():
         request.get_data()
-        client.ping()
+        before_answering()
         return jsonify(received=True)
 
     return app
