@@ -55,10 +55,15 @@ class GroupCommit:
     def _round_trip(self) -> None:
         with self._lock:
             batch, self._waiting = self._waiting, []
+        results: list = [redis.RedisError("the enqueue was interrupted")] * len(batch)
         try:
             results = self.queue.enqueue_many([waiter.event for waiter in batch])
         except Exception as exc:  # Redis answered none of them (an outage, a timeout): each request's error
             results = [exc] * len(batch)
+        finally:  # whatever happened, nobody is left waiting: the next leader and this batch are woken
+            self._hand_over(batch, results)
+
+    def _hand_over(self, batch: list[_Waiter], results: list) -> None:
         with self._lock:
             if self._waiting:
                 self._waiting[0].lead = True
