@@ -74,3 +74,33 @@ def test_a_flushed_script_cache_is_reloaded(redis_url):
     assert group.enqueue("evt_2", "invoice.paid", 1, b"{}")
     assert group.enqueue("evt_2", "invoice.paid", 1, b"{}") is None
     assert client.xlen(STREAM) == 2
+
+
+class Interrupted(BaseException):
+    """Not an Exception: what a worker's shutdown raises in a thread."""
+
+
+class InterruptedQueue(HeldQueue):
+    def enqueue_many(self, events):
+        self.batches.append(len(events))
+        if len(self.batches) == 1:
+            self.release.wait(10)
+            raise Interrupted()
+        return EventQueue.enqueue_many(self, events)
+
+
+def test_a_leader_interrupted_mid_round_trip_leaves_nobody_waiting(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    queue = InterruptedQueue(client, STREAM, 3600)
+    group = GroupCommit(queue)
+    with ThreadPoolExecutor(4) as pool:
+        leader = pool.submit(group.enqueue, "evt_leader", "invoice.paid", 1, b"{}")
+        wait_for(lambda: queue.batches == [1], what="the first round trip")
+        followers = [pool.submit(group.enqueue, f"evt_{n}", "invoice.paid", 1, b"{}") for n in range(3)]
+        wait_for(lambda: len(group._waiting) == 3, what="three requests waiting")
+        queue.release.set()
+        with pytest.raises(Interrupted):
+            leader.result(10)
+        assert [future.result(10) is not None for future in followers] == [True] * 3  # the next round trip
+    assert group.enqueue("evt_after", "invoice.paid", 1, b"{}")
+    assert client.xlen(STREAM) == 4
