@@ -266,14 +266,12 @@ class _Batch:
                           extra={"event_id": entry.event_id, "entry_id": entry.entry_id,
                                  "event_type": entry.event_type})
             return Outcome(entry, "failed", error=f"{type(exc).__name__}: {exc}")
-        states.take(result, writes)
+        changed = states.take(result, writes, entry.event_id, entry.event_type)
         if result.outcome == "deferred":
-            waiting.add(_Deferred(entry.event_id, entry.event_type, result.subscription_id, entry.created,
-                                  entry.payload.decode("utf-8", "replace")), writes)
+            writes.deferred[entry.event_id] = _Deferred(entry.event_id, entry.event_type, result.subscription_id,
+                                                        entry.created, entry.payload.decode("utf-8", "replace"))
         if result.linked_subscription_id:
             self._apply_waiting(result.linked_subscription_id, states, writes, waiting)
-        changed = result.community_id if result.outcome == "processed" else None
-        writes.outcome(entry.event_id, entry.event_type, result.outcome, community_id=changed)
         return Outcome(entry, result.outcome, community_id=changed)
 
     def _apply_waiting(self, subscription_id: str, states: _States, writes: _Writes, waiting: _Waiting) -> None:
@@ -296,9 +294,7 @@ class _Batch:
                     "stripe_event_id": row.event_id, "stripe_event_type": row.event_type,
                     "subscription_id": subscription_id, "error": error[:1000]}))
                 continue
-            states.take(result, writes)
-            changed = result.community_id if result.outcome == "processed" else None
-            writes.outcome(row.event_id, row.event_type, result.outcome, community_id=changed)
+            changed = states.take(result, writes, row.event_id, row.event_type)
             log.info("deferred event %s (%s) applied: %s", row.event_id, row.event_type, result.outcome,
                      extra={"event_id": row.event_id, "event_type": row.event_type, "outcome": result.outcome,
                             "community_id": changed})
@@ -330,21 +326,22 @@ class _Batch:
         """The failed events' rows, in one statement; one by one if that fails (a row no column can hold is
         left unrecorded: the entry is dead-lettered in time)."""
         rows = list({row[0]: row for row in self.failed_rows}.values())
-        for chunk in ([rows] if rows else []):
-            try:
-                with self.db.atomic():
-                    _upsert_events(self.db, chunk)
-            except _FATAL:
-                raise
-            except Exception:
-                for row in chunk:
-                    try:
-                        with self.db.atomic():
-                            _upsert_events(self.db, [row])
-                    except _FATAL:
-                        raise
-                    except Exception:
-                        log.exception("could not record the failure of event %r", row[0])
+        if not rows:
+            return
+        try:
+            with self.db.atomic():
+                _upsert_events(self.db, rows)
+        except _FATAL:
+            raise
+        except Exception:
+            for row in rows:
+                try:
+                    with self.db.atomic():
+                        _upsert_events(self.db, [row])
+                except _FATAL:
+                    raise
+                except Exception:
+                    log.exception("could not record the failure of event %r", row[0])
 
 
 def _read(index: int, entry: Entry) -> _Item:
@@ -391,11 +388,17 @@ class _States:
         if state.stripe_subscription_id:
             self.by_subscription[state.stripe_subscription_id] = state.community_id
 
-    def take(self, result: Result, writes: _Writes) -> None:
+    def take(self, result: Result, writes: _Writes, event_id: str | None = None, event_type: str = "") -> str | None:
+        """Keep what `result` changed, and (given its event) record the event's outcome. The community whose
+        subscription it changed, for the cache to drop; None unless processed."""
         if result.state is not None:
             self.put(result.state)
             writes.subscriptions[result.state.community_id] = result.state
         writes.audits.extend(result.audits)
+        changed = result.community_id if result.outcome == "processed" else None
+        if event_id is not None:
+            writes.outcome(event_id, event_type, result.outcome, community_id=changed)
+        return changed
 
 
 @dataclasses.dataclass
@@ -415,7 +418,6 @@ class _Waiting:
     def __init__(self, subscriptions: set[str]):
         self.subscriptions = subscriptions
         self.loaded: dict[str, list[_Deferred]] | None = None
-        self.order = 0
 
     def _load(self) -> dict[str, list[_Deferred]]:
         if self.loaded is None:
@@ -430,17 +432,11 @@ class _Waiting:
                         row.id))
         return self.loaded
 
-    def add(self, deferred: _Deferred, writes: _Writes) -> None:
-        writes.deferred[deferred.event_id] = deferred
-        if self.loaded is not None:
-            self.loaded[deferred.subscription_id].append(deferred)
-
     def take(self, subscription_id: str, writes: _Writes) -> list[_Deferred]:
-        """The events waiting for `subscription_id`, oldest first, no longer waiting."""
-        loaded = self._load()
+        """The events waiting for `subscription_id` (in deferred_events, or deferred by this batch: in
+        `writes.deferred`), oldest first, no longer waiting."""
         batch = [d for d in writes.deferred.values() if d.subscription_id == subscription_id]
-        known = {d.event_id for d in loaded.get(subscription_id, [])}
-        rows = loaded.pop(subscription_id, []) + [d for d in batch if d.event_id not in known]
+        rows = self._load().pop(subscription_id, []) + batch
         for row in rows:
             writes.deferred.pop(row.event_id, None)
             if row.row_id is not None:
