@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 import orjson
 import redis
 
-from models.config import Settings
-from models.db import migrate, open_database
-from models.event_queue import EventQueue
+from billing.config import Settings
+from billing.event_queue import EventQueue
+from models.db import open_database
+from models.migrations import migrate
 from receiver.sample_events import DAY, build_event
 from tests.services import RedisServer
 

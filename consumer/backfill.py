@@ -1,5 +1,5 @@
 """Backfill: list the events of a time window from Stripe's Events API and queue, oldest first, those we do not
-have, through the receiver's own dedupe-and-XADD script (models.event_queue). The consumers then apply them as
+have, through the receiver's own dedupe-and-XADD script (billing.event_queue). The consumers then apply them as
 if Stripe had delivered them.
 
 An event is "already had" when the database holds it applied (or dead-lettered), or when the script finds its
@@ -20,11 +20,11 @@ from typing import Any
 
 import redis
 
+from billing.event_queue import EventQueue
+from billing.redis_io import backfill_cursor_key, seen_key
+from billing.stripe_events import HANDLED_TYPES, event_created
 from consumer.batch import FINAL_STATUSES
 from consumer.stripe_api import StripeApi
-from models.event_queue import EventQueue
-from models.redis_io import backfill_cursor_key, seen_key
-from models.stripe_events import HANDLED_TYPES, event_created
 from models.tables import WebhookEvent
 
 # Rows for which the event needs nothing more from us: applied, or dead-lettered (which an operator decides).

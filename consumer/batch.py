@@ -29,12 +29,13 @@ from collections.abc import Iterable
 
 import peewee
 
+from billing.clock import from_epoch, utcnow
+from billing.stripe_events import BillingFacts, parse_envelope
 from consumer import faults
 from consumer.handlers import AuditRecord, Policy, Result, SubState, apply_facts, lookup_key, read
 from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
 from models.db import OUTAGE_ERRORS, bound_transaction, is_postgres, write_transaction
-from models.stripe_events import BillingFacts, parse_envelope
-from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent, from_epoch, utcnow
+from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 
 log = logging.getLogger(__name__)
 

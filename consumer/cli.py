@@ -14,14 +14,14 @@ import click
 import peewee
 import redis
 
+from billing import logs
+from billing.cli_support import DURATION, entry_point, with_duration_help
+from billing.clock import from_epoch, iso
+from billing.config import ConfigError, Settings, redact_url, scrub
+from billing.redis_io import connect_redis
 from consumer import ops
 from consumer.stripe_api import StripeApiError
-from models import logs
-from models.cli_support import DURATION, entry_point, with_duration_help
-from models.config import ConfigError, Settings, redact_url, scrub
 from models.db import OUTAGE_ERRORS, open_database
-from models.redis_io import connect_redis
-from models.tables import from_epoch, iso
 
 
 def default_name() -> str:

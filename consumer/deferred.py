@@ -13,8 +13,9 @@ import logging
 
 import peewee
 
+from billing.clock import utcnow
 from models.db import write_transaction
-from models.tables import AuditLog, DeferredEvent, WebhookEvent, utcnow
+from models.tables import AuditLog, DeferredEvent, WebhookEvent
 
 log = logging.getLogger(__name__)
 MAX_AGE = dt.timedelta(days=30)

@@ -19,14 +19,15 @@ from typing import Any
 import peewee
 import redis
 
+from billing.clock import iso
+from billing.redis_io import invalidate_entitlements
+from billing.stripe_events import read_facts
 from consumer import ops
 from consumer.batch import load_subscription, write_result
 from consumer.handlers import Policy, SubState, apply_event
 from consumer.stripe_api import StripeApi
 from models.db import write_transaction
-from models.redis_io import invalidate_entitlements
-from models.stripe_events import read_facts
-from models.tables import Subscription, iso
+from models.tables import Subscription
 
 COMPARED = ("tier", "status", "current_period_start", "current_period_end")
 RECONCILE_EVENT_PREFIX = "evt_reconcile_"

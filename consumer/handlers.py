@@ -14,10 +14,10 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from models import community
-from models.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
-from models.tables import from_epoch, iso, utcnow
-from models.tiers import TierMatrix
+from billing import community
+from billing.clock import from_epoch, iso, utcnow
+from billing.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
+from billing.tiers import TierMatrix
 
 # Stripe subscription statuses we do not keep as such.
 STATUS_MAP = {"incomplete": "unpaid", "incomplete_expired": "unpaid", "paused": "unpaid"}

@@ -22,9 +22,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from billing.build_info import BuildInfo
+from billing.stripe_events import HANDLED_TYPES
 from consumer.stream import GroupState
-from models.build_info import BuildInfo
-from models.stripe_events import HANDLED_TYPES
 
 if TYPE_CHECKING:
     from consumer.batch import Outcome

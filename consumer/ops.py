@@ -10,9 +10,9 @@ from typing import Any
 
 import redis
 
+from billing.config import Settings
+from billing.redis_io import ENTRY_FIELDS, seen_key
 from consumer.stream import as_text, failures_key, read_group_state
-from models.config import Settings
-from models.redis_io import ENTRY_FIELDS, seen_key
 from models.tables import AuditLog
 
 

@@ -15,13 +15,13 @@ import time
 
 import redis
 
+from billing.config import Settings, scrub
+from billing.redis_io import connect_redis, reconcile_lock_key
+from billing.stripe_events import HANDLED_TYPES, event_created
 from consumer import metrics
 from consumer.backfill import Enqueuer, Found
 from consumer.stripe_api import StripeApi, StripeApiError
-from models.config import Settings, scrub
 from models.db import OUTAGE_ERRORS, database_proxy
-from models.redis_io import connect_redis, reconcile_lock_key
-from models.stripe_events import HANDLED_TYPES, event_created
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3 * 86_400  # Stripe retries a webhook for three days; older failures are backfill's

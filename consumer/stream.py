@@ -8,8 +8,14 @@ from collections.abc import Callable, Mapping
 
 import redis
 
-from models.config import Settings
-from models.redis_io import entitlement_key, entitlement_token_key, invalidate_entitlements, is_memory_refusal, seen_key
+from billing.config import Settings
+from billing.redis_io import (
+    entitlement_key,
+    entitlement_token_key,
+    invalidate_entitlements,
+    is_memory_refusal,
+    seen_key,
+)
 
 log = logging.getLogger(__name__)
 

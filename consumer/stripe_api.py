@@ -18,7 +18,7 @@ from typing import Any
 
 import stripe
 
-from models.config import Settings, short
+from billing.config import Settings, short
 
 log = logging.getLogger(__name__)
 # stripe-python logs every request and response at INFO (URLs, not keys): our own lines say what matters.

@@ -10,15 +10,15 @@ import time
 import click
 import redis
 
+from billing.clock import from_epoch, iso
+from billing.config import Settings
+from billing.stripe_events import HANDLED_TYPES
 from consumer import drift
 from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Found, Progress, Window, parse_moment
 from consumer.cli import _table, cli, json_option, operation
 from consumer.handlers import Policy
 from consumer.stripe_api import StripeApi, StripeApiError
-from models.config import Settings
 from models.db import database_proxy
-from models.stripe_events import HANDLED_TYPES
-from models.tables import from_epoch, iso
 
 timeout_option = click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600),
                               help="seconds to wait for each answer from Stripe")

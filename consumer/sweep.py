@@ -11,10 +11,11 @@ import logging
 import peewee
 import redis
 
+from billing.clock import iso, utcnow
+from billing.redis_io import invalidate_entitlements
 from consumer import deferred
 from models.db import is_postgres, write_transaction
-from models.redis_io import invalidate_entitlements
-from models.tables import AuditLog, Subscription, iso, utcnow
+from models.tables import AuditLog, Subscription
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 30

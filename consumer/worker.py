@@ -27,15 +27,15 @@ from typing import TypeVar
 import peewee
 import redis
 
+from billing.config import ConfigError, Settings
+from billing.redis_io import TRANSIENT_REPLIES, reply_code
 from consumer import metrics
 from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
 from consumer.reconcile import ReconcilerThread
 from consumer.stream import Entry, EventStream
 from consumer.sweep import SWEEP_EVERY_SECONDS, sweep_if_ours
-from models.config import ConfigError, Settings
 from models.db import OUTAGE_ERRORS
-from models.redis_io import TRANSIENT_REPLIES, reply_code
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,9 +5,10 @@ import sys
 
 import click
 
-from models.cli_support import entry_point
-from models.config import ConfigError, Settings, scrub
-from models.db import OUTAGE_ERRORS, migrate, open_database
+from billing.cli_support import entry_point
+from billing.config import ConfigError, Settings, scrub
+from models.db import OUTAGE_ERRORS, open_database
+from models.migrations import migrate
 
 
 @entry_point("billing-models")

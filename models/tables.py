@@ -1,29 +1,10 @@
 """The three tables. Times are stored as naive UTC datetimes; `last_event_created` as Stripe's epoch seconds."""
 from __future__ import annotations
 
-import datetime as dt
-
 import peewee
 
+from billing.clock import utcnow
 from models.db import database_proxy
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
-
-
-ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    """ISO-8601 UTC with a Z, as the API and the audit rows write times: 2026-03-16T11:03:41Z."""
-    return value.strftime(ISO_FORMAT) if value else None
-
-
-def from_epoch(seconds: int | float | None) -> dt.datetime | None:
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).replace(tzinfo=None)
 
 
 class BaseModel(peewee.Model):

@@ -6,10 +6,10 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from models.config import Settings
+from billing.config import Settings
+from billing.event_queue import EventQueue
+from billing.redis_io import connect_redis
 from models.db import database_proxy, open_database
-from models.event_queue import EventQueue
-from models.redis_io import connect_redis
 from receiver.entitlement_cache import EntitlementCache
 from receiver.group_commit import GroupCommit
 

@@ -7,8 +7,8 @@ import urllib.error
 
 import click
 
-from models.cli_support import entry_point
-from models.config import ConfigError, Settings, redact_url, scrub
+from billing.cli_support import entry_point
+from billing.config import ConfigError, Settings, redact_url, scrub
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES
 
 

@@ -11,9 +11,9 @@ import peewee
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from models import community
-from models.config import scrub
-from models.entitlements import cache_ttl, entitlements, subscription_view
+from billing import community
+from billing.config import scrub
+from billing.entitlements import cache_ttl, entitlements, subscription_view
 from models.tables import Subscription
 from receiver.metrics import API_REQUEST_SECONDS, API_REQUESTS, API_UNMATCHED, CACHE_REQUESTS
 
@@ -97,7 +97,7 @@ def database_unavailable(exc: peewee.DatabaseError):
 
 
 def _community(community_id: str) -> str:
-    """The id, or 400: the one rule of models.community, so every id the consumer can store is readable here."""
+    """The id, or 400: the one rule of billing.community, so every id the consumer can store is readable here."""
     if not community.is_valid(community_id):
         abort(400, description=f"malformed community id: {community.RULE}")
     return community_id

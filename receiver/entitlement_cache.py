@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from models.redis_io import ENTITLEMENT_TOKEN_TTL_SECONDS, entitlement_key, entitlement_token_key
+from billing.redis_io import ENTITLEMENT_TOKEN_TTL_SECONDS, entitlement_key, entitlement_token_key
 
 # KEYS: answer, token. ARGV: a fresh token, its ttl (seconds), "1" to look past the cached answer.
 # Returns {"answer", json} on a hit, else {"token", token}, or {"none", why} when no token can be set (Redis is

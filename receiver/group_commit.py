@@ -16,7 +16,7 @@ import threading
 
 import redis
 
-from models.event_queue import Event, EventQueue
+from billing.event_queue import Event, EventQueue
 
 
 class _Waiter:

@@ -7,7 +7,7 @@ import socket
 import redis
 from flask import Blueprint, current_app, jsonify
 
-from models.config import scrub
+from billing.config import scrub
 from models.db import database_proxy
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from models.build_info import BuildInfo
-from models.stripe_events import HANDLED_TYPES
+from billing.build_info import BuildInfo
+from billing.stripe_events import HANDLED_TYPES
 
 REQUESTS = Counter("billing_webhook_requests", "Webhook requests answered, by HTTP status", ["status"])
 REQUEST_SECONDS = Histogram(

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from models import community
-from models.tiers import STATUSES
+from billing import community
+from billing.tiers import STATUSES
 from receiver import docs
 
 bp = Blueprint("openapi", __name__)

@@ -21,8 +21,8 @@ import tempfile
 from gunicorn.app.base import Application
 from gunicorn.config import get_default_config_file
 
-from models import logs
-from models.config import Settings
+from billing import logs
+from billing.config import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_WORKERS = 2

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from models.config import Settings, scrub
-from models.stripe_events import event_created, parse_envelope
+from billing.config import Settings, scrub
+from billing.stripe_events import event_created, parse_envelope
 from receiver.group_commit import GroupCommit
 from receiver.metrics import ENQUEUE_FAILURES, EVENTS, REQUEST_SECONDS, REQUESTS, SIGNATURE_FAILURES
 from receiver.signature import SignatureRejected, verify

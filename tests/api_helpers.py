@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from billing.event_queue import EventQueue
 from consumer.batch import apply_batch, settlement_of
 from consumer.handlers import Policy
 from consumer.stream import EventStream
-from models.event_queue import EventQueue
 from models.tables import Subscription
 
 V1 = "/v1/communities"

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from models.config import Settings
-from models.db import database_proxy, migrate, open_database
+from billing.config import Settings
+from models.db import database_proxy, open_database
+from models.migrations import migrate
 from receiver.sample_events import API_VERSIONS
 from receiver.signing import signature_header
 from tests.services import (

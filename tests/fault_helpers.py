@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from models.event_queue import EventQueue
+from billing.event_queue import EventQueue
 from models.tables import AuditLog, WebhookEvent
 from receiver.sample_events import build_event
 from tests.services import Process

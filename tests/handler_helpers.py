@@ -3,12 +3,12 @@ API shapes, via `ev`), one batch per call, and what the database then holds."""
 import json
 import time
 
+from billing.stripe_events import event_created
+from billing.tiers import TierMatrix
 from consumer.batch import apply_batch
 from consumer.handlers import Policy
 from consumer.stream import Entry, PriorState
-from models.stripe_events import event_created
 from models.tables import AuditLog, Subscription, WebhookEvent
-from models.tiers import TierMatrix
 from receiver.sample_events import build_event
 
 TIERS = TierMatrix.default().names

@@ -7,9 +7,9 @@ import time
 import redis
 from click.testing import CliRunner, Result
 
+from billing.event_queue import EventQueue
 from consumer.cli import cli
 from models.db import database_proxy
-from models.event_queue import EventQueue
 from models.tables import AuditLog
 from receiver.sample_events import build_event
 from tests.services import Process, service_env

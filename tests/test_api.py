@@ -11,9 +11,10 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
+from billing.clock import utcnow
+from billing.redis_io import entitlement_key, invalidate_entitlements
 from models.db import database_proxy
-from models.redis_io import entitlement_key, invalidate_entitlements
-from models.tables import AuditLog, Subscription, utcnow
+from models.tables import AuditLog, Subscription
 from receiver import create_app
 from receiver.sample_events import EVENT_TYPES, build_event
 from tests.api_helpers import V1, consume, ents, row
@@ -56,7 +57,7 @@ def test_no_subscription_is_404_but_starter_entitlements(client):
                                       "grace_until": None, "source": "database"}
 
 
-# Every id models.community refuses: the consumer cannot store them, and the API says why (the rule).
+# Every id billing.community refuses: the consumer cannot store them, and the API says why (the rule).
 MALFORMED_IDS = ["bad%20id!", "a%20b", "x" * 129, "x" * 200, "abc%0A", "caf%C3%A9", "a%00b", "a:b", "guild:42",
                  "a%2Fb", "a/b", "%E2%80%8Bx", "x%09"]
 
@@ -64,7 +65,7 @@ MALFORMED_IDS = ["bad%20id!", "a%20b", "x" * 129, "x" * 200, "abc%0A", "caf%C3%A
 @pytest.mark.parametrize("community_id", MALFORMED_IDS)
 @pytest.mark.parametrize("what", ["subscription", "entitlements"])
 def test_a_malformed_community_id_is_400_json_with_the_rule(client, r, community_id, what):
-    from models import community
+    from billing import community
 
     response = client.get(f"{V1}/{community_id}/{what}")
     assert response.status_code == 400 and response.is_json, response.data
@@ -80,7 +81,7 @@ VALID_IDS = ["x" * 128, "Ab9_.-z", ".hidden", "-x", "_", "..x", "1", "a.b-c_d", 
 def test_every_id_the_rule_allows_is_readable(client, community_id):
     from urllib.parse import unquote
 
-    from models import community
+    from billing import community
 
     stored = unquote(community_id)
     assert community.is_valid(stored)
@@ -92,7 +93,7 @@ def test_every_id_the_rule_allows_is_readable(client, community_id):
 
 
 def test_the_api_and_its_document_use_the_one_rule():
-    from models import community
+    from billing import community
     from receiver.openapi import DOCUMENT
 
     for path in ["/v1/communities/{community_id}/subscription", "/v1/communities/{community_id}/entitlements"]:

@@ -11,7 +11,7 @@ import urllib.request
 
 from prometheus_client import REGISTRY
 
-from models.config import Settings
+from billing.config import Settings
 from models.db import database_proxy
 from models.tables import Subscription
 from receiver import create_app

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from billing.redis_io import backfill_cursor_key, seen_key
+from billing.stripe_events import HANDLED_TYPES
 from consumer.backfill import (
     Backfill,
     Counts,
@@ -20,8 +22,6 @@ from consumer.backfill import (
     parse_moment,
 )
 from consumer.stripe_api import StripeApi, StripeApiError, retry_delay
-from models.redis_io import backfill_cursor_key, seen_key
-from models.stripe_events import HANDLED_TYPES
 from models.tables import WebhookEvent
 from receiver.sample_events import API_VERSIONS, LEGACY_API_VERSION, build_event
 from tests.ops_helpers import STREAM, invoke, one_line_error

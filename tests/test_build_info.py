@@ -7,7 +7,7 @@ import platform
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.config import Settings
+from billing.config import Settings
 from models.db import database_proxy
 from receiver import create_app
 from tests.consumer_metrics_helpers import scrape

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import ConfigError, Settings
+from billing.config import ConfigError, Settings
 
 BAD_VALUES = [
     ("MAX_DELIVERIES", "abc"),
@@ -142,7 +142,7 @@ def test_a_bad_value_never_shows_its_secret(name, value, secret, instead):
 
 @pytest.mark.parametrize("value", ["sk_live_" + "x" * 40, "whsec_" + "y" * 30, "z" * 64])
 def test_a_future_secret_variable_shows_only_a_prefix(value):
-    from models.config import shown
+    from billing.config import shown
 
     for name in ["STRIPE_API_KEY", "API_TOKEN", "STRIPE_WEBHOOK_SECRET", "SOME_NEW_TOKEN"]:
         assert shown(name, value) == value[:8] + "…"
@@ -160,13 +160,13 @@ def test_a_future_secret_variable_shows_only_a_prefix(value):
     ("sqlite:///var/billing.db", "sqlite:///var/billing.db"),
 ])
 def test_redact_url(url, expected):
-    from models.config import redact_url
+    from billing.config import redact_url
 
     assert redact_url(url) == expected
 
 
 def test_scrub_takes_a_password_out_of_any_message():
-    from models.config import scrub
+    from billing.config import scrub
 
     url = "postgresql://billing:s3cr%2Ft@db.internal:5432/billing"
     message = f'could not connect to {url}: password "s3cr/t" rejected, s3cr%2Ft'

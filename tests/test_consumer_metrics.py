@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from models.event_queue import EventQueue
+from billing.event_queue import EventQueue
 from receiver.sample_events import build_event
 from tests.consumer_metrics_helpers import events_by, scrape, scrape_when, value
 from tests.services import Process, free_port, service_env, wait_for

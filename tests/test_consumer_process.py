@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from models.event_queue import EventQueue
+from billing.event_queue import EventQueue
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
 from tests.conftest import load_peer_events, sign

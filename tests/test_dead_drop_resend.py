@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from models.config import Settings
+from billing.config import Settings
+from billing.redis_io import seen_key
 from models.db import database_proxy
-from models.redis_io import seen_key
 from models.tables import Subscription, WebhookEvent
 from receiver import create_app
 from receiver.sample_events import build_event

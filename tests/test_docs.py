@@ -11,7 +11,7 @@ import urllib.parse
 
 import pytest
 
-from models.config import Settings
+from billing.config import Settings
 from models.db import database_proxy
 from receiver import create_app
 from tests.services import SECRET

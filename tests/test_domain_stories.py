@@ -7,19 +7,14 @@ import threading
 
 import pytest
 
+from billing.clock import from_epoch
+from billing.entitlements import entitlements
+from billing.tiers import TierMatrix
 from consumer import deferred
 from consumer.batch import apply_batch, settlement_of
 from consumer.stream import PriorState
 from models.db import database_proxy
-from models.entitlements import entitlements
-from models.tables import (
-    AuditLog,
-    DeferredEvent,
-    Subscription,
-    WebhookEvent,
-    from_epoch,
-)
-from models.tiers import TierMatrix
+from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 from tests.handler_helpers import (
     DAY,
     P_END,

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from models.redis_io import entitlement_key
-from models.tables import AuditLog, from_epoch, iso
+from billing.clock import from_epoch, iso
+from billing.redis_io import entitlement_key
+from models.tables import AuditLog
 from tests.handler_helpers import DAY, P_END, P_START, T0, apply, ev, row
 from tests.ops_helpers import invoke, one_line_error
 from tests.stripe_server import API_KEY

@@ -9,14 +9,14 @@ import time
 import pytest
 import redis
 
-from consumer.stream import EventStream, Settlement
-from models.redis_io import (
+from billing.redis_io import (
     ENTITLEMENT_TOKEN_TTL_SECONDS,
     entitlement_key,
     entitlement_token_key,
     invalidate_entitlements,
     seen_key,
 )
+from consumer.stream import EventStream, Settlement
 from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
 from receiver.sample_events import build_event

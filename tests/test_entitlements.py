@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from models.config import ConfigError, Settings
-from models.entitlements import cache_ttl, entitlements, iso
+from billing.config import ConfigError, Settings
+from billing.entitlements import cache_ttl, entitlements, iso
+from billing.tiers import TierMatrix
 from models.tables import Subscription
-from models.tiers import TierMatrix
 from tests.entitlement_helpers import STARTER, TIER_NAMES, expected_tier
 
 MATRIX = TierMatrix.default()
 NOW = dt.datetime(2026, 3, 16, 11, 3, 41)  # naive UTC, like the stored times
 
-# CONTRACT.md's Domain section, written out here rather than taken from models/tiers.py.
+# CONTRACT.md's Domain section, written out here rather than taken from billing/tiers.py.
 
 
 

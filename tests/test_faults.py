@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from billing.config import Settings
 from consumer.stream import EventStream
-from models.config import Settings
-from models.db import migrate, open_database
+from models.db import open_database
+from models.migrations import migrate
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
 from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending

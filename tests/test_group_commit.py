@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from models.event_queue import EventQueue
+from billing.event_queue import EventQueue
 from receiver.group_commit import GroupCommit
 from tests.services import wait_for
 

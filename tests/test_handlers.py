@@ -6,6 +6,9 @@ import time
 
 import pytest
 
+from billing.clock import from_epoch
+from billing.stripe_events import HANDLED_TYPES, read_facts
+from billing.tiers import STATUSES
 from consumer.batch import (
     FINAL_STATUSES,
     BatchDeadlineExceeded,
@@ -13,9 +16,7 @@ from consumer.batch import (
     settlement_of,
 )
 from consumer.stream import Entry, Failure, PriorState
-from models.stripe_events import HANDLED_TYPES, read_facts
-from models.tables import AuditLog, Subscription, WebhookEvent, from_epoch
-from models.tiers import STATUSES
+from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import EVENT_TYPES
 from tests.conftest import load_peer_events
 from tests.handler_helpers import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from models.db import migrate, open_database
+from models.db import open_database
+from models.migrations import migrate
 from models.tables import Subscription, WebhookEvent
 from tests.services import REPO
 

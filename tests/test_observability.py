@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from models.db import migrate, open_database
+from models.db import open_database
+from models.migrations import migrate
 from receiver.sample_events import build_event
 from tests.conftest import sign
 from tests.dashboard_helpers import JOB_VARIABLES, interpolate, variables

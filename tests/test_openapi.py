@@ -21,7 +21,8 @@ TOKEN = "test-token"
 def live_receiver(redis_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openapi")
     database_url = f"sqlite:///{tmp}/billing.db"
-    from models.db import migrate, open_database
+    from models.db import open_database
+    from models.migrations import migrate
 
     migrate(open_database(database_url))
     proc, base = start_receiver(service_env(redis_server.url, database_url, API_TOKEN=TOKEN), str(tmp), workers=2)
@@ -62,7 +63,7 @@ def test_the_document_lists_the_whole_interface(live_receiver):
 
 @pytest.mark.parametrize("community_id", [".", "..", "...", ".-_", "x" * 128, "-"])
 def test_ids_that_look_like_path_steps_keep_to_the_document(live_receiver, community_id):
-    """'.' and '..' are valid ids (models.community), which an HTTP client (requests, here) resolves as
+    """'.' and '..' are valid ids (billing.community), which an HTTP client (requests, here) resolves as
     path steps: the 404 that follows is in the document. Percent-encoded, or sent as they are by a
     client that does not resolve them, they read the community."""
     schema = schemathesis.openapi.from_url(f"{live_receiver}/openapi.json")

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
+from billing.cli_support import DURATION
 from consumer.cli import default_name
-from models.cli_support import DURATION
 from models.tables import Subscription
 from receiver.sample_events import build_event
 from receiver.signing import signature_header

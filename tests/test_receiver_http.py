@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from models.config import ConfigError, Settings
+from billing.config import ConfigError, Settings
+from billing.redis_io import seen_key
 from models.db import database_proxy
-from models.redis_io import seen_key
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.conftest import load_peer_events, sign

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from models.stripe_events import read_facts
+from billing.stripe_events import read_facts
 from receiver import MAX_BODY_BYTES
 from receiver.sample_events import API_VERSIONS, CURRENT_API_VERSION, EVENT_TYPES
 from tests.conftest import sign

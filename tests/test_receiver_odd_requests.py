@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from models.config import Settings
+from billing.config import Settings
+from billing.stripe_events import event_created, parse_envelope
 from models.db import database_proxy
-from models.stripe_events import event_created, parse_envelope
 from receiver import create_app
 from tests.conftest import sign
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes

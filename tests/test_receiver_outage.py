@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from models.config import Settings
+from billing.config import Settings
 from models.db import database_proxy
 from receiver import create_app
 from tests.conftest import sign

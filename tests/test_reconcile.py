@@ -9,6 +9,9 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
+from billing.event_queue import EventQueue
+from billing.redis_io import reconcile_lock_key, seen_key
+from billing.stripe_events import HANDLED_TYPES
 from consumer.backfill import Enqueuer, Found
 from consumer.reconcile import (
     SETTLE_SECONDS,
@@ -17,9 +20,6 @@ from consumer.reconcile import (
     ReconcilerThread,
 )
 from consumer.stripe_api import StripeApi
-from models.event_queue import EventQueue
-from models.redis_io import reconcile_lock_key, seen_key
-from models.stripe_events import HANDLED_TYPES
 from models.tables import Subscription
 from receiver.sample_events import API_VERSIONS, build_event
 from tests.ops_helpers import STREAM, invoke, start_consumer
@@ -89,7 +89,7 @@ def test_errors_are_counted_and_never_raised(fault, fake_stripe, r, redis_url, s
     fake_stripe.add_event(build_event("invoice.paid", "e1"))
     one = reconciler(fake_stripe, r, **options)
     if fault == "redis down":
-        from models.redis_io import connect_redis
+        from billing.redis_io import connect_redis
 
         one.client = connect_redis("redis://127.0.0.1:1/0")
     before = reconciled("error")

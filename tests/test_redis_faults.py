@@ -15,11 +15,11 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
+from billing.config import Settings
+from billing.event_queue import EventQueue
+from billing.redis_io import connect_redis, entitlement_key, seen_key
 from consumer.stream import failures_key
 from consumer.worker import Worker
-from models.config import Settings
-from models.event_queue import EventQueue
-from models.redis_io import connect_redis, entitlement_key, seen_key
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
 from tests.consumer_metrics_helpers import scrape, value

@@ -1,10 +1,10 @@
-"""models/stripe_events.py: both Stripe API shapes read into BillingFacts. Pure: no database."""
+"""billing/stripe_events.py: both Stripe API shapes read into BillingFacts. Pure: no database."""
 import copy
 import json
 
 import pytest
 
-from models.stripe_events import (
+from billing.stripe_events import (
     HANDLED_TYPES,
     BillingFacts,
     UnreadableEvent,

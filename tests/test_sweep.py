@@ -8,14 +8,15 @@ import time
 
 import pytest
 
+from billing.clock import utcnow
+from billing.redis_io import entitlement_key, entitlement_token_key
 from consumer.sweep import (
     LOCK_KEY,
     SWEEP_EVERY_SECONDS,
     end_expired_grace,
     sweep_if_ours,
 )
-from models.redis_io import entitlement_key, entitlement_token_key
-from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent, utcnow
+from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 from tests.ops_helpers import invoke
 from tests.services import Process, service_env, wait_for
 

@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 
+from billing.config import ConfigError
+from billing.redis_io import connect_redis
 from consumer.stream import EventStream
 from consumer.worker import Backoff, Timing, Worker
-from models.config import ConfigError
-from models.redis_io import connect_redis
 
 
 def test_backoff_doubles_up_to_its_cap_and_a_success_resets_it():

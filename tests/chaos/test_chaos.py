@@ -23,7 +23,8 @@ import urllib.parse
 
 import pytest
 
-from models.db import database_proxy, migrate, open_database
+from models.db import database_proxy, open_database
+from models.migrations import migrate
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.signing import signature_header
 from tests.chaos import oracle

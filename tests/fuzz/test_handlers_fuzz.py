@@ -13,13 +13,13 @@ import hypothesis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing import community
+from billing.stripe_events import HANDLED_TYPES, event_created
+from billing.tiers import STATUSES
 from consumer.batch import apply_batch
 from consumer.stream import Entry, PriorState
-from models import community
 from models.db import database_proxy, is_postgres
-from models.stripe_events import HANDLED_TYPES, event_created
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
-from models.tiers import STATUSES
 from receiver.sample_events import build_event
 from tests.fuzz.strategies import (
     BASE_EVENTS,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from models.config import Settings
+from billing.config import Settings
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.conftest import load_peer_events

@@ -3,10 +3,25 @@ clock, so the answer is right the moment a grace period ends, before anything is
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Protocol
 
-from models.tables import ISO_FORMAT, Subscription, iso
-from models.tiers import TierMatrix
+from billing.clock import ISO_FORMAT, iso
+from billing.tiers import TierMatrix
+
+
+class Subscription(Protocol):
+    """What these rules read of a subscription row (models.tables.Subscription)."""
+
+    community_id: str
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    tier: str
+    status: str
+    grace_until: dt.datetime | None
+    current_period_start: dt.datetime | None
+    current_period_end: dt.datetime | None
+    updated_at: dt.datetime
+
 
 PAID_STATUSES = ("active", "trialing")
 ENDED_STATUSES = ("canceled", "unpaid")

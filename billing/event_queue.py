@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from models.redis_io import seen_key
+from billing.redis_io import seen_key
 
 # KEYS: seen key, stream. ARGV: ttl, event_id, event_type, created, payload, received_at (ms).
 # A script is atomic, but Redis does not undo a script's earlier writes when a later one fails,

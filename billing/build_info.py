@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from models.cli_support import version
+from billing.cli_support import version
 
 
 class BuildInfo(Collector):

@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 import redis
 
-from models.tiers import TierFileError, TierMatrix
+from billing.tiers import TierFileError, TierMatrix
 
 T = TypeVar("T")
 

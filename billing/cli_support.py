@@ -11,7 +11,7 @@ from importlib import metadata
 import click
 from dotenv import load_dotenv
 
-from models import logs
+from billing import logs
 
 DISTRIBUTION = "stripe-billing-pipeline"
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
