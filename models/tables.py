@@ -5,6 +5,7 @@ import enum
 
 import peewee
 
+from billing import community
 from billing.clock import utcnow
 from models.db import database_proxy
 
@@ -24,7 +25,7 @@ class WordField(peewee.CharField):
 
 
 class Subscription(BaseModel):
-    community_id = peewee.CharField(max_length=128, unique=True)
+    community_id = peewee.CharField(max_length=community.MAX_LENGTH, unique=True)
     stripe_customer_id = peewee.CharField(max_length=255, null=True, index=True)
     stripe_subscription_id = peewee.CharField(max_length=255, null=True, index=True)
     tier = peewee.CharField(max_length=64)
@@ -54,7 +55,7 @@ class WebhookEvent(BaseModel):
     processed_at = peewee.DateTimeField(null=True)
     # The community whose subscription the event changed: a redelivery recognised as applied still drops
     # that community's cached entitlements (the crash may have come between the commit and the drop).
-    community_id = peewee.CharField(max_length=128, null=True)
+    community_id = peewee.CharField(max_length=community.MAX_LENGTH, null=True)
 
     class Meta:
         table_name = "webhook_events"
@@ -78,7 +79,7 @@ class DeferredEvent(BaseModel):
 class AuditLog(BaseModel):
     id = peewee.BigAutoField()
     event_type = peewee.CharField(max_length=64, index=True)
-    community_id = peewee.CharField(max_length=128, null=True, index=True)
+    community_id = peewee.CharField(max_length=community.MAX_LENGTH, null=True, index=True)
     event_data = peewee.TextField()  # JSON
     created_at = peewee.DateTimeField(default=utcnow, index=True)
 
