@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 MAX_LENGTH = 128
-PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
-RULE = "1-128 of ASCII letters, digits, '_', '.' or '-'"
+PATTERN = rf"^[A-Za-z0-9_.-]{{1,{MAX_LENGTH}}}$"
+RULE = f"1-{MAX_LENGTH} of ASCII letters, digits, '_', '.' or '-'"
 _COMMUNITY_ID = re.compile(PATTERN)
 
 

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from billing.clock import ISO_FORMAT, iso
 from billing.tiers import TierMatrix
+from billing.vocabulary import ENDED_STATUSES, Status
 
 
 class Subscription(Protocol):
@@ -23,22 +24,18 @@ class Subscription(Protocol):
     updated_at: dt.datetime
 
 
-PAID_STATUSES = ("active", "trialing")
-ENDED_STATUSES = ("canceled", "unpaid")
-
-
 def grace_expired(sub: Subscription, now: dt.datetime) -> bool:
-    return sub.status == "past_due" and sub.grace_until is not None and now >= sub.grace_until
+    return sub.status == Status.PAST_DUE and sub.grace_until is not None and now >= sub.grace_until
 
 
 def entitlements(community_id: str, sub: Subscription | None, tiers: TierMatrix, now: dt.datetime) -> dict[str, Any]:
     """The entitlements answer (without `source`). `now` is naive UTC, like the stored times."""
     status = sub.status if sub else None
-    in_grace = bool(sub and sub.status == "past_due" and not grace_expired(sub, now))
+    in_grace = bool(sub and sub.status == Status.PAST_DUE and not grace_expired(sub, now))
     if sub is None or status in ENDED_STATUSES or grace_expired(sub, now):
         tier = tiers.free
         if sub is not None and grace_expired(sub, now):
-            status = "unpaid"  # what the sweep will write; true already
+            status = Status.UNPAID  # what the sweep will write; true already
     else:
         tier = tiers.get(sub.tier) or tiers.free  # a tier dropped from TIERS_FILE grants only the free one
     return {

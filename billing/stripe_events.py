@@ -17,15 +17,7 @@ from typing import Any
 
 import orjson
 
-HANDLED_TYPES = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-)
+from billing.vocabulary import EventType
 
 
 class UnreadableEvent(ValueError):
@@ -128,7 +120,7 @@ def event_created(event: dict[str, Any]) -> int:
 
 
 def read_facts(event: dict[str, Any]) -> BillingFacts:
-    """The facts of one of the HANDLED_TYPES. Raises UnreadableEvent if data.object is not an object."""
+    """The facts of an event of a handled EventType. Raises UnreadableEvent if data.object is not an object."""
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
@@ -176,7 +168,7 @@ def _invoice(invoice: dict, base: dict) -> BillingFacts:
     # Several lines (several items): they share the period; prefer the one ending last.
     line = max(sub_lines, key=lambda line: _int(_dict(line.get("period")).get("end")) or 0, default=None)
     period = _dict(line.get("period")) if line else {}
-    paid = base["event_type"] == "invoice.paid"
+    paid = base["event_type"] == EventType.INVOICE_PAID
     return BillingFacts(
         **base,
         community_id=_str(metadata.get("community_id")),

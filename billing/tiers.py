@@ -9,8 +9,6 @@ import re
 import sys
 from typing import Any
 
-STATUSES: tuple[str, ...] = ("active", "past_due", "canceled", "trialing", "unpaid")
-
 # name, max members (None: unlimited), features first available at this tier
 DEFAULT_TIERS: tuple[tuple[str, int | None, tuple[str, ...]], ...] = (
     ("starter", 100, ("discord_bot", "basic_onboarding", "member_profiles")),

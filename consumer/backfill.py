@@ -22,13 +22,13 @@ import redis
 
 from billing.event_queue import EventQueue
 from billing.redis_io import backfill_cursor_key, seen_key
-from billing.stripe_events import HANDLED_TYPES, event_created
-from consumer.batch import FINAL_STATUSES
+from billing.stripe_events import event_created
+from billing.vocabulary import FINAL_EVENT_STATUSES, HANDLED_TYPES, EventStatus
 from consumer.stripe_api import StripeApi
 from models.tables import WebhookEvent
 
 # Rows for which the event needs nothing more from us: applied, or dead-lettered (which an operator decides).
-HELD_STATUSES = (*FINAL_STATUSES, "dead")
+HELD_STATUSES = (*FINAL_EVENT_STATUSES, EventStatus.DEAD)
 CURSOR_TTL_SECONDS = 31 * 86_400  # Stripe keeps 30 days of events: an older cursor resumes nothing
 CHUNK = 100  # events looked up in the database at once
 MAX_TYPES = 20  # Stripe's limit for types[]

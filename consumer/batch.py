@@ -31,6 +31,7 @@ import peewee
 
 from billing.clock import from_epoch, utcnow
 from billing.stripe_events import BillingFacts, parse_envelope
+from billing.vocabulary import FAILED_OUTCOMES, FINAL_EVENT_STATUSES, EventStatus, Outcome
 from consumer import faults
 from consumer.handlers import AuditRecord, Policy, Result, SubState, apply_facts, lookup_key, read
 from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
@@ -39,8 +40,6 @@ from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 
 log = logging.getLogger(__name__)
 
-# A row in one of these states means the event's effects are committed: never apply it again.
-FINAL_STATUSES = ("processed", "ignored", "stale", "deferred")
 CHUNK = 500  # rows per multi-row statement: far below SQLite's and PostgreSQL's limits on parameters
 # Subscription columns an upsert writes (created_at only when the row is new).
 _SUB_FIELDS = ("tier", "status", "stripe_customer_id", "stripe_subscription_id", "grace_until",
@@ -57,9 +56,11 @@ _FATAL = (*OUTAGE_ERRORS, BatchDeadlineExceeded)
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
+class EntryOutcome:
+    """What became of one stream entry of the batch."""
+
     entry: Entry
-    outcome: str  # processed, ignored, stale, deferred, duplicate, failed or dead
+    outcome: Outcome
     community_id: str | None = None
     error: str | None = None
     failure: Failure | None = None  # for failed and dead: the failures so far, this one included
@@ -67,7 +68,7 @@ class Outcome:
 
 
 def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, policy: Policy,
-                max_deliveries: int, deadline: float | None = None) -> list[Outcome]:
+                max_deliveries: int, deadline: float | None = None) -> list[EntryOutcome]:
     """Apply `entries` in one transaction; their outcomes, in order. Raises an OUTAGE_ERRORS error when the
     database is unavailable and BatchDeadlineExceeded past `deadline` (time.monotonic()); either way nothing
     is committed. Any other error is the event's own: recorded `failed`, or `dead` at its
@@ -83,14 +84,14 @@ def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, po
     return [dataclasses.replace(outcome, seconds=seconds) for outcome in outcomes]
 
 
-def settlement_of(outcomes: list[Outcome], prior: PriorState) -> Settlement:
-    done = [o for o in outcomes if o.outcome not in ("failed", "dead")]
+def settlement_of(outcomes: list[EntryOutcome], prior: PriorState) -> Settlement:
+    done = [o for o in outcomes if o.outcome not in FAILED_OUTCOMES]
     return Settlement(
         ack_ids=tuple(o.entry.entry_id for o in done),
         processed_event_ids=tuple(dict.fromkeys(o.entry.event_id for o in done if o.entry.event_id)),
         changed_communities=tuple(dict.fromkeys(o.community_id for o in done if o.community_id)),
-        failures={o.entry.entry_id: o.failure for o in outcomes if o.outcome == "failed"},
-        dead=tuple(DeadLetter(o.entry, o.error, o.failure) for o in outcomes if o.outcome == "dead"),
+        failures={o.entry.entry_id: o.failure for o in outcomes if o.outcome == Outcome.FAILED},
+        dead=tuple(DeadLetter(o.entry, o.error, o.failure) for o in outcomes if o.outcome == Outcome.DEAD),
         cleared_failures=tuple(o.entry.entry_id for o in done if o.entry.entry_id in prior.failures),
     )
 
@@ -129,10 +130,10 @@ class _Batch:
         self.max_deliveries = max_deliveries
         self.deadline = deadline
         self.postgres = is_postgres(db)
-        self.outcomes: dict[int, Outcome] = {}
+        self.outcomes: dict[int, EntryOutcome] = {}
         self.failed_rows: list[tuple] = []  # webhook_events rows of the failures (_EVENT_FIELDS), written last
 
-    def run(self, entries: list[Entry]) -> list[Outcome]:
+    def run(self, entries: list[Entry]) -> list[EntryOutcome]:
         # An event id twice in one batch: its second entry goes in a round after the first's, and so finds
         # the first's row, as if it came in the next batch.
         pending = list(enumerate(entries))
@@ -152,7 +153,7 @@ class _Batch:
         for index, entry in entries:
             if entry.event_id in self.prior.processed_event_ids:
                 # Its settlement dropped the cached entitlements with the mark.
-                self.outcomes[index] = Outcome(entry, "duplicate")
+                self.outcomes[index] = EntryOutcome(entry, Outcome.DUPLICATE)
             elif not entry.event_id:
                 self._fail(index, entry, f"ValueError: stream entry {entry.entry_id} has no event_id", record=False)
             else:
@@ -162,7 +163,7 @@ class _Batch:
         items = []
         for index, entry in todo:
             if entry.event_id in applied:  # applied before: drop the cache again (the crash may have come first)
-                self.outcomes[index] = Outcome(entry, "duplicate", community_id=applied[entry.event_id])
+                self.outcomes[index] = EntryOutcome(entry, Outcome.DUPLICATE, community_id=applied[entry.event_id])
             elif entry.event_id in unstorable:
                 self._fail(index, entry, unstorable[entry.event_id], record=False)
             else:
@@ -214,8 +215,8 @@ class _Batch:
         return self._applied_before([e.event_id for e in entries if e.event_id not in settled]), unstorable
 
     def _insert_rows(self, entries: list[Entry]) -> set[str]:
-        rows = [(entry.event_id, entry.event_type[:255], "failed",  # rewritten with the outcome before the commit
-                 _received_at(entry)) for entry in entries]
+        # The status is rewritten with the outcome before the commit.
+        rows = [(entry.event_id, entry.event_type[:255], EventStatus.FAILED, _received_at(entry)) for entry in entries]
         returned = _insert(self.db, WebhookEvent, ("stripe_event_id", "event_type", "status", "received_at"), rows,
                            'ON CONFLICT DO NOTHING RETURNING "stripe_event_id"')
         return {row[0] for row in returned}
@@ -228,7 +229,7 @@ class _Batch:
             query = (WebhookEvent.select(WebhookEvent.stripe_event_id, WebhookEvent.status, WebhookEvent.community_id)
                      .where(WebhookEvent.stripe_event_id.in_(chunk)))
             for row in (query.for_update() if self.postgres else query):
-                if row.status in FINAL_STATUSES:
+                if row.status in FINAL_EVENT_STATUSES:
                     applied[row.stripe_event_id] = row.community_id
         return applied
 
@@ -248,32 +249,32 @@ class _Batch:
         _check(self.deadline)
         writes.flush(self.db)
         for index, outcome in outcomes.items():
-            if outcome.outcome in ("failed", "dead"):
+            if outcome.outcome in FAILED_OUTCOMES:
                 self._fail(index, outcome.entry, outcome.error)
             else:
                 self.outcomes[index] = outcome
 
-    def _apply_one(self, item: _Item, states: _States, writes: _Writes, waiting: _Waiting) -> Outcome:
+    def _apply_one(self, item: _Item, states: _States, writes: _Writes, waiting: _Waiting) -> EntryOutcome:
         entry = item.entry
         if item.error is not None:
-            return Outcome(entry, "failed", error=item.error)
+            return EntryOutcome(entry, Outcome.FAILED, error=item.error)
         if isinstance(item.facts, Result):  # not ours
             writes.outcome(entry.event_id, entry.event_type, item.facts.outcome)
-            return Outcome(entry, item.facts.outcome)
+            return EntryOutcome(entry, Outcome(item.facts.outcome))
         try:
             result = apply_facts(item.facts, states.find(lookup_key(item.facts)), self.policy)
         except Exception as exc:
             log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
                           extra={"event_id": entry.event_id, "entry_id": entry.entry_id,
                                  "event_type": entry.event_type})
-            return Outcome(entry, "failed", error=f"{type(exc).__name__}: {exc}")
+            return EntryOutcome(entry, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         changed = states.take(result, writes, entry.event_id, entry.event_type)
-        if result.outcome == "deferred":
+        if result.outcome == EventStatus.DEFERRED:
             writes.deferred[entry.event_id] = _Deferred(entry.event_id, entry.event_type, result.subscription_id,
                                                         entry.created, entry.payload.decode("utf-8", "replace"))
         if result.linked_subscription_id:
             self._apply_waiting(result.linked_subscription_id, states, writes, waiting)
-        return Outcome(entry, result.outcome, community_id=changed)
+        return EntryOutcome(entry, Outcome(result.outcome), community_id=changed)
 
     def _apply_waiting(self, subscription_id: str, states: _States, writes: _Writes, waiting: _Waiting) -> None:
         """The events deferred for a subscription just linked to its community, oldest first. One that fails
@@ -284,13 +285,13 @@ class _Batch:
                 facts = read(event)
                 result = facts if isinstance(facts, Result) else apply_facts(
                     facts, states.find(lookup_key(facts)), self.policy)
-                if result.outcome == "deferred":  # cannot happen once linked; keep it rather than lose it
+                if result.outcome == EventStatus.DEFERRED:  # cannot happen once linked; keep it rather than lose it
                     waiting.keep(row, writes)
                     continue
             except Exception as exc:
                 log.exception("deferred event %s (%s) failed", row.event_id, row.event_type)
                 error = f"{type(exc).__name__}: {exc}"
-                writes.outcome(row.event_id, row.event_type, "failed", error=error[:4000])
+                writes.outcome(row.event_id, row.event_type, EventStatus.FAILED, error=error[:4000])
                 writes.audits.append(AuditRecord("deferred_failed", None, {
                     "stripe_event_id": row.event_id, "stripe_event_type": row.event_type,
                     "subscription_id": subscription_id, "error": error[:1000]}))
@@ -317,8 +318,8 @@ class _Batch:
     def _fail(self, index: int, entry: Entry, error: str, record: bool = True) -> None:
         before = self.prior.failures.get(entry.entry_id)
         failure = Failure(before.count + 1, before.first_failed_ms) if before else Failure(1, int(time.time() * 1000))
-        status = "dead" if failure.count >= self.max_deliveries else "failed"
-        self.outcomes[index] = Outcome(entry, status, error=error, failure=failure)
+        status = EventStatus.DEAD if failure.count >= self.max_deliveries else EventStatus.FAILED
+        self.outcomes[index] = EntryOutcome(entry, Outcome(status), error=error, failure=failure)
         if record:
             self.failed_rows.append((entry.event_id, entry.event_type[:255], status, error[:4000],
                                      _received_at(entry), None, None))
@@ -396,7 +397,7 @@ class _States:
             self.put(result.state)
             writes.subscriptions[result.state.community_id] = result.state
         writes.audits.extend(result.audits)
-        changed = result.community_id if result.outcome == "processed" else None
+        changed = result.community_id if result.outcome == EventStatus.PROCESSED else None
         if event_id is not None:
             writes.outcome(event_id, event_type, result.outcome, community_id=changed)
         return changed
@@ -461,7 +462,7 @@ class _Writes:
         self.deferred_deletes: list[int] = []
         self.outcomes: dict[str, dict] = {}
 
-    def outcome(self, event_id: str, event_type: str, status: str, community_id: str | None = None,
+    def outcome(self, event_id: str, event_type: str, status: EventStatus, community_id: str | None = None,
                 error: str | None = None) -> None:
         self.outcomes[event_id] = {"event_type": event_type[:255], "status": status, "community_id": community_id,
                                    "error_message": error}

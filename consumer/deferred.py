@@ -14,6 +14,7 @@ import logging
 import peewee
 
 from billing.clock import utcnow
+from billing.vocabulary import EventStatus
 from models.db import write_transaction
 from models.tables import AuditLog, DeferredEvent, WebhookEvent
 
@@ -33,13 +34,13 @@ def drop_expired(db: peewee.Database, now: dt.datetime | None = None) -> list[st
                  "subscription_id": row.stripe_subscription_id, "created": row.created,
                  "reason": f"no checkout linked its subscription within {MAX_AGE.days} days",
                  "payload": row.payload}, sort_keys=True))
-            _record(row.stripe_event_id, "ignored", error=f"deferred over {MAX_AGE.days} days: dropped")
+            _record(row.stripe_event_id, EventStatus.IGNORED, error=f"deferred over {MAX_AGE.days} days: dropped")
         if expired:
             DeferredEvent.delete().where(DeferredEvent.id.in_([row.id for row in expired])).execute()
     return [row.stripe_event_id for row in expired]
 
 
-def _record(event_id: str, status: str, *, community_id: str | None = None, error: str | None = None) -> None:
+def _record(event_id: str, status: EventStatus, *, community_id: str | None = None, error: str | None = None) -> None:
     (WebhookEvent.update(status=status, community_id=community_id, error_message=error, processed_at=utcnow())
      .where(WebhookEvent.stripe_event_id == event_id).execute())
 

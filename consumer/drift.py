@@ -22,6 +22,7 @@ import redis
 from billing.clock import iso
 from billing.redis_io import invalidate_entitlements
 from billing.stripe_events import read_facts
+from billing.vocabulary import EventType, Status
 from consumer import ops
 from consumer.batch import load_subscription, write_result
 from consumer.handlers import Policy, SubState, apply_event
@@ -74,9 +75,10 @@ def check_subscriptions(api: StripeApi, db: peewee.Database, client: redis.Redis
 
 def state_event(subscription: dict[str, Any], now: int | None = None) -> dict[str, Any]:
     """The event Stripe would send for the subscription as it is now."""
-    kind = "deleted" if subscription.get("status") == "canceled" else "updated"
+    deleted = subscription.get("status") == Status.CANCELED
+    event_type = EventType.SUBSCRIPTION_DELETED if deleted else EventType.SUBSCRIPTION_UPDATED
     return {"id": f"{RECONCILE_EVENT_PREFIX}{uuid.uuid4().hex[:24]}", "object": "event",
-            "type": f"customer.subscription.{kind}", "created": now or int(time.time()),
+            "type": event_type.value, "created": now or int(time.time()),
             "livemode": subscription.get("livemode", False), "data": {"object": subscription}}
 
 

@@ -16,19 +16,14 @@ from typing import Any, Callable
 
 from billing import community
 from billing.clock import from_epoch, iso, utcnow
-from billing.stripe_events import HANDLED_TYPES, BillingFacts, read_facts
+from billing.stripe_events import BillingFacts, read_facts
 from billing.tiers import TierMatrix
+from billing.vocabulary import ENDED_STATUSES, HANDLED_TYPES, PAID_STATUSES, EventStatus, EventType, Status
 
 # Stripe subscription statuses we do not keep as such.
-STATUS_MAP = {"incomplete": "unpaid", "incomplete_expired": "unpaid", "paused": "unpaid"}
-KEPT_STATUSES = ("active", "past_due", "canceled", "trialing", "unpaid")
-GRACE_CLEARING = ("active", "trialing")
-ENDED = ("canceled", "unpaid")
+STATUS_MAP = {"incomplete": Status.UNPAID, "incomplete_expired": Status.UNPAID, "paused": Status.UNPAID}
 DEFAULT_TIER = "basic"  # of a subscription we have never seen, when neither price nor metadata says
 PAID_CHECKOUT = ("paid", "no_payment_required")
-CHECKOUT = "checkout.session.completed"
-ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
-ASYNC_FAILED = "checkout.session.async_payment_failed"
 
 
 @dataclasses.dataclass
@@ -37,7 +32,7 @@ class SubState:
 
     community_id: str
     tier: str | None = None
-    status: str | None = None
+    status: str | None = None  # a Status (a plain str as loaded from the table)
     stripe_customer_id: str | None = None
     stripe_subscription_id: str | None = None
     grace_until: dt.datetime | None = None
@@ -71,7 +66,7 @@ class Policy:
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    outcome: str  # processed, ignored, stale or deferred
+    outcome: EventStatus  # processed, ignored, stale or deferred
     community_id: str | None = None  # set when the community's subscription changed
     reason: str | None = None  # why ignored, stale or deferred, for the log
     subscription_id: str | None = None  # deferred: the subscription it waits for
@@ -84,14 +79,14 @@ def read(event: dict[str, Any]) -> BillingFacts | Result:
     """The event's facts, or an `ignored` Result when it is not ours. Raises (a ValueError) on an event we
     cannot read: its payload is not its type's object, or its community_id breaks the community-id rule."""
     if event["type"] not in HANDLED_TYPES:
-        return Result("ignored", reason="event type not handled")
+        return Result(EventStatus.IGNORED, reason="event type not handled")
     facts = read_facts(event)
     if facts.community_id is not None:
         community.check(facts.community_id)
     if facts.event_type.startswith("checkout.") and facts.mode != "subscription":
-        return Result("ignored", reason=f"checkout session in {facts.mode} mode")
+        return Result(EventStatus.IGNORED, reason=f"checkout session in {facts.mode} mode")
     if facts.event_type.startswith("invoice.") and not facts.subscription_id:
-        return Result("ignored", reason="one-off invoice: bills no subscription")
+        return Result(EventStatus.IGNORED, reason="one-off invoice: bills no subscription")
     return facts
 
 
@@ -123,21 +118,22 @@ def apply_facts(facts: BillingFacts, current: SubState | None, policy: Policy) -
 def _decide(facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]) -> Result:
     if sub is None and not facts.community_id:
         if facts.subscription_id and not facts.event_type.startswith("checkout."):
-            return Result("deferred", reason="no community yet: waits for the checkout that links its subscription",
+            return Result(EventStatus.DEFERRED,
+                          reason="no community yet: waits for the checkout that links its subscription",
                           subscription_id=facts.subscription_id)
-        return Result("ignored", reason="no community_id in metadata and no known subscription")
+        return Result(EventStatus.IGNORED, reason="no community_id in metadata and no known subscription")
     if sub is not None and _about_another_subscription(facts, sub):
-        return Result("ignored", reason="about a subscription the community no longer has")
+        return Result(EventStatus.IGNORED, reason="about a subscription the community no longer has")
     if sub is not None and _same_subscription(facts, sub) and facts.created < sub.last_event_created:
         changed = _merge_lasting_facts(sub, facts)
-        return Result("stale", reason="older than the last event applied to this subscription",
+        return Result(EventStatus.STALE, reason="older than the last event applied to this subscription",
                       state=sub if changed else None)
-    if sub is not None and facts.event_type == "invoice.payment_failed" and _already_paid(facts, sub):
-        return Result("stale", reason="a failed attempt of an invoice already paid")
+    if sub is not None and facts.event_type == EventType.INVOICE_PAYMENT_FAILED and _already_paid(facts, sub):
+        return Result(EventStatus.STALE, reason="a failed attempt of an invoice already paid")
     linked = facts.subscription_id if facts.subscription_id and (
         sub is None or sub.stripe_subscription_id != facts.subscription_id) else None
     sub = HANDLERS[facts.event_type](facts, sub, policy, audits)
-    return Result("processed", sub.community_id, linked_subscription_id=linked, state=sub)
+    return Result(EventStatus.PROCESSED, sub.community_id, linked_subscription_id=linked, state=sub)
 
 
 def _same_subscription(facts: BillingFacts, sub: SubState) -> bool:
@@ -153,8 +149,8 @@ def _about_another_subscription(facts: BillingFacts, sub: SubState) -> bool:
     if _same_subscription(facts, sub):
         return False
     if facts.event_type.startswith("checkout."):
-        return sub.status not in ENDED and facts.created < sub.last_event_created
-    return sub.status not in ENDED or facts.event_type == "customer.subscription.deleted"
+        return sub.status not in ENDED_STATUSES and facts.created < sub.last_event_created
+    return sub.status not in ENDED_STATUSES or facts.event_type == EventType.SUBSCRIPTION_DELETED
 
 
 def _already_paid(facts: BillingFacts, sub: SubState) -> bool:
@@ -169,11 +165,11 @@ def checkout_completed(facts: BillingFacts, sub: SubState | None, policy: Policy
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     if facts.payment_status in PAID_CHECKOUT or facts.payment_status is None:  # None: sessions before 2019
-        status = "trialing" if facts.status == "trialing" else "active"
+        status = Status.TRIALING if facts.status == Status.TRIALING else Status.ACTIVE
         _mark_paid(sub, facts.invoice_id or facts.object_id)
         _save(sub, facts, status=status, grace_until=None)
     else:  # unpaid: a bank debit not settled yet. Linked now, granted by async_payment_succeeded or invoice.paid
-        _save(sub, facts, status=sub.status if seen and sub.status else "unpaid", grace_until=sub.grace_until)
+        _save(sub, facts, status=sub.status if seen and sub.status else Status.UNPAID, grace_until=sub.grace_until)
     _audit(audits, "subscription_created", sub, facts, tier=sub.tier,
            subscription_id=sub.stripe_subscription_id, payment_status=facts.payment_status, status=sub.status)
     return sub
@@ -184,7 +180,7 @@ def checkout_payment_succeeded(facts: BillingFacts, sub: SubState | None, policy
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     _mark_paid(sub, facts.invoice_id or facts.object_id)
-    _save(sub, facts, status="active", grace_until=None)
+    _save(sub, facts, status=Status.ACTIVE, grace_until=None)
     _audit(audits, "payment_succeeded", sub, facts, checkout_session_id=facts.object_id,
            invoice_id=facts.invoice_id, amount=facts.amount, currency=facts.currency)
     return sub
@@ -196,7 +192,7 @@ def checkout_payment_failed(facts: BillingFacts, sub: SubState | None, policy: P
     sub, seen = _current(sub, facts)
     if not seen:
         sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
-    status = sub.status if seen and sub.status and sub.last_paid_invoice_id else "unpaid"
+    status = sub.status if seen and sub.status and sub.last_paid_invoice_id else Status.UNPAID
     _save(sub, facts, status=status, grace_until=sub.grace_until)
     _audit(audits, "payment_failed", sub, facts, checkout_session_id=facts.object_id,
            invoice_id=facts.invoice_id, status=sub.status)
@@ -208,12 +204,12 @@ def invoice_paid(facts: BillingFacts, sub: SubState | None, policy: Policy,
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     _mark_paid(sub, facts.object_id)
-    if seen and sub.status == "canceled":
+    if seen and sub.status == Status.CANCELED:
         status, grace = sub.status, sub.grace_until  # a late payment of an ended subscription does not revive it
-    elif seen and sub.status == "trialing" and not facts.amount:
-        status, grace = "trialing", None  # the $0 invoice that starts a trial does not end it
+    elif seen and sub.status == Status.TRIALING and not facts.amount:
+        status, grace = Status.TRIALING, None  # the $0 invoice that starts a trial does not end it
     else:
-        status, grace = "active", None
+        status, grace = Status.ACTIVE, None
     _save(sub, facts, status=status, grace_until=grace)
     _audit(audits, "payment_succeeded", sub, facts, invoice_id=facts.object_id, amount=facts.amount,
            currency=facts.currency)
@@ -227,9 +223,10 @@ def invoice_payment_failed(facts: BillingFacts, sub: SubState | None, policy: Po
     never_paid = facts.billing_reason == "subscription_create" and not (seen and sub.last_paid_invoice_id)
     grace_started = False
     if never_paid:  # as Stripe's `incomplete`: nothing was ever paid, so no grace
-        status, grace = ("canceled", sub.grace_until) if seen and sub.status == "canceled" else ("unpaid", None)
-    elif not seen or sub.status in GRACE_CLEARING or (sub.status == "past_due" and sub.grace_until is None):
-        status, grace, grace_started = "past_due", _grace_end(facts, policy), True
+        status, grace = ((Status.CANCELED, sub.grace_until) if seen and sub.status == Status.CANCELED
+                         else (Status.UNPAID, None))
+    elif not seen or sub.status in PAID_STATUSES or (sub.status == Status.PAST_DUE and sub.grace_until is None):
+        status, grace, grace_started = Status.PAST_DUE, _grace_end(facts, policy), True
     else:  # already past due (grace runs from the first failure), ended, or unpaid: keep it so
         status, grace = sub.status, sub.grace_until
     _save(sub, facts, status=status, grace_until=grace)
@@ -244,14 +241,14 @@ def subscription_updated(facts: BillingFacts, sub: SubState | None, policy: Poli
                          audits: list[AuditRecord]) -> SubState:
     previous = {"tier": sub.tier, "status": sub.status} if sub else {"tier": None, "status": None}
     sub, seen = _current(sub, facts)
-    status = STATUS_MAP.get(facts.status or "", facts.status)
-    if status not in KEPT_STATUSES:
-        status = sub.status or "unpaid"  # a status Stripe may add later: keep ours rather than guess
+    status = STATUS_MAP.get(facts.status or "") or Status.lookup(facts.status)
+    if status is None:
+        status = sub.status or Status.UNPAID  # a status Stripe may add later: keep ours rather than guess
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     grace_until = sub.grace_until
-    if status in GRACE_CLEARING:
+    if status in PAID_STATUSES:
         grace_until = None
-    elif status == "past_due" and grace_until is None:
+    elif status == Status.PAST_DUE and grace_until is None:
         grace_until = _grace_end(facts, policy)
         _audit(audits, "grace_period_started", sub, facts, grace_until=iso(grace_until))
     _save(sub, facts, status=status, grace_until=grace_until)
@@ -264,19 +261,19 @@ def subscription_deleted(facts: BillingFacts, sub: SubState | None, policy: Poli
                          audits: list[AuditRecord]) -> SubState:
     sub, _seen = _current(sub, facts)
     sub.tier = policy.tiers.free.name
-    _save(sub, facts, status="canceled", grace_until=None)
+    _save(sub, facts, status=Status.CANCELED, grace_until=None)
     _audit(audits, "subscription_canceled", sub, facts)
     return sub
 
 
 HANDLERS: dict[str, Callable[[BillingFacts, SubState | None, Policy, list[AuditRecord]], SubState]] = {
-    CHECKOUT: checkout_completed,
-    ASYNC_SUCCEEDED: checkout_payment_succeeded,
-    ASYNC_FAILED: checkout_payment_failed,
-    "invoice.paid": invoice_paid,
-    "invoice.payment_failed": invoice_payment_failed,
-    "customer.subscription.updated": subscription_updated,
-    "customer.subscription.deleted": subscription_deleted,
+    EventType.CHECKOUT_COMPLETED: checkout_completed,
+    EventType.CHECKOUT_ASYNC_PAYMENT_SUCCEEDED: checkout_payment_succeeded,
+    EventType.CHECKOUT_ASYNC_PAYMENT_FAILED: checkout_payment_failed,
+    EventType.INVOICE_PAID: invoice_paid,
+    EventType.INVOICE_PAYMENT_FAILED: invoice_payment_failed,
+    EventType.SUBSCRIPTION_UPDATED: subscription_updated,
+    EventType.SUBSCRIPTION_DELETED: subscription_deleted,
 }
 
 
@@ -332,7 +329,7 @@ def _merge_lasting_facts(sub: SubState, facts: BillingFacts) -> bool:
     """What a stale event still tells: a later billing period (periods only move forward, whatever the
     order), and that an invoice was paid. Nothing else of it applies. True if `sub` changed."""
     changed = _advance_period(sub, facts)
-    if facts.event_type == "invoice.paid" and not sub.last_paid_invoice_id and facts.object_id:
+    if facts.event_type == EventType.INVOICE_PAID and not sub.last_paid_invoice_id and facts.object_id:
         sub.last_paid_invoice_id = facts.object_id
         changed = True
     if changed:

@@ -23,11 +23,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from billing.build_info import BuildInfo
-from billing.stripe_events import HANDLED_TYPES
+from billing.vocabulary import HANDLED_TYPES, Outcome
 from consumer.stream import GroupState
 
 if TYPE_CHECKING:
-    from consumer.batch import Outcome
+    from consumer.batch import EntryOutcome
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -60,13 +60,13 @@ RECONCILED = Counter(
 
 # The handled types' series exist from the start, at 0, so that rate() sees their first event.
 for _type in HANDLED_TYPES:
-    for _outcome in ("processed", "ignored", "stale", "deferred", "duplicate", "failed", "dead"):
+    for _outcome in Outcome:
         EVENTS.labels(_type, _outcome)
 for _result in ("queued", "already_had", "error"):
     RECONCILED.labels(_result)
 
 
-def record_outcomes(outcomes: list[Outcome], committed_at: float) -> None:
+def record_outcomes(outcomes: list[EntryOutcome], committed_at: float) -> None:
     """One committed batch: each event's outcome, the time it took to apply and its time end to end."""
     for outcome in outcomes:
         EVENTS.labels(outcome.entry.event_type, outcome.outcome).inc()

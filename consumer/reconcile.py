@@ -17,7 +17,8 @@ import redis
 
 from billing.config import Settings, scrub
 from billing.redis_io import connect_redis, reconcile_lock_key
-from billing.stripe_events import HANDLED_TYPES, event_created
+from billing.stripe_events import event_created
+from billing.vocabulary import HANDLED_TYPES
 from consumer import metrics
 from consumer.backfill import Enqueuer, Found
 from consumer.stripe_api import StripeApi, StripeApiError

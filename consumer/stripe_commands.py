@@ -12,7 +12,7 @@ import redis
 
 from billing.clock import from_epoch, iso
 from billing.config import Settings
-from billing.stripe_events import HANDLED_TYPES
+from billing.vocabulary import HANDLED_TYPES
 from consumer import drift
 from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Found, Progress, Window, parse_moment
 from consumer.cli import _table, cli, json_option, operation

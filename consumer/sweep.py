@@ -13,6 +13,7 @@ import redis
 
 from billing.clock import iso, utcnow
 from billing.redis_io import invalidate_entitlements
+from billing.vocabulary import Status
 from consumer import deferred
 from models.db import is_postgres, write_transaction
 from models.tables import AuditLog, Subscription
@@ -30,14 +31,15 @@ def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.d
     """Write `unpaid` for every subscription whose grace has ended; returns their communities."""
     now = now or utcnow()
     with write_transaction(db):
-        query = Subscription.select().where((Subscription.status == "past_due") & (Subscription.grace_until <= now))
+        query = Subscription.select().where((Subscription.status == Status.PAST_DUE)
+                                            & (Subscription.grace_until <= now))
         if is_postgres(db):
             query = query.for_update()
         ended = list(query)
         for sub in ended:
             AuditLog.create(event_type="grace_period_ended", community_id=sub.community_id,
                             event_data=json.dumps({"grace_until": iso(sub.grace_until), "tier": sub.tier}))
-            sub.status, sub.updated_at = "unpaid", utcnow()
+            sub.status, sub.updated_at = Status.UNPAID, utcnow()
             sub.save()
     if ended and client is not None:
         pipe = client.pipeline(transaction=False)  # not a MULTI: a full Redis refuses to queue anything in one

@@ -29,6 +29,7 @@ import redis
 
 from billing.config import ConfigError, Settings
 from billing.redis_io import TRANSIENT_REPLIES, reply_code
+from billing.vocabulary import FAILED_OUTCOMES
 from consumer import metrics
 from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
 from consumer.handlers import Policy
@@ -316,7 +317,7 @@ def _log_batch(outcomes: list, seconds: float) -> None:
     log.info("batch of %d in %.0f ms: %s", len(outcomes), seconds * 1000,
              ", ".join(f"{count} {name}" for name, count in sorted(counts.items())))
     for outcome in outcomes:
-        failed = outcome.outcome in ("failed", "dead")
+        failed = outcome.outcome in FAILED_OUTCOMES
         level = logging.WARNING if failed else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id,

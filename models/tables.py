@@ -1,8 +1,11 @@
 """The three tables. Times are stored as naive UTC datetimes; `last_event_created` as Stripe's epoch seconds."""
 from __future__ import annotations
 
+import enum
+
 import peewee
 
+from billing import community
 from billing.clock import utcnow
 from models.db import database_proxy
 
@@ -13,12 +16,20 @@ class BaseModel(peewee.Model):
         legacy_table_names = False
 
 
+class WordField(peewee.CharField):
+    """A column of one of billing.vocabulary's words (a status): given an enum member, it stores the member's
+    plain value ("active"), whatever a database driver would make of a str subclass."""
+
+    def adapt(self, value):
+        return super().adapt(value.value if isinstance(value, enum.Enum) else value)
+
+
 class Subscription(BaseModel):
-    community_id = peewee.CharField(max_length=128, unique=True)
+    community_id = peewee.CharField(max_length=community.MAX_LENGTH, unique=True)
     stripe_customer_id = peewee.CharField(max_length=255, null=True, index=True)
     stripe_subscription_id = peewee.CharField(max_length=255, null=True, index=True)
     tier = peewee.CharField(max_length=64)
-    status = peewee.CharField(max_length=32)
+    status = WordField(max_length=32)  # billing.vocabulary.Status
     grace_until = peewee.DateTimeField(null=True)
     current_period_start = peewee.DateTimeField(null=True)
     current_period_end = peewee.DateTimeField(null=True)
@@ -38,13 +49,13 @@ class Subscription(BaseModel):
 class WebhookEvent(BaseModel):
     stripe_event_id = peewee.CharField(max_length=255, unique=True)
     event_type = peewee.CharField(max_length=255, index=True)
-    status = peewee.CharField(max_length=16, index=True)
+    status = WordField(max_length=16, index=True)  # billing.vocabulary.EventStatus
     error_message = peewee.TextField(null=True)
     received_at = peewee.DateTimeField(default=utcnow)
     processed_at = peewee.DateTimeField(null=True)
     # The community whose subscription the event changed: a redelivery recognised as applied still drops
     # that community's cached entitlements (the crash may have come between the commit and the drop).
-    community_id = peewee.CharField(max_length=128, null=True)
+    community_id = peewee.CharField(max_length=community.MAX_LENGTH, null=True)
 
     class Meta:
         table_name = "webhook_events"
@@ -68,7 +79,7 @@ class DeferredEvent(BaseModel):
 class AuditLog(BaseModel):
     id = peewee.BigAutoField()
     event_type = peewee.CharField(max_length=64, index=True)
-    community_id = peewee.CharField(max_length=128, null=True, index=True)
+    community_id = peewee.CharField(max_length=community.MAX_LENGTH, null=True, index=True)
     event_data = peewee.TextField()  # JSON
     created_at = peewee.DateTimeField(default=utcnow, index=True)
 

@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from billing.build_info import BuildInfo
-from billing.stripe_events import HANDLED_TYPES
+from billing.vocabulary import HANDLED_TYPES, Receipt
 
 REQUESTS = Counter("billing_webhook_requests", "Webhook requests answered, by HTTP status", ["status"])
 REQUEST_SECONDS = Histogram(
@@ -50,7 +50,7 @@ API_REQUEST_SECONDS = Histogram(
 for _status in ("200", "400", "413", "503"):
     REQUESTS.labels(_status)
 for _type in HANDLED_TYPES:
-    for _result in ("queued", "duplicate"):
+    for _result in Receipt:
         EVENTS.labels(_type, _result)
 for _reason in ("missing", "malformed", "mismatch", "expired"):
     SIGNATURE_FAILURES.labels(_reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from billing import community
-from billing.tiers import STATUSES
+from billing.vocabulary import Receipt, Status
 from receiver import docs
 
 bp = Blueprint("openapi", __name__)
@@ -91,7 +91,7 @@ DOCUMENT = {
             "Error": _ERROR,
             "WebhookAccepted": {"type": "object", "required": ["received", "status", "event_id", "event_type"],
                                 "properties": {"received": {"const": True},
-                                               "status": {"enum": ["queued", "duplicate"]},
+                                               "status": {"enum": list(Receipt)},
                                                "event_id": {"type": "string"}, "event_type": {"type": "string"}}},
             "Readiness": {"type": "object", "required": ["status", "checks"], "properties": {
                 "status": {"enum": ["ready", "unavailable"]},
@@ -100,7 +100,7 @@ DOCUMENT = {
                 "community_id", "tier", "status", "stripe_customer_id", "stripe_subscription_id", "grace_until",
                 "current_period_start", "current_period_end", "updated_at"], "properties": {
                 "community_id": {"type": "string"}, "tier": {"type": "string"},
-                "status": {"enum": list(STATUSES)},
+                "status": {"enum": list(Status)},
                 "stripe_customer_id": {"type": ["string", "null"]},
                 "stripe_subscription_id": {"type": ["string", "null"]},
                 "grace_until": _TIME, "current_period_start": _TIME, "current_period_end": _TIME,
@@ -109,7 +109,7 @@ DOCUMENT = {
                 "community_id", "tier", "status", "max_members", "features", "in_grace_period", "grace_until",
                 "source"], "properties": {
                 "community_id": {"type": "string"}, "tier": {"type": "string"},
-                "status": {"enum": [*STATUSES, None]},
+                "status": {"enum": [*Status, None]},
                 "max_members": {"type": ["integer", "null"], "description": "null: unlimited"},
                 "features": {"type": "array", "items": {"type": "string"}},
                 "in_grace_period": {"type": "boolean"}, "grace_until": _TIME,

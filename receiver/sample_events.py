@@ -21,15 +21,9 @@ import string
 import time
 import uuid
 
-EVENT_TYPES: tuple[str, ...] = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-)
+from billing.vocabulary import HANDLED_TYPES, EventType
+
+EVENT_TYPES: tuple[str, ...] = HANDLED_TYPES  # every type we handle, and only those
 LEGACY_API_VERSION = "2024-06-20"
 # Pinned by stripe-python 16.1.0 (stripe/_api_version.py, ``_ApiVersion.CURRENT``).
 CURRENT_API_VERSION = "2026-10-28.endive"
@@ -295,9 +289,9 @@ def build_event(event_type: str, community_id: str | None, *, tier: str | None =
     period_start = created if period_start is None else period_start
     period_end = period_start + 30 * DAY if period_end is None else period_end
     if status is None:
-        status = "canceled" if event_type == "customer.subscription.deleted" else "active"
+        status = "canceled" if event_type == EventType.SUBSCRIPTION_DELETED else "active"
     if payment_status is None:
-        payment_status = {"checkout.session.async_payment_succeeded": "paid"}.get(
+        payment_status = {EventType.CHECKOUT_ASYNC_PAYMENT_SUCCEEDED: "paid"}.get(
             event_type, "unpaid" if event_type.startswith("checkout.session.async") else "paid")
     c = _Ctx(legacy=api_version == LEGACY_API_VERSION, community_id=community_id, tier=tier,
              created=created, customer_id=customer_id, subscription_id=subscription_id,
@@ -309,10 +303,10 @@ def build_event(event_type: str, community_id: str | None, *, tier: str | None =
     if event_type.startswith("checkout.session."):
         data = {"object": _checkout_session(c)}
     elif event_type.startswith("invoice."):
-        data = {"object": _invoice(c, paid=event_type == "invoice.paid")}
+        data = {"object": _invoice(c, paid=event_type == EventType.INVOICE_PAID)}
     else:
         data = {"object": _subscription(c)}
-        if event_type == "customer.subscription.updated":
+        if event_type == EventType.SUBSCRIPTION_UPDATED:
             data["previous_attributes"] = _subscription_previous_attributes(c)
 
     return {

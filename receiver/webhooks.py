@@ -16,6 +16,7 @@ import redis
 
 from billing.config import Settings, scrub
 from billing.stripe_events import event_created, parse_envelope
+from billing.vocabulary import Receipt
 from receiver.group_commit import GroupCommit
 from receiver.metrics import ENQUEUE_FAILURES, EVENTS, REQUEST_SECONDS, REQUESTS, SIGNATURE_FAILURES
 from receiver.signature import SignatureRejected, verify
@@ -78,7 +79,7 @@ class WebhookRoute:
                         extra={"event_id": event_id, "event_type": event_type})
             ENQUEUE_FAILURES.inc()
             return 503, {"error": "event queue unavailable; not stored, retry later"}, [("Retry-After", "5")]
-        status = "queued" if entry_id else "duplicate"
+        status = Receipt.QUEUED if entry_id else Receipt.DUPLICATE
         EVENTS.labels(event_type, status).inc()
         return 200, {"received": True, "status": status, "event_id": event_id, "event_type": event_type}, []
 

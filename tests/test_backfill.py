@@ -11,7 +11,7 @@ import time
 import pytest
 
 from billing.redis_io import backfill_cursor_key, seen_key
-from billing.stripe_events import HANDLED_TYPES
+from billing.vocabulary import HANDLED_TYPES
 from consumer.backfill import (
     Backfill,
     Counts,

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from billing.event_queue import EventQueue
 from billing.redis_io import reconcile_lock_key, seen_key
-from billing.stripe_events import HANDLED_TYPES
+from billing.vocabulary import HANDLED_TYPES
 from consumer.backfill import Enqueuer, Found
 from consumer.reconcile import (
     SETTLE_SECONDS,

@@ -5,12 +5,12 @@ import json
 import pytest
 
 from billing.stripe_events import (
-    HANDLED_TYPES,
     BillingFacts,
     UnreadableEvent,
     parse_envelope,
     read_facts,
 )
+from billing.vocabulary import HANDLED_TYPES
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES, build_event
 from tests.conftest import load_peer_events
 
