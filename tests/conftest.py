@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
@@ -9,16 +8,8 @@ from billing.config import Settings
 from models.db import database_proxy, open_database
 from models.migrations import migrate
 from receiver.sample_events import API_VERSIONS
-from receiver.signing import signature_header
-from tests.services import (
-    PEER_EVENTS,
-    SECRET,
-    RedisServer,
-    postgres_reachable,
-    postgres_schema,
-)
-
-DATABASES = ["sqlite", "postgresql"] if postgres_reachable() else ["sqlite"]
+from tests.database_helpers import DATABASES
+from tests.services import SECRET, RedisServer, postgres_schema
 
 
 @pytest.fixture(scope="session")
@@ -91,21 +82,6 @@ def sqlite_url(tmp_path):
 @pytest.fixture
 def settings(redis_url, database_url):
     return Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=database_url)
-
-
-def sign(payload: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
-    return {"Stripe-Signature": signature_header(payload, secret, timestamp), "Content-Type": "application/json"}
-
-
-def load_peer_events() -> list[tuple[str, bytes]]:
-    """The 50 captured events, byte for byte: (file name, raw body)."""
-    files = sorted(p for p in PEER_EVENTS.glob("*.json") if p.name != "index.json")
-    assert len(files) == 50, f"expected the 50 peer events in {PEER_EVENTS}, found {len(files)}"
-    return [(p.name, p.read_bytes()) for p in files]
-
-
-def peer_event(name: str) -> dict:
-    return json.loads((PEER_EVENTS / name).read_bytes())
 
 
 @pytest.fixture(params=API_VERSIONS)

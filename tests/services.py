@@ -18,7 +18,6 @@ from pathlib import Path
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
-PEER_EVENTS = REPO.parent / "shared" / "fixtures" / "peer_events"
 SECRET = "whsec_test_secret_for_the_suite"
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

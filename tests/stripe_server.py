@@ -13,7 +13,7 @@ import urllib.parse
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.services import PEER_EVENTS
+from tests.stripe_helpers import PEER_EVENTS
 
 API_KEY = "sk_test_suite_key_for_the_fake_stripe"
 MAX_LIMIT, MAX_TYPES = 100, 20

@@ -18,9 +18,9 @@ from models.tables import AuditLog, Subscription
 from receiver import create_app
 from receiver.sample_events import EVENT_TYPES, build_event
 from tests.api_helpers import V1, consume, ents, row
-from tests.conftest import sign
 from tests.entitlement_helpers import STARTER, TIER_NAMES, expected_tier
 from tests.services import wait_for
+from tests.stripe_helpers import sign
 
 TOKEN = "s3cret-token"
 

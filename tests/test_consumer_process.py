@@ -12,8 +12,8 @@ import pytest
 from billing.event_queue import EventQueue
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
-from tests.conftest import load_peer_events, sign
 from tests.services import REPO, Process, service_env, start_receiver, wait_for
+from tests.stripe_helpers import load_peer_events, sign
 
 STREAM, GROUP = "stripe:events", "billing"
 

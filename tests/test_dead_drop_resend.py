@@ -14,7 +14,6 @@ from models.db import database_proxy
 from models.tables import Subscription, WebhookEvent
 from receiver import create_app
 from receiver.sample_events import build_event
-from tests.conftest import sign
 from tests.ops_helpers import (
     DEAD,
     STREAM,
@@ -24,6 +23,7 @@ from tests.ops_helpers import (
     start_consumer,
 )
 from tests.services import SECRET, wait_for
+from tests.stripe_helpers import sign
 
 BLOCK = ("CREATE TRIGGER block_community BEFORE INSERT ON subscriptions WHEN NEW.community_id = 'resent' "
          "BEGIN SELECT RAISE(ABORT, 'subscriptions: community resent is blocked'); END")

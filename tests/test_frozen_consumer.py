@@ -22,7 +22,7 @@ from models.db import (
 )
 from models.migrations import migrate
 from models.tables import WebhookEvent
-from tests.conftest import DATABASES
+from tests.database_helpers import DATABASES
 from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 from tests.services import postgres_schema, service_env, wait_for
 

@@ -18,7 +18,6 @@ from consumer.batch import (
 from consumer.stream import Entry, Failure, PriorState
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import EVENT_TYPES
-from tests.conftest import load_peer_events
 from tests.handler_helpers import (
     DAY,
     P_END,
@@ -37,6 +36,7 @@ from tests.handler_helpers import (
     snapshot,
     webhook,
 )
+from tests.stripe_helpers import load_peer_events
 
 
 @pytest.mark.parametrize("tier,expected", [("premium", "premium"), (None, "basic")])

@@ -18,7 +18,6 @@ import pytest
 from models.db import open_database
 from models.migrations import migrate
 from receiver.sample_events import build_event
-from tests.conftest import sign
 from tests.dashboard_helpers import JOB_VARIABLES, interpolate, variables
 from tests.services import (
     REPO,
@@ -28,6 +27,7 @@ from tests.services import (
     start_receiver,
     wait_for,
 )
+from tests.stripe_helpers import sign
 
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
 ALERTS = REPO / "prometheus" / "alerts.yml"

@@ -11,9 +11,9 @@ from billing.config import Settings
 from billing.stripe_events import event_created, parse_envelope
 from models.db import database_proxy
 from receiver import create_app
-from tests.conftest import sign
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
 from tests.services import SECRET
+from tests.stripe_helpers import sign
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from billing.config import Settings
 from models.db import database_proxy
 from receiver import create_app
-from tests.conftest import sign
 from tests.receiver_helpers import WEBHOOK, entries, event_bytes, redis_client
 from tests.services import SECRET
+from tests.stripe_helpers import sign
 
 
 @pytest.fixture

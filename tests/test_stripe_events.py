@@ -12,7 +12,7 @@ from billing.stripe_events import (
     read_facts,
 )
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES, build_event
-from tests.conftest import load_peer_events
+from tests.stripe_helpers import load_peer_events
 
 DAY = 86_400
 T0 = 1_760_000_000

@@ -29,7 +29,7 @@ from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.signing import signature_header
 from tests.chaos import oracle
 from tests.chaos.stories import PRICE_TIERS, Run, build_run
-from tests.conftest import DATABASES
+from tests.database_helpers import DATABASES
 from tests.services import (
     SECRET,
     PostgresServer,

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from billing.config import Settings
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
-from tests.conftest import load_peer_events
 from tests.fuzz.strategies import (
     BASE_EVENTS,
     PEER_EVENTS,
@@ -31,6 +30,7 @@ from tests.fuzz.strategies import (
 )
 from tests.receiver_helpers import STREAM, WEBHOOK, entries
 from tests.services import SECRET
+from tests.stripe_helpers import load_peer_events
 
 STATUSES = {200, 400, 413, 503}
 TOLERANCE = 300  # STRIPE_WEBHOOK_TOLERANCE's default, which the app runs with
