@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 
 from billing.config import Settings
+from harness import SECRET, RedisServer, postgres_schema
 from models.db import database_proxy, open_database
 from models.migrations import migrate
 from receiver.sample_events import API_VERSIONS
 from tests.database_helpers import DATABASES
-from tests.services import SECRET, RedisServer, postgres_schema
 
 
 @pytest.fixture(scope="session")

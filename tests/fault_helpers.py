@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 from billing.event_queue import EventQueue
+from harness import Process
 from models.tables import AuditLog, WebhookEvent
 from receiver.sample_events import build_event
-from tests.services import Process
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
 

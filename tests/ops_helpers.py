@@ -9,10 +9,10 @@ from click.testing import CliRunner, Result
 
 from billing.event_queue import EventQueue
 from consumer.cli import cli
+from harness import Process, service_env
 from models.db import database_proxy
 from models.tables import AuditLog
 from receiver.sample_events import build_event
-from tests.services import Process, service_env
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"  # CONTRACT.md's defaults
 

@@ -2,8 +2,8 @@
 other projects' suites (../shared/fixtures/peer_events/), byte for byte."""
 from __future__ import annotations
 
+from harness import REPO, SECRET
 from receiver.signing import signature_header
-from tests.services import REPO, SECRET
 
 PEER_EVENTS = REPO.parent / "shared" / "fixtures" / "peer_events"
 

@@ -13,13 +13,13 @@ from prometheus_client import REGISTRY
 
 from billing.clock import utcnow
 from billing.redis_io import entitlement_key, invalidate_entitlements
+from harness import wait_for
 from models.db import database_proxy
 from models.tables import AuditLog, Subscription
 from receiver import create_app
 from receiver.sample_events import EVENT_TYPES, build_event
 from tests.api_helpers import V1, consume, ents, row
 from tests.entitlement_helpers import STARTER, TIER_NAMES, expected_tier
-from tests.services import wait_for
 from tests.stripe_helpers import sign
 
 TOKEN = "s3cret-token"
@@ -337,7 +337,7 @@ def test_create_app_warns_when_v1_is_loopback_only(make_client, caplog):
 
 @pytest.mark.parametrize("database", ["postgresql-unreachable", "sqlite-without-tables"])
 def test_database_down_is_503_json_never_500(settings, redis_url, tmp_path, caplog, database):
-    from tests.services import free_port
+    from harness import free_port
 
     port = free_port()
     url = (f"postgresql://billing:hunter2-pw@127.0.0.1:{port}/billing" if database.startswith("postgresql")

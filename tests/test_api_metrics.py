@@ -12,11 +12,11 @@ import urllib.request
 from prometheus_client import REGISTRY
 
 from billing.config import Settings
+from harness import SECRET, service_env, start_receiver
 from models.db import database_proxy
 from models.tables import Subscription
 from receiver import create_app
 from tests.metrics_helpers import ACCESS_LINE, scrape, value
-from tests.services import SECRET, service_env, start_receiver
 
 V1 = "/v1/communities"
 TOKEN = "api-metrics-token"

@@ -22,10 +22,10 @@ from consumer.backfill import (
     parse_moment,
 )
 from consumer.stripe_api import StripeApi, StripeApiError, retry_delay
+from harness import REPO, default_sigint, service_env
 from models.tables import WebhookEvent
 from receiver.sample_events import API_VERSIONS, LEGACY_API_VERSION, build_event
 from tests.ops_helpers import STREAM, invoke, one_line_error
-from tests.services import REPO, default_sigint, service_env
 from tests.stripe_server import API_KEY, peer_events
 
 NOW = int(time.time())

@@ -8,10 +8,10 @@ import platform
 from prometheus_client.parser import text_string_to_metric_families
 
 from billing.config import Settings
+from harness import SECRET, Process, free_port, service_env, wait_for
 from models.db import database_proxy
 from receiver import create_app
 from tests.consumer_metrics_helpers import scrape
-from tests.services import SECRET, Process, free_port, service_env, wait_for
 
 EXPECTED = [({"version": importlib.metadata.version("stripe-billing-pipeline"), "python": platform.python_version()},
              1.0)]

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from billing.event_queue import EventQueue
+from harness import REPO, Process, service_env, start_receiver, wait_for
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
-from tests.services import REPO, Process, service_env, start_receiver, wait_for
 from tests.stripe_helpers import load_peer_events, sign
 
 STREAM, GROUP = "stripe:events", "billing"

@@ -10,6 +10,7 @@ import pytest
 
 from billing.config import Settings
 from billing.redis_io import seen_key
+from harness import SECRET, wait_for
 from models.db import database_proxy
 from models.tables import Subscription, WebhookEvent
 from receiver import create_app
@@ -22,7 +23,6 @@ from tests.ops_helpers import (
     invoke,
     start_consumer,
 )
-from tests.services import SECRET, wait_for
 from tests.stripe_helpers import sign
 
 BLOCK = ("CREATE TRIGGER block_community BEFORE INSERT ON subscriptions WHEN NEW.community_id = 'resent' "

@@ -12,9 +12,9 @@ import urllib.parse
 import pytest
 
 from billing.config import Settings
+from harness import SECRET
 from models.db import database_proxy
 from receiver import create_app
-from tests.services import SECRET
 
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 

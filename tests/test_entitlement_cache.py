@@ -17,12 +17,12 @@ from billing.redis_io import (
     seen_key,
 )
 from consumer.stream import EventStream, Settlement
+from harness import RedisServer
 from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
 from receiver.sample_events import build_event
 from tests.api_helpers import V1, consume, ents, row
 from tests.redis_memory_helpers import fill_until_refused
-from tests.services import RedisServer
 
 STALE = {"community_id": "42", "tier": "elite", "status": "active", "max_members": 10000, "features": ["api_access"],
          "in_grace_period": False, "grace_until": None}

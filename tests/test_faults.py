@@ -11,12 +11,12 @@ import pytest
 
 from billing.config import Settings
 from consumer.stream import EventStream
+from harness import PostgresServer, Process, RedisServer, service_env, wait_for
 from models.db import open_database
 from models.migrations import migrate
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
 from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
-from tests.services import PostgresServer, Process, RedisServer, service_env, wait_for
 
 FAST = {"CLAIM_IDLE_MS": "1000", "MAX_DELIVERIES": "3"}
 

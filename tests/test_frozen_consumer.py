@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import postgres_schema, service_env, wait_for
 from models.db import (
     bound_transaction,
     database_proxy,
@@ -24,7 +25,6 @@ from models.migrations import migrate
 from models.tables import WebhookEvent
 from tests.database_helpers import DATABASES
 from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
-from tests.services import postgres_schema, service_env, wait_for
 
 # The frozen consumer runs with the production default (CLAIM_IDLE_MS 60 s, so a 30 s batch deadline,
 # and its transactions are ended by the server after 5 s idle). The one taking over reclaims after 1 s,

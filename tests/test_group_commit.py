@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from billing.event_queue import EventQueue
+from harness import wait_for
 from receiver.group_commit import GroupCommit
-from tests.services import wait_for
 
 STREAM = "billing:events"
 

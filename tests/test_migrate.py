@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from harness import REPO
 from models.db import open_database
 from models.migrations import migrate
 from models.tables import Subscription, WebhookEvent
-from tests.services import REPO
 
 # The schema as the previous release created it (before deferred events and the columns below).
 OLD_SCHEMA = [

@@ -15,11 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from models.db import open_database
-from models.migrations import migrate
-from receiver.sample_events import build_event
-from tests.dashboard_helpers import JOB_VARIABLES, interpolate, variables
-from tests.services import (
+from harness import (
     REPO,
     Process,
     free_port,
@@ -27,6 +23,10 @@ from tests.services import (
     start_receiver,
     wait_for,
 )
+from models.db import open_database
+from models.migrations import migrate
+from receiver.sample_events import build_event
+from tests.dashboard_helpers import JOB_VARIABLES, interpolate, variables
 from tests.stripe_helpers import sign
 
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))

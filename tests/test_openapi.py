@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.services import service_env, start_receiver
+from harness import service_env, start_receiver
 
 TOKEN = "test-token"
 

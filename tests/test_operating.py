@@ -17,10 +17,7 @@ import pytest
 
 from billing.cli_support import DURATION
 from consumer.cli import default_name
-from models.tables import Subscription
-from receiver.sample_events import build_event
-from receiver.signing import signature_header
-from tests.services import (
+from harness import (
     REPO,
     SECRET,
     Process,
@@ -29,6 +26,9 @@ from tests.services import (
     start_receiver,
     wait_for,
 )
+from models.tables import Subscription
+from receiver.sample_events import build_event
+from receiver.signing import signature_header
 
 
 def children(pid: int) -> list[int]:

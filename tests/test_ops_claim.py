@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from harness import wait_for
 from models.tables import Subscription, WebhookEvent
 from receiver.sample_events import build_event
 from tests.ops_helpers import (
@@ -23,7 +24,6 @@ from tests.ops_helpers import (
     start_consumer,
     table,
 )
-from tests.services import wait_for
 
 
 @pytest.fixture

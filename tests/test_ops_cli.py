@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from harness import REPO, Process, free_port, service_env, wait_for
 from receiver.sample_events import build_event
 from tests.ops_helpers import (
     GROUP,
@@ -26,7 +27,6 @@ from tests.ops_helpers import (
     one_line_error,
     table,
 )
-from tests.services import REPO, Process, free_port, service_env, wait_for
 
 TWO_HOURS_MS = 2 * 3600 * 1000
 

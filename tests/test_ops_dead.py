@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from harness import free_port, wait_for
 from models.tables import Subscription, WebhookEvent
 from receiver.sample_events import build_event
 from tests.ops_helpers import (
@@ -24,7 +25,6 @@ from tests.ops_helpers import (
     start_consumer,
     table,
 )
-from tests.services import free_port, wait_for
 
 LONG_ERROR = "UnreadableEvent: invoice.paid: data.object is not an object " + "x" * 100
 

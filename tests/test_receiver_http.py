@@ -12,11 +12,11 @@ import pytest
 
 from billing.config import ConfigError, Settings
 from billing.redis_io import seen_key
+from harness import SECRET, free_port
 from models.db import database_proxy
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
-from tests.services import SECRET, free_port
 from tests.stripe_helpers import load_peer_events, sign
 
 OLD_SECRET, NEW_SECRET = "whsec_old_secret_being_rolled", "whsec_new_secret_rolled_in"

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from billing.stripe_events import read_facts
+from harness import REPO, free_port, service_env, start_receiver
 from receiver import MAX_BODY_BYTES
 from receiver.sample_events import API_VERSIONS, CURRENT_API_VERSION, EVENT_TYPES
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
-from tests.services import REPO, free_port, service_env, start_receiver
 from tests.stripe_helpers import sign
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from billing.config import Settings
 from billing.stripe_events import event_created, parse_envelope
+from harness import SECRET
 from models.db import database_proxy
 from receiver import create_app
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
-from tests.services import SECRET
 from tests.stripe_helpers import sign
 
 

@@ -7,10 +7,10 @@ import time
 import pytest
 
 from billing.config import Settings
+from harness import SECRET
 from models.db import database_proxy
 from receiver import create_app
 from tests.receiver_helpers import WEBHOOK, entries, event_bytes, redis_client
-from tests.services import SECRET
 from tests.stripe_helpers import sign
 
 

@@ -20,10 +20,10 @@ from consumer.reconcile import (
     ReconcilerThread,
 )
 from consumer.stripe_api import StripeApi
+from harness import wait_for
 from models.tables import Subscription
 from receiver.sample_events import API_VERSIONS, build_event
 from tests.ops_helpers import STREAM, invoke, start_consumer
-from tests.services import wait_for
 from tests.stripe_server import API_KEY
 
 NOW = int(time.time())

@@ -20,11 +20,7 @@ from billing.event_queue import EventQueue
 from billing.redis_io import connect_redis, entitlement_key, seen_key
 from consumer.stream import failures_key
 from consumer.worker import Worker
-from models.tables import WebhookEvent
-from receiver.sample_events import build_event
-from tests.consumer_metrics_helpers import scrape, value
-from tests.redis_memory_helpers import fill_until_refused, used_memory
-from tests.services import (
+from harness import (
     SECRET,
     Process,
     RedisServer,
@@ -32,6 +28,10 @@ from tests.services import (
     service_env,
     wait_for,
 )
+from models.tables import WebhookEvent
+from receiver.sample_events import build_event
+from tests.consumer_metrics_helpers import scrape, value
+from tests.redis_memory_helpers import fill_until_refused, used_memory
 
 STREAM, GROUP = "stripe:events", "billing"
 ERRORS = "billing_redis_errors_total"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from tests.services import SECRET, free_port
+from harness import SECRET, free_port
 
 PASSWORD = "hunter2-Zq8"
 

@@ -10,9 +10,9 @@ import urllib.parse
 
 import pytest
 
+from harness import SECRET, service_env, start_receiver
 from receiver.sample_events import build_event
 from receiver.signing import signature_header
-from tests.services import SECRET, service_env, start_receiver
 
 STALLED = 8
 

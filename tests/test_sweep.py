@@ -16,9 +16,9 @@ from consumer.sweep import (
     end_expired_grace,
     sweep_if_ours,
 )
+from harness import Process, service_env, wait_for
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 from tests.ops_helpers import invoke
-from tests.services import Process, service_env, wait_for
 
 NOW = dt.datetime(2026, 3, 16, 12, 0, 0)
 SECOND = dt.timedelta(seconds=1)

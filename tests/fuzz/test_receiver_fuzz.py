@@ -17,6 +17,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from billing.config import Settings
+from harness import SECRET
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.fuzz.strategies import (
@@ -29,7 +30,6 @@ from tests.fuzz.strategies import (
     mutated_events,
 )
 from tests.receiver_helpers import STREAM, WEBHOOK, entries
-from tests.services import SECRET
 from tests.stripe_helpers import load_peer_events
 
 STATUSES = {200, 400, 413, 503}
