@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from billing.config import Settings
-from harness import SECRET, RedisServer, postgres_schema
+from billing.event_queue import EventQueue
+from harness import SECRET, RedisServer, postgres_schema, service_env
 from models.db import database_proxy, open_database
 from models.migrations import migrate
 from receiver.sample_events import API_VERSIONS
@@ -80,6 +81,18 @@ def sqlite_url(tmp_path):
 
 
 @pytest.fixture
+def consumer_env(redis_url, db, database_url):
+    """What a consumer process runs with, on the test's Redis and database; DEBUG logs a line per event."""
+    return service_env(redis_url, database_url, LOG_LEVEL="DEBUG")
+
+
+@pytest.fixture
+def queue(r):
+    """The receiver's dedupe-and-enqueue script on the test's Redis, to queue events as the receiver would."""
+    return EventQueue(r, Settings().stream_key, 3600)
+
+
+@pytest.fixture
 def settings(redis_url, database_url):
     return Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=database_url)
 
@@ -122,3 +135,29 @@ def make_client(settings, db):
     yield make
     for app in apps:
         app.extensions["redis"].close()
+
+
+@pytest.fixture
+def make_app(redis_url, tmp_path):
+    """create_app(settings with `overrides`) on the suite's redis-server; webhooks need no database, so a
+    throwaway SQLite."""
+    from receiver import create_app
+
+    apps = []
+
+    def make(**overrides):
+        fields = dict(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=f"sqlite:///{tmp_path}/x.db")
+        app = create_app(Settings(**{**fields, **overrides}))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["redis"].close()
+    database_proxy.initialize(None)
+
+
+@pytest.fixture
+def webhook_client(make_app):
+    """The receiver's app (make_app) through Flask's test client, for what needs no database: webhooks."""
+    return make_app().test_client()

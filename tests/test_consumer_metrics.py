@@ -23,13 +23,8 @@ def port():
 
 
 @pytest.fixture
-def env(redis_url, db, database_url, port):
-    return service_env(redis_url, database_url, METRICS_PORT=str(port), LOG_LEVEL="DEBUG")  # a line per event
-
-
-@pytest.fixture
-def queue(r):
-    return EventQueue(r, STREAM, 3600)
+def metrics_env(consumer_env, port):
+    return {**consumer_env, "METRICS_PORT": str(port)}
 
 
 def enqueue(queue: EventQueue, event: dict) -> str:
@@ -48,7 +43,7 @@ def consumer(env: dict, tmp_path, name: str = "c1", **env_extra: str) -> Process
 
 
 
-def test_events_by_outcome_timings_and_backlog(env, queue, r, port, tmp_path):
+def test_events_by_outcome_timings_and_backlog(metrics_env, queue, r, port, tmp_path):
     start = int(time.time()) - 100
     ids = dict(customer_id="cus_m1", subscription_id="sub_m1")
     checkout = build_event("checkout.session.completed", "m1", created=start, **ids)
@@ -62,7 +57,7 @@ def test_events_by_outcome_timings_and_backlog(env, queue, r, port, tmp_path):
     fields = r.xrange(STREAM, count=1)[0][1]
     r.xadd(STREAM, fields)  # the checkout event once more, past the receiver's dedupe: a duplicate
 
-    worker = consumer(env, tmp_path, MAX_DELIVERIES="2", CLAIM_IDLE_MS="1000")
+    worker = consumer(metrics_env, tmp_path, MAX_DELIVERIES="2", CLAIM_IDLE_MS="1000")
     try:
         wait_for(lambda: value(scrape(port), "billing_events_total", event_type="invoice.paid", outcome="dead"),
                  what=f"the broken event to be dead-lettered: {worker.output()[-2000:]}")
@@ -92,7 +87,7 @@ def test_events_by_outcome_timings_and_backlog(env, queue, r, port, tmp_path):
     assert scraped_at - 5 < value(samples, "billing_consumer_last_success_timestamp_seconds") <= time.time()
 
 
-def test_pending_age_and_reclaim(env, queue, r, port, tmp_path):
+def test_pending_age_and_reclaim(metrics_env, queue, r, port, tmp_path):
     events = [build_event("invoice.paid", f"p{n}") for n in range(4)]
     for event in events:
         enqueue(queue, event)
@@ -100,7 +95,7 @@ def test_pending_age_and_reclaim(env, queue, r, port, tmp_path):
     held = r.xreadgroup(GROUP, "gone", {STREAM: ">"}, count=2)[0][1]  # a consumer that read two, then vanished
     oldest_ms = int(held[0][0].decode().split("-")[0])
 
-    worker = consumer(env, tmp_path, CLAIM_IDLE_MS="10000")  # those two are reclaimed after 10 s idle
+    worker = consumer(metrics_env, tmp_path, CLAIM_IDLE_MS="10000")  # those two are reclaimed after 10 s idle
     try:
         wait_for(lambda: sum(events_by(scrape(port)).values()) == 2, what="the two others to be applied")
         before, samples, after = time.time(), scrape(port), time.time()
@@ -137,11 +132,11 @@ def test_scrape_succeeds_while_redis_is_down(own_redis, db, database_url, port, 
     assert worker.popen.returncode == 0, worker.output()
 
 
-def test_metrics_port_in_use_is_one_clear_error(env, port, tmp_path):
+def test_metrics_port_in_use_is_one_clear_error(metrics_env, port, tmp_path):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", port))
         taken.listen()
-        worker = consumer(env, tmp_path)
+        worker = consumer(metrics_env, tmp_path)
         assert worker.wait(timeout=30) != 0
         worker.stop()
     output = worker.output()
@@ -150,9 +145,9 @@ def test_metrics_port_in_use_is_one_clear_error(env, port, tmp_path):
         f"Error: METRICS_PORT={port}: cannot serve /metrics: Address already in use")
 
 
-def test_metrics_port_zero_serves_nothing(env, port, queue, tmp_path):
+def test_metrics_port_zero_serves_nothing(metrics_env, port, queue, tmp_path):
     enqueue(queue, build_event("invoice.paid", "z1"))
-    worker = consumer(env, tmp_path, METRICS_PORT="0")
+    worker = consumer(metrics_env, tmp_path, METRICS_PORT="0")
     try:
         wait_for(lambda: "-> processed" in worker.output(), what="the event to be applied")
         with pytest.raises(OSError):

@@ -7,25 +7,13 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 from billing.event_queue import EventQueue
-from harness import REPO, Process, service_env, start_receiver, wait_for
+from harness import REPO, Process, start_receiver, wait_for
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
 from tests.stripe_helpers import load_peer_events, sign
 
 STREAM, GROUP = "stripe:events", "billing"
-
-
-@pytest.fixture
-def env(redis_url, db, database_url):
-    return service_env(redis_url, database_url, LOG_LEVEL="DEBUG")  # the tests read the line per event
-
-
-@pytest.fixture
-def queue(redis_server, redis_url):
-    return EventQueue(redis_server.client(), STREAM, 3600)
 
 
 def enqueue(queue: EventQueue, event: dict) -> str:
@@ -55,41 +43,41 @@ def pending(client) -> int:
     return client.xpending(STREAM, GROUP)["pending"]
 
 
-def test_sigkill_before_commit_applies_each_event_once(env, queue, redis_server, tmp_path):
+def test_sigkill_before_commit_applies_each_event_once(consumer_env, queue, redis_server, tmp_path):
     events = lifecycle("k1", 1_700_000_000) + lifecycle("k2", 1_700_000_000, "2024-06-20")
     for event in events:
         enqueue(queue, event)
 
-    crashed = consumer(env, tmp_path, "c1", BILLING_FAULT="before_commit")
+    crashed = consumer(consumer_env, tmp_path, "c1", BILLING_FAULT="before_commit")
     assert crashed.wait() == -signal.SIGKILL, crashed.output()
     assert WebhookEvent.select().count() == 0  # the transaction died with the process
     assert pending(redis_server.client()) == len(events)  # delivered, not acknowledged
 
-    survivor = consumer(env, tmp_path, "c1")  # the same name finds its own pending entries first
+    survivor = consumer(consumer_env, tmp_path, "c1")  # the same name finds its own pending entries first
     wait_for(lambda: pending(redis_server.client()) == 0, what="pending entries to be acknowledged")
     survivor.stop()
     assert survivor.popen.returncode == 0
     assert_applied_once(events, ["k1", "k2"])
 
 
-def test_sigkill_after_commit_is_recognised_not_reapplied(env, queue, redis_server, tmp_path):
+def test_sigkill_after_commit_is_recognised_not_reapplied(consumer_env, queue, redis_server, tmp_path):
     events = lifecycle("k3", 1_700_000_000)
     for event in events:
         enqueue(queue, event)
 
-    crashed = consumer(env, tmp_path, "c1", BILLING_FAULT="after_commit")
+    crashed = consumer(consumer_env, tmp_path, "c1", BILLING_FAULT="after_commit")
     assert crashed.wait() == -signal.SIGKILL, crashed.output()
     assert WebhookEvent.select().count() == len(events)  # committed ...
     assert pending(redis_server.client()) == len(events)  # ... but never acknowledged
 
-    survivor = consumer(env, tmp_path, "c1")
+    survivor = consumer(consumer_env, tmp_path, "c1")
     wait_for(lambda: pending(redis_server.client()) == 0, what="redelivered entries to be acknowledged")
     survivor.stop()
     assert survivor.output().count("-> duplicate") == len(events)
     assert_applied_once(events, ["k3"])
 
 
-def test_a_crash_between_commit_and_cache_drop_is_healed_by_the_redelivery(env, queue, settings, db, tmp_path):
+def test_a_crash_between_commit_and_cache_drop_is_healed_by_the_redelivery(consumer_env, queue, settings, db, tmp_path):
     """The cached answer must not outlive a committed cancellation by its TTL: the redelivery, recognised as
     applied, drops the community's cached entitlements before it is acknowledged."""
     from models.db import database_proxy
@@ -100,7 +88,7 @@ def test_a_crash_between_commit_and_cache_drop_is_healed_by_the_redelivery(env, 
     api = app.test_client()
     ids = dict(customer_id="cus_k4", subscription_id="sub_k4")
     enqueue(queue, build_event("checkout.session.completed", "k4", tier="elite", created=1_700_000_000, **ids))
-    first = consumer(env, tmp_path, "c1")
+    first = consumer(consumer_env, tmp_path, "c1")
     wait_for(lambda: Subscription.get_or_none(Subscription.community_id == "k4"), what="the checkout applied")
     first.stop()
     api.get("/v1/communities/k4/entitlements")
@@ -108,12 +96,12 @@ def test_a_crash_between_commit_and_cache_drop_is_healed_by_the_redelivery(env, 
     assert (cached["source"], cached["tier"]) == ("cache", "elite")
 
     enqueue(queue, build_event("customer.subscription.deleted", "k4", created=1_700_000_100, **ids))
-    crashed = consumer(env, tmp_path, "c1", BILLING_FAULT="after_commit")
+    crashed = consumer(consumer_env, tmp_path, "c1", BILLING_FAULT="after_commit")
     assert crashed.wait() == -signal.SIGKILL, crashed.output()
     assert Subscription.get(Subscription.community_id == "k4").status == "canceled"  # committed, cache not dropped
     assert api.get("/v1/communities/k4/entitlements").get_json()["tier"] == "elite"
 
-    survivor = consumer(env, tmp_path, "c1")
+    survivor = consumer(consumer_env, tmp_path, "c1")
     wait_for(lambda: pending(queue.client) == 0, what="the redelivery to be acknowledged")
     survivor.stop()
     assert "-> duplicate" in survivor.output()
@@ -137,9 +125,9 @@ def assert_applied_once(events: list[dict], communities: list[str]) -> None:
         assert (sub.tier, sub.status, sub.grace_until) == ("elite", "active", None)
 
 
-def test_sigterm_finishes_the_batch_in_hand_and_exits_zero(env, queue, redis_server, tmp_path):
+def test_sigterm_finishes_the_batch_in_hand_and_exits_zero(consumer_env, queue, redis_server, tmp_path):
     events = [e for n in range(40) for e in lifecycle(f"t{n}", 1_700_000_000)]
-    worker = consumer(env, tmp_path, "c1", "--batch", "20")
+    worker = consumer(consumer_env, tmp_path, "c1", "--batch", "20")
     for event in events:
         enqueue(queue, event)
     wait_for(lambda: WebhookEvent.select().count() > 0, what="the first batch to commit")
@@ -152,7 +140,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_exits_zero(env, queue, redis_ser
     assert 0 < delivered <= len(events)
 
 
-def test_a_failing_event_is_recorded_and_left_pending_while_others_go_on(env, queue, redis_server, tmp_path):
+def test_a_failing_event_is_recorded_and_left_pending_while_others_go_on(consumer_env, queue, redis_server, tmp_path):
     bad = build_event("invoice.paid", "f1")
     bad["data"]["object"] = "not an invoice"
     good = lifecycle("f2", 1_700_000_000)
@@ -160,7 +148,7 @@ def test_a_failing_event_is_recorded_and_left_pending_while_others_go_on(env, qu
     for event in good:
         enqueue(queue, event)
 
-    worker = consumer(env, tmp_path, "c1")
+    worker = consumer(consumer_env, tmp_path, "c1")
     wait_for(lambda: WebhookEvent.select().where(WebhookEvent.status == "processed").count() == len(good),
              what="the good events to be processed")
     worker.stop()
@@ -171,9 +159,9 @@ def test_a_failing_event_is_recorded_and_left_pending_while_others_go_on(env, qu
     assert client.xpending_range(STREAM, GROUP, "-", "+", 10)[0]["consumer"] == b"c1"
 
 
-def test_two_consumers_apply_every_event_exactly_once(env, queue, redis_server, tmp_path):
+def test_two_consumers_apply_every_event_exactly_once(consumer_env, queue, redis_server, tmp_path):
     events = [e for n in range(30) for e in lifecycle(f"p{n % 6}-{n}", 1_700_000_000 + n)]
-    workers = [consumer(env, tmp_path, name, "--batch", "10") for name in ("c1", "c2")]
+    workers = [consumer(consumer_env, tmp_path, name, "--batch", "10") for name in ("c1", "c2")]
     for event in events:
         enqueue(queue, event)
     wait_for(lambda: WebhookEvent.select().count() == len(events) and pending(redis_server.client()) == 0,
@@ -185,14 +173,15 @@ def test_two_consumers_apply_every_event_exactly_once(env, queue, redis_server, 
     assert Subscription.select().where(Subscription.tier == "elite").count() == 30
 
 
-def test_the_whole_pipeline_from_send_to_the_database(env, redis_server, tmp_path):
-    receiver, base = start_receiver(env, str(tmp_path))
-    worker = consumer(env, tmp_path, "c1")
+def test_the_whole_pipeline_from_send_to_the_database(consumer_env, redis_server, tmp_path):
+    receiver, base = start_receiver(consumer_env, str(tmp_path))
+    worker = consumer(consumer_env, tmp_path, "c1")
     try:
         for event_type in ("checkout.session.completed", "invoice.payment_failed"):
             sent = subprocess.run(
                 [sys.executable, "-m", "receiver", "send", event_type, "--community", "42", "--tier", "premium",
-                 "--url", f"{base}/webhooks/stripe"], env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+                 "--url", f"{base}/webhooks/stripe"],
+                env=consumer_env, cwd=REPO, capture_output=True, text=True, timeout=30)
             assert sent.returncode == 0 and '"status":"queued"' in sent.stdout, sent.stdout + sent.stderr
         sub = wait_for(lambda: Subscription.get_or_none((Subscription.community_id == "42")
                                                          & (Subscription.status == "past_due")),

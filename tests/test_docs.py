@@ -11,11 +11,6 @@ import urllib.parse
 
 import pytest
 
-from billing.config import Settings
-from harness import SECRET
-from models.db import database_proxy
-from receiver import create_app
-
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 
 
@@ -67,11 +62,9 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture
-def client(redis_url, sqlite_url, no_network):
-    app = create_app(Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=sqlite_url))
-    yield app.test_client()
-    app.extensions["redis"].close()
-    database_proxy.initialize(None)
+def offline_client(make_app, no_network):
+    """The receiver's app (make_app: its docs need no database), any connection to another host failing the test."""
+    return make_app().test_client()
 
 
 def page(client) -> References:
@@ -83,55 +76,55 @@ def page(client) -> References:
     return refs
 
 
-def test_the_page_shows_the_openapi_document(client):
-    refs = page(client)
+def test_the_page_shows_the_openapi_document(offline_client):
+    refs = page(offline_client)
     assert refs.openapi_url == "/openapi.json"
     assert "/openapi.json" in refs.linked  # the <noscript> link
-    assert client.get(refs.openapi_url).is_json
+    assert offline_client.get(refs.openapi_url).is_json
     assert refs.inline_scripts == 0  # the start-up code is a file: a strict CSP needs no 'unsafe-inline'
 
 
-def test_everything_the_page_loads_is_served_here_with_its_content_type(client):
-    refs = page(client)
+def test_everything_the_page_loads_is_served_here_with_its_content_type(offline_client):
+    refs = page(offline_client)
     paths = [urllib.parse.urlsplit(url) for url in refs.loaded]
     assert all(not url.scheme and not url.netloc and url.path.startswith("/docs/assets/") for url in paths), \
         refs.loaded
     assert {pathlib.PurePath(url.path).name for url in paths} >= {"swagger-ui-bundle.js", "swagger-ui.css",
                                                                    "init.js"}
     for url in refs.loaded:
-        response = client.get(url)
+        response = offline_client.get(url)
         assert response.status_code == 200, url
         assert response.mimetype == CONTENT_TYPES[pathlib.PurePath(urllib.parse.urlsplit(url).path).suffix], url
         assert response.get_data(), url
         assert response.cache_control.max_age, url
 
 
-def test_swagger_ui_comes_from_the_installed_package(client):
+def test_swagger_ui_comes_from_the_installed_package(offline_client):
     dist = pathlib.Path(str(importlib.resources.files("flask_swagger_ui") / "dist"))
     for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
-        assert client.get(f"/docs/assets/{name}").get_data() == (dist / name).read_bytes()
-    assert b"SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").get_data()
+        assert offline_client.get(f"/docs/assets/{name}").get_data() == (dist / name).read_bytes()
+    assert b"SwaggerUIBundle" in offline_client.get("/docs/assets/swagger-ui-bundle.js").get_data()
     # Swagger UI 5 or later: 4 and earlier cannot show an OpenAPI 3.1 document.
     assert int(importlib.metadata.version("flask-swagger-ui").split(".")[0]) >= 5
 
 
-def test_the_start_up_script_reads_the_document_url_from_the_page_and_validates_nothing_online(client):
-    script = client.get("/docs/assets/init.js").get_data(as_text=True)
+def test_the_start_up_script_reads_the_document_url_from_the_page_and_validates_nothing_online(offline_client):
+    script = offline_client.get("/docs/assets/init.js").get_data(as_text=True)
     assert "dataset.openapiUrl" in script and "validatorUrl: null" in script
     assert "http" not in script
 
 
-def test_other_names_are_not_served(client):
+def test_other_names_are_not_served(offline_client):
     for name in ("index.html", "oauth2-redirect.html", "LICENSE", "..%2F..%2Fdocs.py", "swagger-ui.js.map"):
-        response = client.get(f"/docs/assets/{name}")
+        response = offline_client.get(f"/docs/assets/{name}")
         assert response.status_code == 404, name
         assert response.is_json
 
 
-def test_without_the_package_docs_answer_503_and_the_document_still_answers(client, monkeypatch):
+def test_without_the_package_docs_answer_503_and_the_document_still_answers(offline_client, monkeypatch):
     monkeypatch.setattr("receiver.docs.SWAGGER_UI", None)
     for path in ("/docs", "/docs/assets/swagger-ui-bundle.js"):
-        response = client.get(path)
+        response = offline_client.get(path)
         assert response.status_code == 503 and response.is_json, path
         assert "flask-swagger-ui" in response.get_json()["error"]
-    assert client.get("/openapi.json").status_code == 200
+    assert offline_client.get("/openapi.json").status_code == 200

@@ -15,7 +15,8 @@ from tests.stripe_server import API_KEY
 
 
 @pytest.fixture
-def stripe_env(cli_env, fake_stripe):
+def stripe_cli_env(cli_env, fake_stripe):
+    """cli_env (the test's database), with Stripe's API at the local server."""
     return {**cli_env, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": fake_stripe.url}
 
 
@@ -46,9 +47,9 @@ def reconciled_rows() -> list[tuple[str, dict]]:
     return [(a.community_id, json.loads(a.event_data)) for a in query]
 
 
-def test_the_report_shows_each_difference_and_changes_nothing(stripe_env, drifted, r):
+def test_the_report_shows_each_difference_and_changes_nothing(stripe_cli_env, drifted, r):
     audits_before = AuditLog.select().count()
-    result = invoke(stripe_env, "reconcile", "subscriptions", "--json")
+    result = invoke(stripe_cli_env, "reconcile", "subscriptions", "--json")
     assert result.exit_code == 0, result.output
     report = {d["community_id"]: d for d in json.loads(result.stdout)}
     assert report["d1"]["differences"] == {
@@ -64,13 +65,13 @@ def test_the_report_shows_each_difference_and_changes_nothing(stripe_env, drifte
     assert (row("d1").tier, row("d1").status, row("d4").status) == ("basic", "active", "active")
     assert AuditLog.select().count() == audits_before  # the handler's rows were rolled back with the rest
     assert r.exists(entitlement_key("d1"))
-    text = invoke(stripe_env, "reconcile", "subscriptions").stdout
+    text = invoke(stripe_cli_env, "reconcile", "subscriptions").stdout
     assert "2 of 4 communities differ from Stripe; --fix applies Stripe's state" in text
     assert "d3  " in text and "Stripe has no such subscription" in text and "1 could not be compared" in text
 
 
-def test_fix_applies_stripes_state_once(stripe_env, drifted, r):
-    fixed = invoke(stripe_env, "reconcile", "subscriptions", "--fix")
+def test_fix_applies_stripes_state_once(stripe_cli_env, drifted, r):
+    fixed = invoke(stripe_cli_env, "reconcile", "subscriptions", "--fix")
     assert "fixed 2 of 4 communities (audit rows `reconciled`)" in fixed.stdout, fixed.output
     assert (row("d1").tier, row("d1").status) == ("elite", "past_due") and row("d1").grace_until is not None
     assert (row("d4").tier, row("d4").status) == ("starter", "canceled")
@@ -85,22 +86,22 @@ def test_fix_applies_stripes_state_once(stripe_env, drifted, r):
     assert not r.exists(entitlement_key("d1")) and not r.exists(entitlement_key("d4"))
     assert r.exists(entitlement_key("d2"))  # unchanged, so still cached
 
-    again = invoke(stripe_env, "reconcile", "subscriptions", "--fix")
+    again = invoke(stripe_cli_env, "reconcile", "subscriptions", "--fix")
     assert "all 3 communities compared match Stripe" in again.stdout, again.output
     assert len(reconciled_rows()) == 2
 
 
-def test_only_the_communities_asked_for(stripe_env, drifted, fake_stripe):
-    report = json.loads(invoke(stripe_env, "reconcile", "subscriptions", "--community", "d2", "--json").stdout)
+def test_only_the_communities_asked_for(stripe_cli_env, drifted, fake_stripe):
+    report = json.loads(invoke(stripe_cli_env, "reconcile", "subscriptions", "--community", "d2", "--json").stdout)
     assert [d["community_id"] for d in report] == ["d2"]
     assert [r.path for r in fake_stripe.requests] == ["/v1/subscriptions/sub_d2"]
 
 
-def test_a_subscription_naming_another_community_is_not_fixed(stripe_env, db, api, fake_stripe):
+def test_a_subscription_naming_another_community_is_not_fixed(stripe_cli_env, db, api, fake_stripe):
     apply(db, ev("checkout.session.completed", api, "m1", subscription_id="sub_m1", created=T0))
     fake_stripe.subscriptions["sub_m1"] = subscription(api, "someone-else", subscription_id="sub_m1",
                                                        period_start=P_START)
-    [drift] = json.loads(invoke(stripe_env, "reconcile", "subscriptions", "--fix", "--json").stdout)
+    [drift] = json.loads(invoke(stripe_cli_env, "reconcile", "subscriptions", "--fix", "--json").stdout)
     assert drift["problem"] == "Stripe's metadata names community 'someone-else': not fixed automatically"
     assert not drift["fixed"] and row("m1").current_period_start is None
 

@@ -53,23 +53,24 @@ def post(base: str, event: dict, secret: str = SECRET) -> int:
 
 
 @pytest.fixture
-def env(redis_url, sqlite_url):
+def process_env(redis_url, sqlite_url):
+    """What our processes run with, on the suite's Redis and a SQLite database of the test's own."""
     return service_env(redis_url, sqlite_url)
 
 
-def test_web_concurrency_sets_the_worker_count(env, tmp_path):
-    proc, _ = start_receiver({**env, "WEB_CONCURRENCY": "3"}, str(tmp_path), workers=None)
+def test_web_concurrency_sets_the_worker_count(process_env, tmp_path):
+    proc, _ = start_receiver({**process_env, "WEB_CONCURRENCY": "3"}, str(tmp_path), workers=None)
     try:
         wait_for(lambda: len(children(proc.popen.pid)) == 3, what=f"three workers: {proc.output()[-1500:]}")
     finally:
         proc.stop()
 
 
-def test_gunicorn_cmd_args_and_a_config_file_are_honoured(env, tmp_path):
+def test_gunicorn_cmd_args_and_a_config_file_are_honoured(process_env, tmp_path):
     config = tmp_path / "gunicorn.conf.py"
     config.write_text("workers = 1\nthreads = 3\n")
-    proc, base = start_receiver({**env, "GUNICORN_CMD_ARGS": f"--threads 8 --log-level debug --config {config}"},
-                                str(tmp_path), workers=None)
+    gunicorn_args = f"--threads 8 --log-level debug --config {config}"
+    proc, base = start_receiver({**process_env, "GUNICORN_CMD_ARGS": gunicorn_args}, str(tmp_path), workers=None)
     try:
         wait_for(lambda: "threads: 8" in proc.output(), what="gunicorn's debug configuration dump")
         assert len(children(proc.popen.pid)) == 1  # from the config file
@@ -78,8 +79,8 @@ def test_gunicorn_cmd_args_and_a_config_file_are_honoured(env, tmp_path):
         proc.stop()
 
 
-def test_the_access_log_leaves_out_webhooks_answered_200_and_logs_the_rest(env, tmp_path):
-    proc, base = start_receiver(env, str(tmp_path))
+def test_the_access_log_leaves_out_webhooks_answered_200_and_logs_the_rest(process_env, tmp_path):
+    proc, base = start_receiver(process_env, str(tmp_path))
     try:
         assert post(base, build_event("invoice.paid", "42")) == 200
         assert post(base, build_event("invoice.paid", "42"), secret="whsec_not_ours") == 400
@@ -91,9 +92,9 @@ def test_the_access_log_leaves_out_webhooks_answered_200_and_logs_the_rest(env, 
         proc.stop()
 
 
-def test_the_access_log_can_be_switched_off(env, tmp_path):
+def test_the_access_log_can_be_switched_off(process_env, tmp_path):
     port = free_port()
-    proc = Process(["receiver", "serve", "--bind", f"127.0.0.1:{port}", "--no-access-log"], env, str(tmp_path))
+    proc = Process(["receiver", "serve", "--bind", f"127.0.0.1:{port}", "--no-access-log"], process_env, str(tmp_path))
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200, what="the receiver")
@@ -103,8 +104,8 @@ def test_the_access_log_can_be_switched_off(env, tmp_path):
         proc.stop()
 
 
-def test_json_logs_carry_the_fields_of_what_they_are_about(env, redis_server, db, tmp_path):
-    json_env = {**env, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}  # a line per event is DEBUG
+def test_json_logs_carry_the_fields_of_what_they_are_about(process_env, redis_server, db, tmp_path):
+    json_env = {**process_env, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}  # a line per event is DEBUG
     receiver, base = start_receiver(json_env, str(tmp_path))
     worker = Process(["consumer", "run", "--name", "json-1", "--block-ms", "100"], json_env, str(tmp_path))
     event = build_event("checkout.session.completed", "j1")
@@ -126,11 +127,11 @@ def test_json_logs_carry_the_fields_of_what_they_are_about(env, redis_server, db
     assert all('"object": "event"' not in line["message"] for line in lines + receiver_lines)  # no payloads
 
 
-def test_the_environment_wins_over_dotenv_which_wins_over_defaults(env, tmp_path):
-    proc, base = start_receiver(env, str(tmp_path))
+def test_the_environment_wins_over_dotenv_which_wins_over_defaults(process_env, tmp_path):
+    proc, base = start_receiver(process_env, str(tmp_path))
     (tmp_path / ".env").write_text(f"STRIPE_WEBHOOK_SECRET=whsec_from_dotenv\nPORT={base.rsplit(':', 1)[1]}\n")
     send = [sys.executable, "-m", "receiver", "send", "invoice.paid", "--community", "42"]
-    clean = {k: v for k, v in env.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PORT")}
+    clean = {k: v for k, v in process_env.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PORT")}
     try:
         from_env = subprocess.run(send, cwd=tmp_path, env={**clean, "STRIPE_WEBHOOK_SECRET": SECRET},
                                   capture_output=True, text=True, timeout=30)

@@ -32,8 +32,8 @@ TWO_HOURS_MS = 2 * 3600 * 1000
 
 
 @pytest.fixture
-def env(redis_url, tmp_path):
-    """Looking needs no database: this one is never even created."""
+def redis_env(redis_url, tmp_path):
+    """The ops CLI's environment with Redis only: looking needs no database, this one is never even created."""
     return {"REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{tmp_path}/never-created.db"}
 
 
@@ -53,8 +53,8 @@ def busy(r):
     return ids
 
 
-def test_stats_json_counts_what_is_in_the_stream(env, busy):
-    result = invoke(env, "stats", "--json")
+def test_stats_json_counts_what_is_in_the_stream(redis_env, busy):
+    result = invoke(redis_env, "stats", "--json")
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)
     assert (stats["stream_length"], stats["group_lag"], stats["pending"], stats["dead_letters"]) == (5, 2, 3, 1)
@@ -65,8 +65,8 @@ def test_stats_json_counts_what_is_in_the_stream(env, busy):
     assert all(isinstance(c["idle_ms"], int) and 0 <= c["idle_ms"] < 30_000 for c in consumers.values())
 
 
-def test_stats_table(env, busy):
-    result = invoke(env, "stats")
+def test_stats_table(redis_env, busy):
+    result = invoke(redis_env, "stats")
     assert result.exit_code == 0, result.output
     summary, consumers = result.output.split("\n\n")
     lines = [re.match(r"(\S.*?)  +(\S.*)$", line) for line in summary.splitlines()]
@@ -81,15 +81,15 @@ def test_stats_table(env, busy):
     assert all(row["IDLE"].endswith("s") for row in rows.values())
 
 
-def test_stats_without_a_group_or_a_stream_is_one_line(env, r):
-    assert "no stream 'stripe:events'" in one_line_error(invoke(env, "stats"))
+def test_stats_without_a_group_or_a_stream_is_one_line(redis_env, r):
+    assert "no stream 'stripe:events'" in one_line_error(invoke(redis_env, "stats"))
     enqueue(r, events(1)[0])  # the receiver ran, no consumer ever did
     for command in (["stats"], ["pending"], ["claim", "--idle", "0", "--to", "x"], ["consumers", "prune"]):
-        assert "no consumer group 'billing' on 'stripe:events'" in one_line_error(invoke(env, *command)), command
+        assert "no consumer group 'billing' on 'stripe:events'" in one_line_error(invoke(redis_env, *command)), command
 
 
-def test_stats_watch_refreshes_until_ctrl_c(env, busy, redis_url, tmp_path):
-    watch = Process(["consumer", "stats", "--watch"], service_env(redis_url, env["DATABASE_URL"]), str(tmp_path))
+def test_stats_watch_refreshes_until_ctrl_c(redis_env, busy, redis_url, tmp_path):
+    watch = Process(["consumer", "stats", "--watch"], service_env(redis_url, redis_env["DATABASE_URL"]), str(tmp_path))
     try:
         wait_for(lambda: "CONSUMER" in watch.output() and "dead-worker" in watch.output(), what="the first screen")
         watch.signal(signal.SIGINT)
@@ -111,8 +111,8 @@ def held(r):
     return list(zip(ids, evs))
 
 
-def test_pending_table_shows_who_holds_what_for_how_long(env, held):
-    result = invoke(env, "pending")
+def test_pending_table_shows_who_holds_what_for_how_long(redis_env, held):
+    result = invoke(redis_env, "pending")
     assert result.exit_code == 0, result.output
     rows = table(result.output)
     assert [row["ENTRY"] for row in rows] == [entry_id for entry_id, _ in held]
@@ -124,11 +124,11 @@ def test_pending_table_shows_who_holds_what_for_how_long(env, held):
     assert all(row["IDLE"].endswith("s") for row in rows[2:])
 
 
-def test_pending_filters(env, held):
+def test_pending_filters(redis_env, held):
     ids = [entry_id for entry_id, _ in held]
 
     def listed(*args: str) -> list[str]:
-        result = invoke(env, "pending", "--json", *args)
+        result = invoke(redis_env, "pending", "--json", *args)
         assert result.exit_code == 0, result.output
         return [row["entry_id"] for row in json.loads(result.output)]
 
@@ -139,11 +139,11 @@ def test_pending_filters(env, held):
     assert listed("--min-idle", "60000", "--consumer", "other") == []
     assert listed("--count", "2") == ids[:2]
     assert listed("--consumer", "nobody") == []
-    assert invoke(env, "pending", "--consumer", "nobody").output.strip() == "nothing pending"
+    assert invoke(redis_env, "pending", "--consumer", "nobody").output.strip() == "nothing pending"
 
 
-def test_pending_json(env, held):
-    result = invoke(env, "pending", "--json", "--count", "1")
+def test_pending_json(redis_env, held):
+    result = invoke(redis_env, "pending", "--json", "--count", "1")
     (row,) = json.loads(result.output)
     assert set(row) == {"entry_id", "event_id", "event_type", "consumer", "idle_ms", "deliveries"}
     entry_id, event = held[0]
@@ -180,9 +180,9 @@ def test_redis_that_accepts_but_never_answers_is_unreachable_too(tmp_path):
         assert "Redis unreachable" in one_line_error(invoke(env, "pending"))
 
 
-def test_python_m_consumer_stats_is_the_entry_point(env, busy, redis_url):
+def test_python_m_consumer_stats_is_the_entry_point(redis_env, busy, redis_url):
     run = subprocess.run([sys.executable, "-m", "consumer", "stats", "--json"], cwd=REPO, capture_output=True,
-                         text=True, timeout=30, env=service_env(redis_url, env["DATABASE_URL"]))
+                         text=True, timeout=30, env=service_env(redis_url, redis_env["DATABASE_URL"]))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["pending"] == 3
 

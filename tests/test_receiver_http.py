@@ -13,7 +13,6 @@ import pytest
 from billing.config import ConfigError, Settings
 from billing.redis_io import seen_key
 from harness import SECRET, free_port
-from models.db import database_proxy
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
@@ -22,37 +21,15 @@ from tests.stripe_helpers import load_peer_events, sign
 OLD_SECRET, NEW_SECRET = "whsec_old_secret_being_rolled", "whsec_new_secret_rolled_in"
 
 
-@pytest.fixture
-def make_app(redis_url, tmp_path):
-    """create_app on the suite's redis-server; webhooks need no database, so a throwaway SQLite."""
-    apps = []
-
-    def make(**overrides):
-        fields = dict(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=f"sqlite:///{tmp_path}/x.db")
-        app = create_app(Settings(**{**fields, **overrides}))
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["redis"].close()
-    database_proxy.initialize(None)
-
-
-@pytest.fixture
-def client(make_app):
-    return make_app().test_client()
-
-
 def assert_nothing_queued(r):
     assert r.xlen(STREAM) == 0
     assert list(r.scan_iter(match=f"{STREAM}:seen:*")) == []
 
 
-def test_valid_event_is_queued_with_the_contract_fields(client, r):
+def test_valid_event_is_queued_with_the_contract_fields(webhook_client, r):
     event, body = event_bytes("invoice.paid")
     before_ms = time.time() * 1000
-    response = client.post(WEBHOOK, data=body, headers=sign(body))
+    response = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
     after_ms = time.time() * 1000
 
     assert response.status_code == 200
@@ -68,13 +45,13 @@ def test_valid_event_is_queued_with_the_contract_fields(client, r):
     assert before_ms - 1 <= int(entry["received_at"]) <= after_ms + 1
 
 
-def test_same_event_again_is_a_duplicate_and_stays_one_entry(client, r):
+def test_same_event_again_is_a_duplicate_and_stays_one_entry(webhook_client, r):
     event, body = event_bytes("customer.subscription.updated")
-    first = client.post(WEBHOOK, data=body, headers=sign(body))
-    again = client.post(WEBHOOK, data=body, headers=sign(body))
+    first = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
+    again = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
     # A redelivery signed later, even re-serialised, is the same event by id.
     reshaped = json.dumps(event).encode()
-    third = client.post(WEBHOOK, data=reshaped, headers=sign(reshaped))
+    third = webhook_client.post(WEBHOOK, data=reshaped, headers=sign(reshaped))
 
     assert first.get_json()["status"] == "queued"
     for response in (again, third):
@@ -92,14 +69,14 @@ def test_dedupe_ttl_and_stream_key_come_from_settings(make_app, r):
     assert 1200 < r.ttl(seen_key("custom:events", event["id"])) <= 1234
 
 
-def test_signing_matches_stripes_scheme_computed_by_hand(client, r):
+def test_signing_matches_stripes_scheme_computed_by_hand(webhook_client, r):
     event, body = event_bytes("checkout.session.completed")
     t = int(time.time())
     digest = hmac.new(SECRET.encode("utf-8"), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     assert signature_header(body, SECRET, t) == f"t={t},v1={digest}"
     # Stripe may send several v1 signatures (one per active secret) and other schemes: any v1 may match.
     header = f"t={t},v1={'0' * 64},v1={digest},v0=6ffbb59b2300aae63f272406069a9788598b792a944a07aba816edb039989a39"
-    response = client.post(WEBHOOK, data=body, headers={"Stripe-Signature": header})
+    response = webhook_client.post(WEBHOOK, data=body, headers={"Stripe-Signature": header})
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["status"] == "queued"
     assert r.xlen(STREAM) == 1
@@ -127,11 +104,11 @@ SIGNATURE_FAILURES = {
 
 
 @pytest.mark.parametrize("body,header,reason", SIGNATURE_FAILURES.values(), ids=SIGNATURE_FAILURES.keys())
-def test_signature_failures_are_400_and_queue_nothing(client, r, body, header, reason):
+def test_signature_failures_are_400_and_queue_nothing(webhook_client, r, body, header, reason):
     headers = {"Content-Type": "application/json"}
     if header is not None:
         headers["Stripe-Signature"] = header
-    response = client.post(WEBHOOK, data=body, headers=headers)
+    response = webhook_client.post(WEBHOOK, data=body, headers=headers)
     assert response.status_code == 400
     answer = response.get_json()
     assert answer["reason"] == reason
@@ -182,8 +159,8 @@ MALFORMED_EVENTS = {
 
 
 @pytest.mark.parametrize("body", MALFORMED_EVENTS.values(), ids=MALFORMED_EVENTS.keys())
-def test_validly_signed_but_malformed_event_is_400(client, r, body):
-    response = client.post(WEBHOOK, data=body, headers=sign(body))
+def test_validly_signed_but_malformed_event_is_400(webhook_client, r, body):
+    response = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
     assert response.status_code == 400
     assert response.is_json and response.get_json()["error"]
     assert_nothing_queued(r)
@@ -199,25 +176,25 @@ def _padded(size: int) -> tuple[dict, bytes]:
     return event, body
 
 
-def test_body_over_one_mib_is_413_and_exactly_one_mib_is_accepted(client, r):
+def test_body_over_one_mib_is_413_and_exactly_one_mib_is_accepted(webhook_client, r):
     _, too_big = _padded(MAX_BODY_BYTES + 1)
-    response = client.post(WEBHOOK, data=too_big, headers=sign(too_big))
+    response = webhook_client.post(WEBHOOK, data=too_big, headers=sign(too_big))
     assert response.status_code == 413
     assert response.is_json and response.get_json()["error"]
     assert_nothing_queued(r)
 
     event, just_fits = _padded(MAX_BODY_BYTES)
-    response = client.post(WEBHOOK, data=just_fits, headers=sign(just_fits))
+    response = webhook_client.post(WEBHOOK, data=just_fits, headers=sign(just_fits))
     assert response.status_code == 200
     assert response.get_json()["event_id"] == event["id"]
     assert [e["payload"] for e in entries(r)] == [just_fits]
 
 
-def test_all_peer_events_in_order(client, r):
+def test_all_peer_events_in_order(webhook_client, r):
     first_body_of = {}
     for name, body in load_peer_events():
         event_id = json.loads(body)["id"]
-        response = client.post(WEBHOOK, data=body, headers=sign(body))
+        response = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
         assert response.status_code == 200, (name, response.get_data())
         expected = "duplicate" if event_id in first_body_of else "queued"
         assert response.get_json()["status"] == expected, name
@@ -227,8 +204,8 @@ def test_all_peer_events_in_order(client, r):
     assert {e["event_id"].decode(): e["payload"] for e in stream} == first_body_of
 
 
-def test_healthz(client):
-    response = client.get("/healthz")
+def test_healthz(webhook_client):
+    response = webhook_client.get("/healthz")
     assert response.status_code == 200 and response.get_json()["status"] == "ok"
 
 
@@ -272,8 +249,8 @@ def test_readyz_names_a_redis_outage_by_kind_only(make_app, own_redis, outage):
     assert str(own_redis.port).encode() not in response.data and b"127.0.0.1" not in response.data
 
 
-def test_other_methods_get_json_errors(client):
-    response = client.get(WEBHOOK)
+def test_other_methods_get_json_errors(webhook_client):
+    response = webhook_client.get(WEBHOOK)
     assert response.status_code == 405
     assert response.is_json and response.get_json()["error"]
 

@@ -7,22 +7,9 @@ import json
 
 import pytest
 
-from billing.config import Settings
 from billing.stripe_events import event_created, parse_envelope
-from harness import SECRET
-from models.db import database_proxy
-from receiver import create_app
 from tests.receiver_helpers import STREAM, WEBHOOK, entries, event_bytes
 from tests.stripe_helpers import sign
-
-
-@pytest.fixture
-def client(redis_url, tmp_path):
-    app = create_app(Settings(webhook_secrets=(SECRET,), redis_url=redis_url,
-                              database_url=f"sqlite:///{tmp_path}/x.db"))
-    yield app.test_client()
-    app.extensions["redis"].close()
-    database_proxy.initialize(None)
 
 
 def with_created(raw: str) -> bytes:
@@ -64,8 +51,8 @@ MALFORMED = {**NON_FINITE, **ODD_ENVELOPES}
 
 
 @pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
-def test_a_signed_body_with_a_number_stripe_never_sends_or_an_odd_envelope_is_400_malformed(client, r, body):
-    response = client.post(WEBHOOK, data=body, headers=sign(body))
+def test_a_signed_body_with_a_number_stripe_never_sends_or_an_odd_envelope_is_400_malformed(webhook_client, r, body):
+    response = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
     assert response.status_code == 400, response.data
     assert response.is_json and response.get_json()["error"].startswith("malformed event: ")
     assert r.xlen(STREAM) == 0
@@ -88,9 +75,9 @@ ACCEPTED_CREATED = {
 
 
 @pytest.mark.parametrize("raw,stored", ACCEPTED_CREATED.items(), ids=[k[:20] for k in ACCEPTED_CREATED])
-def test_an_odd_created_is_queued_with_created_0(client, r, raw, stored):
+def test_an_odd_created_is_queued_with_created_0(webhook_client, r, raw, stored):
     body = with_created(raw)
-    response = client.post(WEBHOOK, data=body, headers=sign(body))
+    response = webhook_client.post(WEBHOOK, data=body, headers=sign(body))
     assert response.status_code == 200 and response.get_json()["status"] == "queued", response.data
     [entry] = entries(r)
     assert entry["created"] == stored and entry["payload"] == body
@@ -129,9 +116,9 @@ SIGNATURE_HEADERS = {
 
 
 @pytest.mark.parametrize("header,reason", SIGNATURE_HEADERS.items(), ids=[repr(h[:24]) for h in SIGNATURE_HEADERS])
-def test_an_odd_signature_header_is_400_with_its_reason(client, r, header, reason):
+def test_an_odd_signature_header_is_400_with_its_reason(webhook_client, r, header, reason):
     _, body = event_bytes("invoice.paid")
-    response = client.post(WEBHOOK, data=body, headers={"Stripe-Signature": header,
+    response = webhook_client.post(WEBHOOK, data=body, headers={"Stripe-Signature": header,
                                                          "Content-Type": "application/json"})
     assert response.status_code == 400, response.data
     assert response.get_json()["reason"] == reason
@@ -139,9 +126,9 @@ def test_an_odd_signature_header_is_400_with_its_reason(client, r, header, reaso
 
 
 @pytest.mark.parametrize("content_length", ["abc", "-1", "", "1e3", " 12", "99999999999999999999999"])
-def test_an_odd_content_length_is_never_a_500(client, r, content_length):
+def test_an_odd_content_length_is_never_a_500(webhook_client, r, content_length):
     _, body = event_bytes("invoice.paid")
-    response = client.post(WEBHOOK, data=body, headers=sign(body),
+    response = webhook_client.post(WEBHOOK, data=body, headers=sign(body),
                            environ_overrides={"CONTENT_LENGTH": content_length})
     assert response.status_code in (400, 413), (response.status_code, response.data)
     assert response.is_json

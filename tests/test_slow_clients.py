@@ -18,7 +18,8 @@ STALLED = 8
 
 
 @pytest.fixture
-def receiver(redis_url, sqlite_url, tmp_path):
+def receiver_url(redis_url, sqlite_url, tmp_path):
+    """A live receiver (`serve`, gunicorn's worker count left to its defaults): its URL, split."""
     proc, base = start_receiver(service_env(redis_url, sqlite_url), str(tmp_path), workers=None)
     yield urllib.parse.urlsplit(base)
     proc.stop()
@@ -43,8 +44,8 @@ def signed_post(address, timeout: float) -> tuple[int, float]:
 
 
 @pytest.mark.parametrize("kind", ["partial headers", "trickled body", "both"])
-def test_a_webhook_gets_its_200_while_connections_stall(receiver, kind):
-    address = (receiver.hostname, receiver.port)
+def test_a_webhook_gets_its_200_while_connections_stall(receiver_url, kind):
+    address = (receiver_url.hostname, receiver_url.port)
     partial = b"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\n"
     trickle = b"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\nContent-Length: 100000\r\n\r\n{\"id\""
     firsts = {"partial headers": [partial] * STALLED, "trickled body": [trickle] * STALLED,
@@ -57,11 +58,11 @@ def test_a_webhook_gets_its_200_while_connections_stall(receiver, kind):
             assert status == 200
 
 
-def test_a_stalled_connection_is_closed_after_the_read_timeout(receiver):
+def test_a_stalled_connection_is_closed_after_the_read_timeout(receiver_url):
     """Bounded reads: a client that stops mid-request loses its connection (and its thread) instead of keeping it."""
     from receiver.worker import READ_TIMEOUT_SECONDS
 
-    sock = stall((receiver.hostname, receiver.port), b"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\n")
+    sock = stall((receiver_url.hostname, receiver_url.port), b"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\n")
     sock.settimeout(READ_TIMEOUT_SECONDS * 3)
     started = time.monotonic()
     with sock:
