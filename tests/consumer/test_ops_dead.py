@@ -11,7 +11,7 @@ import pytest
 from harness import free_port, wait_for
 from models.tables import Subscription, WebhookEvent
 from receiver.sample_events import build_event
-from tests.ops_helpers import (
+from tests.consumer.ops_helpers import (
     DEAD,
     GROUP,
     STREAM,

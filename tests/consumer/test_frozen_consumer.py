@@ -23,8 +23,8 @@ from models.db import (
 )
 from models.migrations import migrate
 from models.tables import WebhookEvent
+from tests.consumer.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 from tests.database_helpers import DATABASES
-from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 
 # The frozen consumer runs with the production default (CLAIM_IDLE_MS 60 s, so a 30 s batch deadline,
 # and its transactions are ended by the server after 5 s idle). The one taking over reclaims after 1 s,

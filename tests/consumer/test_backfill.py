@@ -1,5 +1,6 @@
-"""`python -m consumer backfill`: the real stripe r lists events from a local server that speaks Stripe's list
-API (tests/stripe_server.py), and what we do not have is queued, oldest first, through the receiver's script."""
+"""`python -m consumer backfill`: the real stripe client lists events from a local server that speaks Stripe's
+list API (tests/consumer/stripe_server.py), and what we do not have is queued, oldest first, through the
+receiver's script."""
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ from consumer.stripe_api import StripeApi, StripeApiError, retry_delay
 from harness import REPO, default_sigint, service_env
 from models.tables import WebhookEvent
 from receiver.sample_events import API_VERSIONS, LEGACY_API_VERSION, build_event
-from tests.ops_helpers import STREAM, invoke, one_line_error
-from tests.stripe_server import API_KEY, peer_events
+from tests.consumer.ops_helpers import STREAM, invoke, one_line_error
+from tests.consumer.stripe_server import API_KEY, peer_events
 
 NOW = int(time.time())
 

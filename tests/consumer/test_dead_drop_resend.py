@@ -15,7 +15,7 @@ from models.db import database_proxy
 from models.tables import Subscription, WebhookEvent
 from receiver import create_app
 from receiver.sample_events import build_event
-from tests.ops_helpers import (
+from tests.consumer.ops_helpers import (
     DEAD,
     STREAM,
     add_dead_letter,

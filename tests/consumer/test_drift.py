@@ -1,5 +1,6 @@
 """`python -m consumer reconcile subscriptions [--fix]`: each community's row against its subscription as Stripe
-(tests/stripe_server.py) has it now; --fix applies Stripe's state through the handler, once, with audit rows."""
+(tests/consumer/stripe_server.py) has it now; --fix applies Stripe's state through the handler, once, with
+audit rows."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import pytest
 from billing.clock import from_epoch, iso
 from billing.redis_io import entitlement_key
 from models.tables import AuditLog
+from tests.consumer.ops_helpers import invoke, one_line_error
+from tests.consumer.stripe_server import API_KEY
 from tests.handler_helpers import DAY, P_END, P_START, T0, apply, ev, row
-from tests.ops_helpers import invoke, one_line_error
-from tests.stripe_server import API_KEY
 
 
 @pytest.fixture

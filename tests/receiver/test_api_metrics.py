@@ -16,7 +16,7 @@ from harness import SECRET, service_env, start_receiver
 from models.db import database_proxy
 from models.tables import Subscription
 from receiver import create_app
-from tests.metrics_helpers import ACCESS_LINE, scrape, value
+from tests.receiver.metrics_helpers import ACCESS_LINE, scrape, value
 
 V1 = "/v1/communities"
 TOKEN = "api-metrics-token"

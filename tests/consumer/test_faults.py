@@ -16,7 +16,7 @@ from models.db import open_database
 from models.migrations import migrate
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
-from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
+from tests.consumer.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
 
 FAST = {"CLAIM_IDLE_MS": "1000", "MAX_DELIVERIES": "3"}
 

@@ -21,7 +21,7 @@ from harness import RedisServer
 from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
 from receiver.sample_events import build_event
-from tests.api_helpers import V1, consume, ents, row
+from tests.receiver.api_helpers import V1, consume, ents, row
 from tests.redis_memory_helpers import fill_until_refused
 
 STALE = {"community_id": "42", "tier": "elite", "status": "active", "max_members": 10000, "features": ["api_access"],

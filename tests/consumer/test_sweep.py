@@ -18,7 +18,7 @@ from consumer.sweep import (
 )
 from harness import Process, service_env, wait_for
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
-from tests.ops_helpers import invoke
+from tests.consumer.ops_helpers import invoke
 
 NOW = dt.datetime(2026, 3, 16, 12, 0, 0)
 SECOND = dt.timedelta(seconds=1)

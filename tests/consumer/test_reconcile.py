@@ -1,4 +1,4 @@
-"""Reconciliation: consumers with STRIPE_API_KEY list the events whose webhooks failed (tests/stripe_server.py
+"""Reconciliation: consumers with STRIPE_API_KEY list the events whose webhooks failed (tests/consumer/stripe_server.py
 stands in for Stripe) and queue what we do not have, one consumer per interval, without ever holding up event
 processing; errors are counted, never raised."""
 from __future__ import annotations
@@ -23,8 +23,8 @@ from consumer.stripe_api import StripeApi
 from harness import wait_for
 from models.tables import Subscription
 from receiver.sample_events import API_VERSIONS, build_event
-from tests.ops_helpers import STREAM, invoke, start_consumer
-from tests.stripe_server import API_KEY
+from tests.consumer.ops_helpers import STREAM, invoke, start_consumer
+from tests.consumer.stripe_server import API_KEY
 
 NOW = int(time.time())
 

@@ -18,7 +18,7 @@ import pytest
 from harness import free_port, service_env, start_receiver, wait_for
 from receiver import MAX_BODY_BYTES
 from receiver.sample_events import EVENT_TYPES
-from tests.metrics_helpers import ACCESS_LINE, scrape, value
+from tests.receiver.metrics_helpers import ACCESS_LINE, scrape, value
 from tests.receiver_helpers import WEBHOOK, event_bytes
 from tests.stripe_helpers import sign
 

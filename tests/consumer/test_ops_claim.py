@@ -10,7 +10,7 @@ import pytest
 from harness import wait_for
 from models.tables import Subscription, WebhookEvent
 from receiver.sample_events import build_event
-from tests.ops_helpers import (
+from tests.consumer.ops_helpers import (
     GROUP,
     STREAM,
     age,

@@ -18,8 +18,8 @@ from models.db import database_proxy
 from models.tables import AuditLog, Subscription
 from receiver import create_app
 from receiver.sample_events import EVENT_TYPES, build_event
-from tests.api_helpers import V1, consume, ents, row
 from tests.entitlement_helpers import STARTER, TIER_NAMES, expected_tier
+from tests.receiver.api_helpers import V1, consume, ents, row
 from tests.stripe_helpers import sign
 
 TOKEN = "s3cret-token"

@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 import yaml
 
-from tests.promtool_helpers import ROOT, promtool
+from tests.pipeline.promtool_helpers import ROOT, promtool
 
 RULES = ROOT / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "prometheus" / "alerts_test.yml"

@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from harness import REPO
+
+ROOT = REPO  # where promtool runs: the paths the tests give it are relative to the project root
 
 
 def promtool(*args: str | pathlib.Path) -> str:

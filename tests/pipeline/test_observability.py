@@ -26,7 +26,7 @@ from harness import (
 from models.db import open_database
 from models.migrations import migrate
 from receiver.sample_events import build_event
-from tests.dashboard_helpers import JOB_VARIABLES, interpolate, variables
+from tests.pipeline.dashboard_helpers import JOB_VARIABLES, interpolate, variables
 from tests.stripe_helpers import sign
 
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))

@@ -14,7 +14,7 @@ import pytest
 
 from harness import REPO, Process, free_port, service_env, wait_for
 from receiver.sample_events import build_event
-from tests.ops_helpers import (
+from tests.consumer.ops_helpers import (
     GROUP,
     STREAM,
     add_dead_letter,

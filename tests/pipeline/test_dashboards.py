@@ -13,14 +13,14 @@ import sys
 import pytest
 import yaml
 
-from tests.dashboard_helpers import (
+from tests.pipeline.dashboard_helpers import (
     GRAFANA_VARIABLES,
     JOB_VARIABLES,
     VARIABLE,
     interpolate,
     variables,
 )
-from tests.promtool_helpers import ROOT, promtool
+from tests.pipeline.promtool_helpers import ROOT, promtool
 
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 SCHEMA_VERSION = 42  # what grafana-foundation-sdk 0.0.21 writes: Grafana 12's dashboard schema
