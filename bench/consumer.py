@@ -61,8 +61,8 @@ from bench.consumer_workload import (  # noqa: E402
     prepare_database,
     rss_mb,
 )
+from harness import REPO, Process, postgres_reachable, postgres_schema, service_env, wait_for  # noqa: E402
 from models.db import open_database  # noqa: E402
-from tests.services import REPO, Process, postgres_reachable, postgres_schema, service_env, wait_for  # noqa: E402
 
 PARTS = ("celery", "e2e", "postgres")
 

@@ -18,8 +18,8 @@ import redis
 
 from bench.consumer_workload import GROUP, STREAM_KEY, Queued, events, fresh_redis, prepare_database
 from bench.servers import serve_app
+from harness import SECRET, Process, service_env, start_receiver, wait_for
 from receiver.signing import signature_header
-from tests.services import SECRET, Process, service_env, start_receiver, wait_for
 
 PATH = "/webhooks/stripe"
 

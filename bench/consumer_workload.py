@@ -12,10 +12,10 @@ import redis
 
 from billing.config import Settings
 from billing.event_queue import EventQueue
+from harness import RedisServer
 from models.db import open_database
 from models.migrations import migrate
 from receiver.sample_events import DAY, build_event
-from tests.services import RedisServer
 
 STREAM_KEY = Settings().stream_key  # the consumer's defaults: it reads what the receiver queues there
 GROUP = Settings().consumer_group

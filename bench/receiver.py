@@ -21,12 +21,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from billing.clock import utcnow  # noqa: E402
+from harness import SECRET, RedisServer, service_env, start_receiver  # noqa: E402
 from models.db import open_database  # noqa: E402
 from models.migrations import migrate  # noqa: E402
 from models.tables import Subscription  # noqa: E402
 from receiver.sample_events import build_event  # noqa: E402
 from receiver.signing import signature_header  # noqa: E402
-from tests.services import SECRET, RedisServer, service_env, start_receiver  # noqa: E402
 
 
 def sign(body: bytes) -> dict[str, str]:

@@ -21,10 +21,10 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.servers import serve_app  # noqa: E402
+from harness import REPO, SECRET, Process, RedisServer, free_port, service_env, wait_for  # noqa: E402
 from receiver.sample_events import EVENT_TYPES, build_event  # noqa: E402
 from receiver.serve import DEFAULT_THREADS, DEFAULT_WORKERS  # noqa: E402
 from receiver.signing import signature_header  # noqa: E402
-from tests.services import REPO, SECRET, Process, RedisServer, free_port, service_env, wait_for  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+from harness import REPO, Process, free_port, wait_for
 from receiver.serve import DEFAULT_THREADS, DEFAULT_WORKERS
-from tests.services import REPO, Process, free_port, wait_for
 
 PATH = "/webhooks/stripe"
 

@@ -3,7 +3,7 @@
     .venv/bin/pip install -e '.[dashboards]'
     .venv/bin/python grafana/generate.py [OUT_DIR]
 
-The JSON is committed so a stock Grafana can load it (grafana/provisioning/); tests/test_dashboards.py
+The JSON is committed so a stock Grafana can load it (grafana/provisioning/); tests/pipeline/test_dashboards.py
 regenerates it and fails on any difference, so edit this file and run it rather than editing the JSON.
 Queries use only the metric names of the contract (../shared/CONTRACT.md, Metrics) and those the README adds,
 through the template variables of variables() (data source, jobs, instances), so the JSON imports anywhere.

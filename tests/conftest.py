@@ -1,24 +1,15 @@
+"""The services every folder's tests use: the suite's redis-server (and one of a test's own), a database on
+SQLite and PostgreSQL, the settings that join them, and the receiver's app where no database is needed (the
+receiver tests and the receiver fuzzer). Each folder's conftest.py holds the fixtures only its tests use."""
 from __future__ import annotations
-
-import dataclasses
-import json
 
 import pytest
 
 from billing.config import Settings
+from harness import SECRET, RedisServer, postgres_schema
 from models.db import database_proxy, open_database
 from models.migrations import migrate
-from receiver.sample_events import API_VERSIONS
-from receiver.signing import signature_header
-from tests.services import (
-    PEER_EVENTS,
-    SECRET,
-    RedisServer,
-    postgres_reachable,
-    postgres_schema,
-)
-
-DATABASES = ["sqlite", "postgresql"] if postgres_reachable() else ["sqlite"]
+from tests.database_helpers import DATABASES
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +34,6 @@ def r(redis_server, redis_url):
     client = redis_server.client()
     yield client
     client.close()
-
-
-@pytest.fixture
-def cli_env(redis_url, database_url, db):
-    """What the ops CLI (`python -m consumer ...`) reads from the environment, for the suite's Redis and database."""
-    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url}
 
 
 @pytest.fixture
@@ -93,56 +78,27 @@ def settings(redis_url, database_url):
     return Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=database_url)
 
 
-def sign(payload: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
-    return {"Stripe-Signature": signature_header(payload, secret, timestamp), "Content-Type": "application/json"}
-
-
-def load_peer_events() -> list[tuple[str, bytes]]:
-    """The 50 captured events, byte for byte: (file name, raw body)."""
-    files = sorted(p for p in PEER_EVENTS.glob("*.json") if p.name != "index.json")
-    assert len(files) == 50, f"expected the 50 peer events in {PEER_EVENTS}, found {len(files)}"
-    return [(p.name, p.read_bytes()) for p in files]
-
-
-def peer_event(name: str) -> dict:
-    return json.loads((PEER_EVENTS / name).read_bytes())
-
-
-@pytest.fixture(params=API_VERSIONS)
-def api(request):
-    """Each Stripe API shape: the legacy one (before 2025-03-31) and the current one."""
-    return request.param
-
-
 @pytest.fixture
-def fake_stripe():
-    """A local stand-in for Stripe's API (tests/stripe_server.py), for the real stripe client to list events from."""
-    from tests.stripe_server import FakeStripe
-
-    server = FakeStripe().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def client(make_client):
-    """The receiver's app (create_app) through Flask's test client, on the suite's Redis and database."""
-    return make_client()
-
-
-@pytest.fixture
-def make_client(settings, db):
-    """A Flask test client of create_app(settings with `overrides`), sharing the test's database connection."""
+def make_app(redis_url, tmp_path):
+    """create_app(settings with `overrides`) on the suite's redis-server; webhooks need no database, so a
+    throwaway SQLite."""
     from receiver import create_app
 
     apps = []
 
     def make(**overrides):
-        app = create_app(dataclasses.replace(settings, **overrides))
-        database_proxy.initialize(db)  # create_app bound the models to a database object of its own
+        fields = dict(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=f"sqlite:///{tmp_path}/x.db")
+        app = create_app(Settings(**{**fields, **overrides}))
         apps.append(app)
-        return app.test_client()
+        return app
 
     yield make
     for app in apps:
         app.extensions["redis"].close()
+    database_proxy.initialize(None)
+
+
+@pytest.fixture
+def webhook_client(make_app):
+    """The receiver's app (make_app) through Flask's test client, for what needs no database: webhooks."""
+    return make_app().test_client()

@@ -23,14 +23,7 @@ import urllib.parse
 
 import pytest
 
-from models.db import database_proxy, open_database
-from models.migrations import migrate
-from models.tables import AuditLog, Subscription, WebhookEvent
-from receiver.signing import signature_header
-from tests.chaos import oracle
-from tests.chaos.stories import PRICE_TIERS, Run, build_run
-from tests.conftest import DATABASES
-from tests.services import (
+from harness import (
     SECRET,
     PostgresServer,
     Process,
@@ -39,6 +32,13 @@ from tests.services import (
     start_receiver,
     wait_for,
 )
+from models.db import database_proxy, open_database
+from models.migrations import migrate
+from models.tables import AuditLog, Subscription, WebhookEvent
+from receiver.signing import signature_header
+from tests.chaos import oracle
+from tests.chaos.stories import PRICE_TIERS, Run, build_run
+from tests.database_helpers import DATABASES
 
 COMMUNITIES = int(os.environ.get("CHAOS_COMMUNITIES", "1000"))
 EVENTS_PER_STORY = 10

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from receiver.sample_events import API_VERSIONS, EVENT_TYPES, build_event
-from tests.conftest import load_peer_events
+from tests.stripe_helpers import load_peer_events
 
 # Examples per fuzz test. CI keeps the defaults; FUZZ_EXAMPLES=5000 (say, with --timeout 0) fuzzes deeper.
 _EXAMPLES = os.environ.get("FUZZ_EXAMPLES")

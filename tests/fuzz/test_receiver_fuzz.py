@@ -12,14 +12,12 @@ import time
 from dataclasses import dataclass
 
 import hypothesis
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from billing.config import Settings
-from receiver import MAX_BODY_BYTES, create_app
+from harness import SECRET
+from receiver import MAX_BODY_BYTES
 from receiver.signing import signature_header
-from tests.conftest import load_peer_events
 from tests.fuzz.strategies import (
     BASE_EVENTS,
     PEER_EVENTS,
@@ -30,20 +28,13 @@ from tests.fuzz.strategies import (
     mutated_events,
 )
 from tests.receiver_helpers import STREAM, WEBHOOK, entries
-from tests.services import SECRET
+from tests.stripe_helpers import load_peer_events
 
 STATUSES = {200, 400, 413, 503}
 TOLERANCE = 300  # STRIPE_WEBHOOK_TOLERANCE's default, which the app runs with
 OTHER_SECRET = "whsec_not_the_one_we_have"
 # Latin-1 (what a WSGI server hands the app) without CR and LF (no HTTP client sends those in a header).
 HEADER_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0xFF, exclude_characters="\r\n"), max_size=80)
-
-
-@pytest.fixture
-def client(redis_url, sqlite_url):
-    app = create_app(Settings(webhook_secrets=(SECRET,), redis_url=redis_url, database_url=sqlite_url))
-    yield app.test_client()
-    app.extensions["redis"].close()
 
 
 # --- bodies ---------------------------------------------------------------------------------------------------
@@ -255,12 +246,12 @@ def assert_answered(response, r, request: Request) -> None:
 @given(REQUESTS)
 @example(Request(Body(b'{"id": "evt_\\u0000", "type": "invoice.paid"}', "evt_\x00", "envelope"), Signing("valid"),
                  "application/json", None))
-def test_any_request_is_answered_200_400_or_413_and_only_a_signed_event_is_queued(client, r, request):
+def test_any_request_is_answered_200_400_or_413_and_only_a_signed_event_is_queued(webhook_client, r, request):
     r.flushdb()
-    response = post(client, request)
+    response = post(webhook_client, request)
     assert_answered(response, r, request)
     if response.status_code == 200:  # the same event again: a duplicate, still one entry
-        again = post(client, request)
+        again = post(webhook_client, request)
         if request.signing.correct:
             assert again.status_code == 200 and again.get_json()["status"] == "duplicate"
             assert len(entries(r)) == 1
@@ -268,7 +259,7 @@ def test_any_request_is_answered_200_400_or_413_and_only_a_signed_event_is_queue
 
 @fuzz_settings(max_examples=20)
 @given(st.sampled_from(BASE_EVENTS), st.integers(-3, 3), CORRECT_SIGNINGS, st.booleans())
-def test_a_signed_body_at_the_size_limit(client, r, base, delta, signing, chunked):
+def test_a_signed_body_at_the_size_limit(webhook_client, r, base, delta, signing, chunked):
     """1 MiB is the limit: a correctly signed event of exactly that size is queued, one byte more is 413,
     whether the body comes with a Content-Length or chunked (no length, the server ends the stream)."""
     r.flushdb()
@@ -277,6 +268,6 @@ def test_a_signed_body_at_the_size_limit(client, r, base, delta, signing, chunke
     assert len(data) == MAX_BODY_BYTES + delta
     headers = {"Stripe-Signature": signing.header(data), "Content-Type": "application/json"}
     overrides = {"wsgi.input_terminated": True, "CONTENT_LENGTH": ""} if chunked else {}
-    response = client.post(WEBHOOK, data=data, headers=headers, environ_overrides=overrides)
+    response = webhook_client.post(WEBHOOK, data=data, headers=headers, environ_overrides=overrides)
     assert response.status_code == (200 if delta <= 0 else 413), response.data[:300]
     assert len(entries(r)) == (1 if delta <= 0 else 0)
