@@ -19,7 +19,8 @@ def service_env(redis_url: str, database_url: str, **extra: str) -> dict[str, st
     """The environment our processes run with in a test or a benchmark."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "STRIPE_", "PROMETHEUS_"))}
     env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=SECRET,
-               METRICS_PORT="0", PYTHONUNBUFFERED="1")
+               METRICS_PORT="0", PYTHONUNBUFFERED="1",
+               PYTHONFAULTHANDLER="1")  # a child that crashes in C code says where, in its stderr
     env.update(extra)
     return env
 
