@@ -24,7 +24,9 @@ def cli() -> None:
 
 @cli.command("migrate")
 def migrate_command() -> None:
-    """Apply the schema steps the database has not had yet (safe to run again, and at once)."""
+    """Bring the schema to the latest version.
+
+    Applies, in order, the steps the database has not had; safe to run again, and by several processes at once."""
     report = _on_database(migrate)
     if report.created:
         click.echo(f"created: {', '.join(report.created)}")
@@ -36,7 +38,9 @@ def migrate_command() -> None:
 
 @cli.command("status")
 def status_command() -> None:
-    """Show the database's schema version and the latest this release knows (changes nothing)."""
+    """Show the schema version and the latest.
+
+    The database's schema version, the latest this release knows and the steps left to apply; changes nothing."""
     state = _on_database(status)
     if state.version > state.latest:
         verdict = "newer than this release"
