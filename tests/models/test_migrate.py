@@ -14,11 +14,11 @@ import pytest
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_migrations
 
+from harness import REPO, wait_for
 from models import tables_v1
 from models.db import database_proxy, is_postgres, open_database
 from models.migrations import STEPS, SchemaTooNewError, SchemaVersion, Step, migrate, status
 from models.tables import ALL_TABLES, Subscription, WebhookEvent
-from harness import REPO, wait_for
 
 LATEST = STEPS[-1].version
 
