@@ -14,7 +14,7 @@ from billing.cli_support import version
 
 
 class BuildInfo(Collector):
-    def __init__(self):
+    def __init__(self) -> None:
         self.labels = [version(), platform.python_version()]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import click
 from dotenv import load_dotenv
@@ -38,9 +39,10 @@ def entry_point(prog_name: str) -> Callable[[click.Group], click.Group]:
 
 def _entry_point(group: click.Group, prog_name: str) -> click.Group:
     callback = group.callback
+    assert callback is not None, f"{prog_name}: the group needs a callback"
 
     @functools.wraps(callback)
-    def start(*args, **kwargs):
+    def start(*args: Any, **kwargs: Any) -> Any:
         load_env_file()
         logs.configure()
         return callback(*args, **kwargs)
@@ -49,12 +51,12 @@ def _entry_point(group: click.Group, prog_name: str) -> click.Group:
     return click.version_option(version(), "--version", prog_name=prog_name)(group)
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
     """A duration with a unit, in milliseconds: `1500ms`, `30s`, `5m`, `2h`, `1d`; a bare number is milliseconds."""
 
     name = "duration"
 
-    def convert(self, value, param, ctx) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         match = _DURATION.match(str(value))

@@ -45,7 +45,7 @@ def entitlements(community_id: str, sub: Subscription | None, tiers: TierMatrix,
         "max_members": tier.max_members,
         "features": list(tier.features),
         "in_grace_period": in_grace,
-        "grace_until": iso(sub.grace_until) if in_grace else None,
+        "grace_until": iso(sub.grace_until) if sub is not None and in_grace else None,
     }
 
 

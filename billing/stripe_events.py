@@ -19,6 +19,8 @@ import orjson
 
 from billing.vocabulary import EventType
 
+JsonObject = dict[str, Any]  # a JSON object as orjson reads it
+
 
 class UnreadableEvent(ValueError):
     """The event claims a type we handle but its payload is not that type's object."""
@@ -137,7 +139,7 @@ def read_facts(event: dict[str, Any]) -> BillingFacts:
     return _subscription(obj, base)
 
 
-def _checkout_session(session: dict, base: dict) -> BillingFacts:
+def _checkout_session(session: JsonObject, base: JsonObject) -> BillingFacts:
     metadata = _dict(session.get("metadata"))
     line_items = _dict(session.get("line_items")).get("data")  # present only when expanded
     return BillingFacts(
@@ -157,7 +159,7 @@ def _checkout_session(session: dict, base: dict) -> BillingFacts:
     )
 
 
-def _invoice(invoice: dict, base: dict) -> BillingFacts:
+def _invoice(invoice: JsonObject, base: JsonObject) -> BillingFacts:
     details = _dict(_dict(invoice.get("parent")).get("subscription_details"))  # 2025-03-31 and later
     legacy_details = _dict(invoice.get("subscription_details"))  # before
     subscription_id = _id(details.get("subscription")) or _id(invoice.get("subscription"))
@@ -185,7 +187,7 @@ def _invoice(invoice: dict, base: dict) -> BillingFacts:
     )
 
 
-def _subscription_lines(lines: list, subscription_id: str | None) -> list[dict]:
+def _subscription_lines(lines: list[Any], subscription_id: str | None) -> list[JsonObject]:
     """The invoice lines that bill the subscription (not prorations or one-off items)."""
     candidates = []
     for line in lines:
@@ -200,7 +202,7 @@ def _subscription_lines(lines: list, subscription_id: str | None) -> list[dict]:
     return candidates
 
 
-def _subscription(subscription: dict, base: dict) -> BillingFacts:
+def _subscription(subscription: JsonObject, base: JsonObject) -> BillingFacts:
     metadata = _dict(subscription.get("metadata"))
     items = _list(_dict(subscription.get("items")).get("data"))
     start = _int(subscription.get("current_period_start"))  # before 2025-03-31
@@ -239,11 +241,11 @@ def _price_ids(items: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _dict(value: Any) -> dict:
+def _dict(value: Any) -> JsonObject:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list:
+def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 

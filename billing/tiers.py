@@ -38,7 +38,8 @@ class TierMatrix:
 
     @classmethod
     def build(cls, rows: list[tuple[str, int | None, tuple[str, ...]]]) -> "TierMatrix":
-        tiers, features = [], []
+        tiers: list[Tier] = []
+        features: list[str] = []
         for name, max_members, added in rows:
             features.extend(f for f in added if f not in features)
             tiers.append(Tier(name, max_members, tuple(features)))

@@ -19,7 +19,7 @@ class Word(str, enum.Enum):
     """A str enum whose str() and format() are its value, on Python 3.10 as on 3.11 and later."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
