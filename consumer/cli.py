@@ -293,7 +293,7 @@ def sweep(settings: Settings, client: redis.Redis, as_json: bool) -> None:
     from consumer.sweep import end_expired_grace
     from models.db import database_proxy
 
-    ended = end_expired_grace(database_proxy.obj, client)
+    ended = end_expired_grace(database_proxy.obj, client, settings.keys)
     dropped = drop_expired(database_proxy.obj)
     if as_json:
         click.echo(json.dumps({"ended": ended, "deferred_dropped": dropped}, indent=2))

@@ -11,8 +11,8 @@ from typing import Any
 import redis
 
 from billing.config import Settings
-from billing.redis_io import ENTRY_FIELDS, seen_key
-from consumer.stream import as_text, failures_key, read_group_state
+from billing.redis_io import ENTRY_FIELDS
+from consumer.stream import as_text, read_group_state
 from models.tables import AuditLog
 
 
@@ -24,10 +24,10 @@ def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) ->
     now_ms = now_ms or int(time.time() * 1000)
     group = _group_info(client, settings)
     state = read_group_state(client, settings)  # the same figures the consumers' gauges show
-    consumers = client.xinfo_consumers(settings.stream_key, settings.consumer_group)
+    consumers = client.xinfo_consumers(settings.keys.stream, settings.consumer_group)
     oldest_ms = state.oldest_pending_ms
     return {
-        "stream": settings.stream_key,
+        "stream": settings.keys.stream,
         "group": settings.consumer_group,
         "stream_length": state.stream_length,
         "group_lag": state.group_lag,
@@ -47,9 +47,9 @@ def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) ->
 def pending(client: redis.Redis, settings: Settings, *, min_idle_ms: int | None = None,
             consumer: str | None = None, count: int = 50) -> list[dict[str, Any]]:
     _group_info(client, settings)
-    rows = client.xpending_range(settings.stream_key, settings.consumer_group, "-", "+", count,
+    rows = client.xpending_range(settings.keys.stream, settings.consumer_group, "-", "+", count,
                                  consumername=consumer, idle=min_idle_ms)
-    fields = _fields_of(client, settings.stream_key, [row["message_id"] for row in rows])
+    fields = _fields_of(client, settings.keys.stream, [row["message_id"] for row in rows])
     return [
         {"entry_id": as_text(row["message_id"]),
          "event_id": fields[i].get("event_id"), "event_type": fields[i].get("event_type"),
@@ -64,7 +64,7 @@ def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[s
     """Move pending entries, by id or by idle time, to consumer `to`; it applies them on its next tick.
     `to` must be a consumer of the group (a typo would park the entries where nobody reads them),
     unless `new_consumer` says it is one about to start."""
-    known = [as_text(c["name"]) for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)] \
+    known = [as_text(c["name"]) for c in client.xinfo_consumers(settings.keys.stream, settings.consumer_group)] \
         if _group_info(client, settings) else []
     if to not in known and not new_consumer:
         raise OpsError(f"no consumer {to!r} in group {settings.consumer_group} (consumers: "
@@ -82,14 +82,14 @@ def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[s
     # JUSTID: a manual move is not a delivery. IDLE of CLAIM_IDLE_MS/2, the cap of a consumer's retry backoff:
     # `to` retries its own entries only once they are idle that long, so with a fresh idle time an entry
     # delivered a few times before would wait up to CLAIM_IDLE_MS/2; this way `to` applies it on its next tick.
-    client.xclaim(settings.stream_key, settings.consumer_group, to, 0, ids, idle=settings.claim_idle_ms // 2,
+    client.xclaim(settings.keys.stream, settings.consumer_group, to, 0, ids, idle=settings.claim_idle_ms // 2,
                   justid=True)
     audit("ops_claim", {"to": to, "entries": ids, "min_idle_ms": min_idle_ms})
     return moving
 
 
 def dead_list(client: redis.Redis, settings: Settings, count: int = 100) -> list[dict[str, Any]]:
-    return [_dead_row(entry_id, fields) for entry_id, fields in client.xrange(settings.dead_letter_key, count=count)]
+    return [_dead_row(entry_id, fields) for entry_id, fields in client.xrange(settings.keys.dead_letters, count=count)]
 
 
 def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[dict[str, Any]]:
@@ -99,9 +99,9 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
         return []
     pipe = client.pipeline(transaction=True)
     for entry_id, fields in letters:
-        pipe.xadd(settings.stream_key,
+        pipe.xadd(settings.keys.stream,
                   {name: fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in fields})
-        pipe.xdel(settings.dead_letter_key, entry_id)
+        pipe.xdel(settings.keys.dead_letters, entry_id)
     results = pipe.execute()
     retried = [{**_dead_row(entry_id, fields), "new_entry_id": as_text(results[2 * i])}
                for i, (entry_id, fields) in enumerate(letters)]
@@ -123,8 +123,8 @@ def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> 
     pipe = client.pipeline(transaction=False)
     event_ids = [r["event_id"] for r in dropped if r["event_id"]]
     if event_ids:
-        pipe.delete(*[seen_key(settings.stream_key, event_id) for event_id in event_ids])
-    pipe.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
+        pipe.delete(*[settings.keys.seen(event_id) for event_id in event_ids])
+    pipe.xdel(settings.keys.dead_letters, *[entry_id for entry_id, _ in letters])
     pipe.execute()
     return dropped
 
@@ -132,12 +132,12 @@ def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> 
 def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int, dry_run: bool = False) -> list[dict]:
     """Delete consumers with nothing pending that have been idle at least `min_idle_ms`."""
     _group_info(client, settings)
-    idle = [c for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)
+    idle = [c for c in client.xinfo_consumers(settings.keys.stream, settings.consumer_group)
             if c["pending"] == 0 and _inactive_ms(c) >= min_idle_ms]
     rows = [{"name": as_text(c["name"]), "idle_ms": _inactive_ms(c)} for c in idle]
     if rows and not dry_run:
         delete = client.register_script(_DELETE_IF_NOTHING_PENDING)
-        rows = [row for row in rows if delete(keys=[settings.stream_key], args=[settings.consumer_group, row["name"]])]
+        rows = [row for row in rows if delete(keys=[settings.keys.stream], args=[settings.consumer_group, row["name"]])]
         if rows:
             audit("ops_consumers_prune", {"consumers": [r["name"] for r in rows], "min_idle_ms": min_idle_ms})
     return rows
@@ -154,7 +154,7 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) + 1
 
 
 def failure_counts(client: redis.Redis, settings: Settings) -> dict[str, str]:
-    return {as_text(k): as_text(v) for k, v in client.hgetall(failures_key(settings.stream_key)).items()}
+    return {as_text(k): as_text(v) for k, v in client.hgetall(settings.keys.failures).items()}
 
 
 def audit(action: str, details: dict[str, Any], community_id: str | None = None) -> None:
@@ -181,15 +181,15 @@ def _inactive_ms(consumer: dict[str, Any]) -> int:
 
 def _group_info(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     try:
-        groups = client.xinfo_groups(settings.stream_key)
+        groups = client.xinfo_groups(settings.keys.stream)
     except redis.ResponseError:
         raise OpsError(
-            f"no stream {settings.stream_key!r} (no event has been received yet, or Redis lost it)") from None
+            f"no stream {settings.keys.stream!r} (no event has been received yet, or Redis lost it)") from None
     for group in groups:
         if as_text(group["name"]) == settings.consumer_group:
             return group
     raise OpsError(
-        f"no consumer group {settings.consumer_group!r} on {settings.stream_key!r} (no consumer has run yet)")
+        f"no consumer group {settings.consumer_group!r} on {settings.keys.stream!r} (no consumer has run yet)")
 
 
 def _fields_of(client: redis.Redis, key: str, entry_ids: list) -> list[dict[str, str]]:
@@ -205,16 +205,16 @@ def _fields_of(client: redis.Redis, key: str, entry_ids: list) -> list[dict[str,
 
 def _dead_letters(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[tuple[str, dict]]:
     if entry_ids is None:
-        return [(as_text(i), f) for i, f in client.xrange(settings.dead_letter_key)]
+        return [(as_text(i), f) for i, f in client.xrange(settings.keys.dead_letters)]
     letters, unknown = [], []
     for entry_id in dict.fromkeys(entry_ids):  # the same id twice is one entry
         try:
-            found = client.xrange(settings.dead_letter_key, entry_id, entry_id, count=1)
+            found = client.xrange(settings.keys.dead_letters, entry_id, entry_id, count=1)
         except redis.ResponseError:
             found = []
         (letters.append((entry_id, found[0][1])) if found else unknown.append(entry_id))
     if unknown:
-        raise OpsError(f"no dead letter {', '.join(unknown)} in {settings.dead_letter_key}")
+        raise OpsError(f"no dead letter {', '.join(unknown)} in {settings.keys.dead_letters}")
     return letters
 
 

@@ -16,7 +16,8 @@ import time
 import redis
 
 from billing.config import Settings, scrub
-from billing.redis_io import connect_redis, reconcile_lock_key
+from billing.keys import Keys
+from billing.redis_io import connect_redis
 from billing.stripe_events import HANDLED_TYPES, event_created
 from consumer import metrics
 from consumer.backfill import Enqueuer, Found
@@ -32,10 +33,10 @@ LOCK_MARGIN_MS = 1000  # as the sweep's: freed a little before the owner's next 
 
 
 class Reconciler:
-    def __init__(self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, stream_key: str,
+    def __init__(self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, keys: Keys,
                  interval_seconds: int, owner: str):
         self.api, self.enqueuer, self.client = api, enqueuer, client
-        self.lock_key = reconcile_lock_key(stream_key)
+        self.lock_key = keys.reconcile_lock
         self.interval_ms = interval_seconds * 1000
         self.owner = owner
 
@@ -76,8 +77,8 @@ def reconciler_for(settings: Settings, owner: str) -> ReconcilerThread | None:
     api = StripeApi.from_settings(settings, timeout=10.0, connect_timeout=3.0, network_retries=1,
                                   rate_limit_wait=min(60.0, interval / 2), sleep=stopping.wait)
     client = connect_redis(settings.redis_url, timeout=5.0)
-    enqueuer = Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds)
-    reconciler = Reconciler(api, enqueuer, client, settings.stream_key, interval, owner)
+    enqueuer = Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds)
+    reconciler = Reconciler(api, enqueuer, client, settings.keys, interval, owner)
     return ReconcilerThread(reconciler, interval, stopping, urls=(settings.redis_url, settings.database_url))
 
 

@@ -9,13 +9,7 @@ from collections.abc import Callable, Mapping
 import redis
 
 from billing.config import Settings
-from billing.redis_io import (
-    entitlement_key,
-    entitlement_token_key,
-    invalidate_entitlements,
-    is_memory_refusal,
-    seen_key,
-)
+from billing.redis_io import invalidate_entitlements, is_memory_refusal
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +102,12 @@ class GroupState:
 
 def read_group_state(client: redis.Redis, settings: Settings) -> GroupState:
     """In one round trip. A stream or group that does not exist yet reads as empty."""
+    keys = settings.keys
     pipe = client.pipeline(transaction=False)
-    pipe.xlen(settings.stream_key)
-    pipe.xinfo_groups(settings.stream_key)
-    pipe.xpending(settings.stream_key, settings.consumer_group)
-    pipe.xlen(settings.dead_letter_key)
+    pipe.xlen(keys.stream)
+    pipe.xinfo_groups(keys.stream)
+    pipe.xpending(keys.stream, settings.consumer_group)
+    pipe.xlen(keys.dead_letters)
     length, groups, summary, dead = pipe.execute(raise_on_error=False)  # connection errors still raise
     for reply in (length, dead):
         if isinstance(reply, Exception):
@@ -132,10 +127,8 @@ def read_group_state(client: redis.Redis, settings: Settings) -> GroupState:
 class EventStream:
     def __init__(self, client: redis.Redis, settings: Settings, consumer: str):
         self.client = client
-        self.stream_key = settings.stream_key
+        self.keys = settings.keys
         self.group = settings.consumer_group
-        self.dead_letter_key = settings.dead_letter_key
-        self.failures_key = failures_key(settings.stream_key)
         self.consumer = consumer
         self.dedupe_ttl_seconds = settings.dedupe_ttl_seconds
         self._settle_script = client.register_script(_SETTLE_WITHOUT_MEMORY)
@@ -147,7 +140,7 @@ class EventStream:
         if self.group_exists():
             return False
         try:
-            self.client.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
+            self.client.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
             return True
         except redis.ResponseError as exc:
             if "BUSYGROUP" in str(exc):  # another consumer created it meanwhile
@@ -156,7 +149,7 @@ class EventStream:
 
     def group_exists(self) -> bool:
         try:
-            groups = self.client.xinfo_groups(self.stream_key)
+            groups = self.client.xinfo_groups(self.keys.stream)
         except redis.ResponseError as exc:
             if "no such key" in str(exc).lower():  # no stream yet
                 return False
@@ -172,7 +165,7 @@ class EventStream:
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
         reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream_key: start}, count=count, block=block_ms
+            self.group, self.consumer, {self.keys.stream: start}, count=count, block=block_ms
         )
         entries, vanished = [], []
         for _stream, messages in _stream_messages(reply):
@@ -182,7 +175,7 @@ class EventStream:
 
     def reclaim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries that any consumer (a dead one, usually) has left idle for `min_idle_ms`."""
-        reply = self.client.xautoclaim(self.stream_key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
+        reply = self.client.xautoclaim(self.keys.stream, self.group, self.consumer, min_idle_ms, "0-0", count=count)
         entries, vanished = [], []
         _collect(reply[1], entries, vanished)
         self._forget(vanished + [as_text(entry_id) for entry_id in (reply[2] if len(reply) > 2 else [])])
@@ -191,12 +184,12 @@ class EventStream:
     def retry_own(self, due: Callable[[int, int], bool], count: int) -> list[Entry]:
         """Claim again this consumer's own pending entries that are due for another try: entries that
         failed here (with backoff, by `due(idle_ms, deliveries)`) and entries an operator claimed to it."""
-        rows = self.client.xpending_range(self.stream_key, self.group, "-", "+", count, consumername=self.consumer)
+        rows = self.client.xpending_range(self.keys.stream, self.group, "-", "+", count, consumername=self.consumer)
         ids = [row["message_id"] for row in rows if due(row["time_since_delivered"], row["times_delivered"])]
         if not ids:
             return []
         entries, vanished = [], []
-        _collect(self.client.xclaim(self.stream_key, self.group, self.consumer, 0, ids), entries, vanished)
+        _collect(self.client.xclaim(self.keys.stream, self.group, self.consumer, 0, ids), entries, vanished)
         claimed = {entry.entry_id for entry in entries}
         self._forget([as_text(i) for i in ids if as_text(i) not in claimed])  # trimmed from under us
         return entries
@@ -207,8 +200,8 @@ class EventStream:
         if not entries:
             return PriorState()
         pipe = self.client.pipeline(transaction=False)
-        pipe.mget([seen_key(self.stream_key, entry.event_id) for entry in entries])
-        pipe.hmget(self.failures_key, [entry.entry_id for entry in entries])
+        pipe.mget([self.keys.seen(entry.event_id) for entry in entries])
+        pipe.hmget(self.keys.failures, [entry.entry_id for entry in entries])
         seen, failures = pipe.execute()
         return PriorState(
             processed_event_ids=frozenset(e.event_id for e, value in zip(entries, seen) if value == b"processed"),
@@ -240,28 +233,28 @@ class EventStream:
     def _settle_all(self, settlement: Settlement) -> None:
         pipe = self.client.pipeline(transaction=True)
         for event_id in settlement.processed_event_ids:
-            pipe.set(seen_key(self.stream_key, event_id), "processed", ex=self.dedupe_ttl_seconds)
+            pipe.set(self.keys.seen(event_id), "processed", ex=self.dedupe_ttl_seconds)
         for community_id in settlement.changed_communities:
-            invalidate_entitlements(pipe, community_id)
+            invalidate_entitlements(pipe, self.keys, community_id)
         for dead in settlement.dead:
-            pipe.xadd(self.dead_letter_key, dead_letter_fields(dead))
+            pipe.xadd(self.keys.dead_letters, dead_letter_fields(dead))
         if settlement.failures:
-            pipe.hset(self.failures_key,
+            pipe.hset(self.keys.failures,
                       mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()})
         cleared = settlement.cleared_failures + tuple(d.entry.entry_id for d in settlement.dead)
         if cleared:
-            pipe.hdel(self.failures_key, *cleared)
+            pipe.hdel(self.keys.failures, *cleared)
         ack_ids = settlement.ack_ids + tuple(d.entry.entry_id for d in settlement.dead)
         if ack_ids:
-            pipe.xack(self.stream_key, self.group, *ack_ids)
+            pipe.xack(self.keys.stream, self.group, *ack_ids)
         pipe.execute()
 
     def _settle_without_memory(self, settlement: Settlement) -> None:
         """Only commands Redis never refuses for memory (DEL, HDEL, XACK), in one atomic step. A script, not a
         MULTI: a full Redis refuses to queue any command at all in a MULTI."""
         cache_keys = [key for community_id in settlement.changed_communities
-                      for key in (entitlement_key(community_id), entitlement_token_key(community_id))]
-        self._settle_script(keys=[self.stream_key, self.failures_key, *cache_keys],
+                      for key in self.keys.entitlements(community_id)]
+        self._settle_script(keys=[self.keys.stream, self.keys.failures, *cache_keys],
                             args=[self.group, len(settlement.cleared_failures), *settlement.cleared_failures,
                                   *settlement.ack_ids])
 
@@ -269,23 +262,23 @@ class EventStream:
         """Drop entries older than the retention window that every group has acknowledged; never one
         still pending or not yet delivered. Returns how many were removed."""
         try:
-            groups = self.client.xinfo_groups(self.stream_key)
+            groups = self.client.xinfo_groups(self.keys.stream)
         except redis.ResponseError:  # no stream yet
             return 0
         keep_from = [(now_ms - retention_ms, 0)]
         for group in groups:
-            summary = self.client.xpending(self.stream_key, group["name"])
+            summary = self.client.xpending(self.keys.stream, group["name"])
             if summary["pending"]:
                 keep_from.append(id_tuple(summary["min"]))
             ms, seq = id_tuple(group["last-delivered-id"])
             keep_from.append((ms, seq + 1))  # everything after the last delivered entry is undelivered
         ms, seq = min(keep_from)
-        return self.client.xtrim(self.stream_key, minid=f"{max(ms, 0)}-{seq}", approximate=False)
+        return self.client.xtrim(self.keys.stream, minid=f"{max(ms, 0)}-{seq}", approximate=False)
 
     def _forget(self, entry_ids: list[str]) -> None:
         """Pending entries whose data is gone from the stream (trimmed): nothing left to process."""
         if entry_ids:
-            self.client.xack(self.stream_key, self.group, *entry_ids)
+            self.client.xack(self.keys.stream, self.group, *entry_ids)
 
 
 # KEYS: stream, failures hash, then the cache keys to delete. ARGV: group, how many failure entries to clear,
@@ -311,10 +304,6 @@ in_chunks('HDEL', KEYS[2], nil, 3, 2 + cleared)
 in_chunks('XACK', KEYS[1], ARGV[1], 3 + cleared, #ARGV)
 return 1
 """
-
-
-def failures_key(stream_key: str) -> str:
-    return f"{stream_key}:failures"
 
 
 def parse_failure(value: bytes | str) -> Failure:

@@ -96,6 +96,7 @@ class Worker:
         self.max_deliveries = settings.max_deliveries
         self.retention_ms = settings.stream_retention_seconds * 1000
         self.name = name
+        self.keys = settings.keys
         self.max_batch_size = self.batch_size = batch_size
         self.block_ms = block_ms
         self.stopping = threading.Event()
@@ -176,7 +177,7 @@ class Worker:
 
     def _sweep(self) -> None:
         try:
-            ended = sweep_if_ours(self.db, self.client, self.name)
+            ended = sweep_if_ours(self.db, self.client, self.keys, self.name)
         except OUTAGE_ERRORS as exc:
             metrics.DB_ERRORS.inc()
             log.warning("grace sweep skipped: %s", _describe(exc))

@@ -9,12 +9,14 @@ import urllib.request
 
 import pytest
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from receiver.sample_events import build_event
 from tests.consumer_metrics_helpers import events_by, scrape, scrape_when, value
 from tests.services import Process, free_port, service_env, wait_for
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
+KEYS = Settings().keys
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ def env(redis_url, db, database_url, port):
 
 @pytest.fixture
 def queue(r):
-    return EventQueue(r, STREAM, 3600)
+    return EventQueue(r, KEYS, 3600)
 
 
 def enqueue(queue: EventQueue, event: dict) -> str:

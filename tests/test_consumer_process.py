@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
@@ -16,6 +17,7 @@ from tests.conftest import load_peer_events, sign
 from tests.services import REPO, Process, service_env, start_receiver, wait_for
 
 STREAM, GROUP = "stripe:events", "billing"
+KEYS = Settings().keys
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def env(redis_url, db, database_url):
 
 @pytest.fixture
 def queue(redis_server, redis_url):
-    return EventQueue(redis_server.client(), STREAM, 3600)
+    return EventQueue(redis_server.client(), KEYS, 3600)
 
 
 def enqueue(queue: EventQueue, event: dict) -> str:

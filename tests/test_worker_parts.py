@@ -48,4 +48,4 @@ def test_the_worker_reads_from_the_stream_it_is_given(settings, db, redis_url):
     worker = Worker(settings, db, client, "w1", stream=stream)
     assert worker.stream is stream
     worker.stream.ensure_group()
-    assert client.exists("other:events") and not client.exists(settings.stream_key)
+    assert client.exists("other:events") and not client.exists(settings.keys.stream)
