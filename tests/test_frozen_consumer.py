@@ -16,11 +16,11 @@ from models.db import (
     bound_transaction,
     database_proxy,
     is_postgres,
-    migrate,
     open_database,
     transaction_bounds,
     write_transaction,
 )
+from models.migrations import migrate
 from models.tables import WebhookEvent
 from tests.conftest import DATABASES
 from tests.fault_helpers import DEAD, GROUP, STREAM, applied_once, consumer, enqueue_all, events_for, pending
