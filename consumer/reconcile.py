@@ -21,6 +21,7 @@ from billing.redis_io import connect_redis
 from billing.stripe_events import HANDLED_TYPES, event_created
 from consumer import metrics
 from consumer.backfill import Enqueuer, Found
+from consumer.interval_lock import IntervalLock
 from consumer.stripe_api import StripeApi, StripeApiError
 from models.db import OUTAGE_ERRORS, database_proxy
 
@@ -29,21 +30,18 @@ WINDOW_SECONDS = 3 * 86_400  # Stripe retries a webhook for three days; older fa
 # Stripe lists an event whose first delivery is still on its way as not delivered yet: younger events are left to
 # that delivery, or a healthy endpoint would see the reconciler queue, every pass, what Stripe is about to send.
 SETTLE_SECONDS = 60
-LOCK_MARGIN_MS = 1000  # as the sweep's: freed a little before the owner's next try (at most a tenth of it)
 
 
 class Reconciler:
     def __init__(self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, keys: Keys,
                  interval_seconds: int, owner: str):
-        self.api, self.enqueuer, self.client = api, enqueuer, client
-        self.lock_key = keys.reconcile_lock
-        self.interval_ms = interval_seconds * 1000
+        self.api, self.enqueuer = api, enqueuer
+        self.lock = IntervalLock(client, keys.reconcile_lock, interval_seconds * 1000)
         self.owner = owner
 
     def run_if_ours(self) -> dict[Found, int] | None:
         """Reconcile unless another consumer did within the interval (None then)."""
-        hold_ms = self.interval_ms - min(LOCK_MARGIN_MS, self.interval_ms // 10)
-        if not self.client.set(self.lock_key, self.owner, nx=True, px=hold_ms):
+        if not self.lock.take(self.owner):
             return None
         return self.run()
 

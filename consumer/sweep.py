@@ -15,15 +15,12 @@ from billing.clock import iso, utcnow
 from billing.keys import Keys
 from billing.redis_io import invalidate_entitlements
 from consumer import deferred
+from consumer.interval_lock import IntervalLock
 from models.db import is_postgres, write_transaction
 from models.tables import AuditLog, Subscription
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 30
-# The lock frees this long before its owner's next try (SWEEP_EVERY_SECONDS later): held for the full
-# interval, the owner's own lock could still be there, by a millisecond, when it tries again, and then
-# nobody would sweep for a whole second interval.
-LOCK_MARGIN_MS = 1000
 
 
 def end_expired_grace(db: peewee.Database, client: redis.Redis | None, keys: Keys,
@@ -53,10 +50,8 @@ def end_expired_grace(db: peewee.Database, client: redis.Redis | None, keys: Key
 
 
 def sweep_if_ours(db: peewee.Database, client: redis.Redis, keys: Keys, owner: str) -> list[str] | None:
-    """Sweep unless another consumer swept within the interval (None then): the lock is kept for (just
-    under) the whole interval, so all consumers together sweep about once per interval, and a crash frees it
-    in time."""
-    if not client.set(keys.sweep_lock, owner, nx=True, px=SWEEP_EVERY_SECONDS * 1000 - LOCK_MARGIN_MS):
+    """Sweep unless another consumer swept within the interval (None then)."""
+    if not IntervalLock(client, keys.sweep_lock, SWEEP_EVERY_SECONDS * 1000).take(owner):
         return None
     ended = end_expired_grace(db, client, keys)
     dropped = deferred.drop_expired(db)

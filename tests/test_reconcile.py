@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from billing.event_queue import EventQueue
+from billing.redis_io import connect_redis
 from billing.stripe_events import HANDLED_TYPES
 from consumer.backfill import Enqueuer, Found
 from consumer.reconcile import (
@@ -86,11 +87,8 @@ def test_errors_are_counted_and_never_raised(fault, fake_stripe, r, redis_url, s
     elif fault == "wrong key":
         fake_stripe.api_key = "sk_test_another_key"
     fake_stripe.add_event(build_event("invoice.paid", "e1"))
-    one = reconciler(fake_stripe, r, **options)
-    if fault == "redis down":
-        from billing.redis_io import connect_redis
-
-        one.client = connect_redis("redis://127.0.0.1:1/0")
+    client = connect_redis("redis://127.0.0.1:1/0") if fault == "redis down" else r
+    one = reconciler(fake_stripe, client, **options)
     before = reconciled("error")
     ReconcilerThread(one, 300).run_once()  # does not raise
     assert reconciled("error") == before + 1
