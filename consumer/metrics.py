@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from billing.build_info import BuildInfo
 from billing.stripe_events import HANDLED_TYPES
-from consumer.stream import GroupState
+from consumer.entries import GroupState
 
 if TYPE_CHECKING:
     from consumer.batch import Outcome

@@ -11,7 +11,8 @@ import redis
 
 from billing.config import Settings
 from billing.redis_io import ENTITLEMENT_TOKEN_TTL_SECONDS, invalidate_entitlements
-from consumer.stream import EventStream, Settlement
+from consumer.entries import Settlement
+from consumer.stream import EventStream
 from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
 from receiver.sample_events import build_event

@@ -15,7 +15,7 @@ from consumer.batch import (
     apply_batch,
     settlement_of,
 )
-from consumer.stream import Entry, Failure, PriorState
+from consumer.entries import Entry, Failure, PriorState
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import EVENT_TYPES
 from tests.conftest import load_peer_events
