@@ -17,7 +17,8 @@ from models.db import open_database
 from models.migrations import migrate
 from receiver.sample_events import DAY, build_event
 
-STREAM_KEY = Settings().stream_key  # the consumer's defaults: it reads what the receiver queues there
+KEYS = Settings().keys  # the consumer's defaults: it reads what the receiver queues there
+STREAM_KEY = KEYS.stream
 GROUP = Settings().consumer_group
 DEDUPE_TTL = Settings().dedupe_ttl_seconds
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -76,7 +77,7 @@ def _story(community: str, c: int, start: int) -> list[Queued]:
 
 def enqueue(client: redis.Redis, queued: list[Queued], chunk: int = 500) -> None:
     """Onto the consumer's stream, as the receiver does (dedupe and XADD in one script), `chunk` per round trip."""
-    queue = EventQueue(client, STREAM_KEY, DEDUPE_TTL)
+    queue = EventQueue(client, KEYS, DEDUPE_TTL)
     for n in range(0, len(queued), chunk):
         replies = queue.enqueue_many(queued[n:n + chunk])
         bad = [reply for reply in replies if not isinstance(reply, str)]

@@ -11,6 +11,7 @@ from typing import Callable, TypeVar
 
 import redis
 
+from billing.keys import Keys
 from billing.tiers import TierFileError, TierMatrix
 
 T = TypeVar("T")
@@ -104,6 +105,7 @@ class Settings:
     stream_key: str = "stripe:events"
     consumer_group: str = "billing"
     dead_letter_key: str = "stripe:events:dead"
+    key_prefix: str = "billing"
     max_deliveries: int = 5
     claim_idle_ms: int = 60_000
     grace_period_hours: float = 24
@@ -138,6 +140,7 @@ class Settings:
             stream_key=reader.get("STREAM_KEY", _name, defaults.stream_key),
             consumer_group=reader.get("CONSUMER_GROUP", _name, defaults.consumer_group),
             dead_letter_key=reader.get("DEAD_LETTER_KEY", _name, defaults.dead_letter_key),
+            key_prefix=reader.get("KEY_PREFIX", _key_prefix, defaults.key_prefix),
             max_deliveries=reader.get("MAX_DELIVERIES", _positive_int, defaults.max_deliveries),
             claim_idle_ms=reader.get("CLAIM_IDLE_MS", _positive_int, defaults.claim_idle_ms),
             grace_period_hours=reader.get("GRACE_PERIOD_HOURS", _non_negative_float, defaults.grace_period_hours),
@@ -182,6 +185,11 @@ class Settings:
     @property
     def grace_period_seconds(self) -> int:
         return int(self.grace_period_hours * 3600)
+
+    @property
+    def keys(self) -> Keys:
+        """The names of every Redis key this deployment uses."""
+        return Keys(prefix=self.key_prefix, stream=self.stream_key, dead_letters=self.dead_letter_key)
 
 
 class _Reader:
@@ -282,6 +290,13 @@ def _port_of(url: str) -> None:
 def _name(raw: str) -> str:
     if any(ch.isspace() for ch in raw):
         raise ValueError("must not contain spaces")
+    return raw
+
+
+def _key_prefix(raw: str) -> str:
+    _name(raw)
+    if raw.endswith(":"):
+        raise ValueError("must not end with ':' (the keys add their own: KEY_PREFIX=acme names acme:sweep:lock, ...)")
     return raw
 
 

@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from billing.redis_io import seen_key
+from billing.keys import Keys
 
 # KEYS: seen key, stream. ARGV: ttl, event_id, event_type, created, payload, received_at (ms).
 # A script is atomic, but Redis does not undo a script's earlier writes when a later one fails,
@@ -24,9 +24,9 @@ return id
 
 
 class EventQueue:
-    def __init__(self, client: redis.Redis, stream_key: str, dedupe_ttl_seconds: int):
+    def __init__(self, client: redis.Redis, keys: Keys, dedupe_ttl_seconds: int):
         self.client = client
-        self.stream_key = stream_key
+        self.keys = keys
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
         self._script = client.register_script(_ENQUEUE)
 
@@ -56,7 +56,7 @@ class EventQueue:
         return pipe.execute(raise_on_error=False)
 
     def _keys(self, event_id: str) -> tuple[str, str]:
-        return seen_key(self.stream_key, event_id), self.stream_key
+        return self.keys.seen(event_id), self.keys.stream
 
     def _args(self, event_id: str, event_type: str, created: int, payload: bytes) -> tuple:
         return self.dedupe_ttl_seconds, event_id, event_type, created, payload, int(time.time() * 1000)

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from billing.event_queue import EventQueue
-from billing.redis_io import backfill_cursor_key, seen_key
+from billing.keys import Keys
 from billing.stripe_events import event_created
 from billing.vocabulary import FINAL_EVENT_STATUSES, HANDLED_TYPES, EventStatus
 from consumer.stripe_api import StripeApi
@@ -45,10 +45,10 @@ class Found(str, enum.Enum):
 class Enqueuer:
     """Queues the events we do not have; shared by the backfill and the reconciler."""
 
-    def __init__(self, client: redis.Redis, stream_key: str, dedupe_ttl_seconds: int):
+    def __init__(self, client: redis.Redis, keys: Keys, dedupe_ttl_seconds: int):
         self.client = client
-        self.stream_key = stream_key
-        self.queue = EventQueue(client, stream_key, dedupe_ttl_seconds)
+        self.keys = keys
+        self.queue = EventQueue(client, keys, dedupe_ttl_seconds)
 
     def place(self, events: Iterable[dict[str, Any]], dry_run: bool = False) -> Iterator[tuple[dict, Found]]:
         """Queue each event unless we have it, in the order given; yields each with what became of it once
@@ -61,7 +61,7 @@ class Enqueuer:
                 elif event["id"] in held:
                     yield event, Found.ALREADY_HAD
                 elif dry_run:
-                    marked = self.client.exists(seen_key(self.stream_key, event["id"]))
+                    marked = self.client.exists(self.keys.seen(event["id"]))
                     yield event, Found.ALREADY_HAD if marked else Found.QUEUED
                 else:
                     entry_id = self.queue.enqueue(event["id"], event["type"], event_created(event),
@@ -120,9 +120,9 @@ class Cursor:
     """How far an interrupted run got. It resumes a later run only if that run's window starts no earlier and
     asks for no other types: everything up to the cursor of the window it covers is then handled."""
 
-    def __init__(self, client: redis.Redis, stream_key: str):
+    def __init__(self, client: redis.Redis, keys: Keys):
         self.client = client
-        self.key = backfill_cursor_key(stream_key)
+        self.key = keys.backfill_cursor
 
     def load(self, window: Window) -> tuple[int, str] | None:
         raw = self.client.get(self.key)

@@ -33,8 +33,8 @@ from billing.clock import from_epoch, utcnow
 from billing.stripe_events import BillingFacts, parse_envelope
 from billing.vocabulary import FAILED_OUTCOMES, FINAL_EVENT_STATUSES, EventStatus, Outcome
 from consumer import faults
+from consumer.entries import DeadLetter, Entry, Failure, PriorState, Settlement
 from consumer.handlers import AuditRecord, Policy, Result, SubState, apply_facts, lookup_key, read
-from consumer.stream import DeadLetter, Entry, Failure, PriorState, Settlement
 from models.db import OUTAGE_ERRORS, bound_transaction, is_postgres, write_transaction
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 

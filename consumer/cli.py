@@ -89,7 +89,7 @@ def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | Non
     """Run one worker: apply queued events exactly once, until SIGTERM/SIGINT."""
     from consumer.metrics import MetricsServerError, serve_metrics
     from consumer.reconcile import reconciler_for
-    from consumer.stream import read_group_state
+    from consumer.stream import EventStream
     from consumer.worker import Worker
 
     name = name or default_name()
@@ -99,11 +99,12 @@ def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | Non
         db = open_database(settings.database_url)
         client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
         worker = Worker(settings, db, client, name, batch_size=batch_size, block_ms=block_ms,
-                        deadline_ms=deadline_ms, reconciler=reconciler_for(settings, name))
+                        deadline_ms=deadline_ms, reconciler=reconciler_for(settings, name),
+                        stream=EventStream(client, settings, name))
         if settings.metrics_port:
             # A client of its own, quick to give up: a scrape must not wait on a Redis that hangs.
             scrape_client = connect_redis(settings.redis_url, timeout=1.0)
-            serve_metrics(settings.metrics_port, lambda: read_group_state(scrape_client, settings))
+            serve_metrics(settings.metrics_port, EventStream(scrape_client, settings).group_state)
     except (ConfigError, MetricsServerError) as exc:
         raise click.ClickException(str(exc)) from None
     worker.install_signal_handlers()
@@ -293,7 +294,7 @@ def sweep(settings: Settings, client: redis.Redis, as_json: bool) -> None:
     from consumer.sweep import end_expired_grace
     from models.db import database_proxy
 
-    ended = end_expired_grace(database_proxy.obj, client)
+    ended = end_expired_grace(database_proxy.obj, client, settings.keys)
     dropped = drop_expired(database_proxy.obj)
     if as_json:
         click.echo(json.dumps({"ended": ended, "deferred_dropped": dropped}, indent=2))

@@ -20,6 +20,7 @@ import peewee
 import redis
 
 from billing.clock import iso
+from billing.keys import Keys
 from billing.redis_io import invalidate_entitlements
 from billing.stripe_events import read_facts
 from billing.vocabulary import EventType, Status
@@ -50,8 +51,8 @@ class _Rollback(Exception):
     pass
 
 
-def check_subscriptions(api: StripeApi, db: peewee.Database, client: redis.Redis | None, policy: Policy, *,
-                        fix: bool = False, communities: Sequence[str] = ()) -> list[Drift]:
+def check_subscriptions(api: StripeApi, db: peewee.Database, client: redis.Redis | None, keys: Keys,
+                        policy: Policy, *, fix: bool = False, communities: Sequence[str] = ()) -> list[Drift]:
     """One Drift per known community with a Stripe subscription (or those of `communities`)."""
     query = Subscription.select().where(Subscription.stripe_subscription_id.is_null(False))
     if communities:
@@ -67,7 +68,7 @@ def check_subscriptions(api: StripeApi, db: peewee.Database, client: redis.Redis
             _compare(db, drift, state_event(current), policy, fix)
         if drift.fixed and client is not None:
             pipe = client.pipeline(transaction=False)
-            invalidate_entitlements(pipe, community_id)
+            invalidate_entitlements(pipe, keys, community_id)
             pipe.execute()
         report.append(drift)
     return report

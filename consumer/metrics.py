@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from billing.build_info import BuildInfo
 from billing.vocabulary import HANDLED_TYPES, Outcome
-from consumer.stream import GroupState
+from consumer.entries import GroupState
 
 if TYPE_CHECKING:
     from consumer.batch import EntryOutcome

@@ -1,7 +1,9 @@
 """What ops can see and do to the stream, as plain functions returning plain data; `cli.py` shows it.
-Every manual action writes an audit row: who (the OS user), what, which entries."""
+The stream (consumer/stream.py) and its dead letters (consumer/dead_letters.py) do the Redis side; this combines
+them and writes an audit row for every manual action: who (the OS user), what, which entries."""
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
@@ -11,8 +13,9 @@ from typing import Any
 import redis
 
 from billing.config import Settings
-from billing.redis_io import ENTRY_FIELDS, seen_key
-from consumer.stream import as_text, failures_key, read_group_state
+from consumer.dead_letters import DeadLetters, StoredLetter
+from consumer.entries import as_text
+from consumer.stream import EventStream
 from models.tables import AuditLog
 
 
@@ -22,13 +25,14 @@ class OpsError(Exception):
 
 def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) -> dict[str, Any]:
     now_ms = now_ms or int(time.time() * 1000)
-    group = _group_info(client, settings)
-    state = read_group_state(client, settings)  # the same figures the consumers' gauges show
-    consumers = client.xinfo_consumers(settings.stream_key, settings.consumer_group)
+    stream = EventStream(client, settings)
+    group = _group_info(stream)
+    state = stream.group_state()  # the same figures the consumers' gauges show
+    consumers = stream.consumers()
     oldest_ms = state.oldest_pending_ms
     return {
-        "stream": settings.stream_key,
-        "group": settings.consumer_group,
+        "stream": stream.keys.stream,
+        "group": stream.group,
         "stream_length": state.stream_length,
         "group_lag": state.group_lag,
         "last_delivered_id": as_text(group["last-delivered-id"]),
@@ -36,27 +40,15 @@ def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) ->
         "oldest_pending_id": state.oldest_pending_id,
         "oldest_pending_age_seconds": round((now_ms - oldest_ms) / 1000, 3) if oldest_ms is not None else None,
         "dead_letters": state.dead_letters,
-        "consumers": [
-            {"name": as_text(c["name"]), "pending": c["pending"], "idle_ms": c["idle"],
-             "inactive_ms": _inactive_ms(c)}
-            for c in consumers
-        ],
+        "consumers": [dataclasses.asdict(consumer) for consumer in consumers],
     }
 
 
 def pending(client: redis.Redis, settings: Settings, *, min_idle_ms: int | None = None,
             consumer: str | None = None, count: int = 50) -> list[dict[str, Any]]:
-    _group_info(client, settings)
-    rows = client.xpending_range(settings.stream_key, settings.consumer_group, "-", "+", count,
-                                 consumername=consumer, idle=min_idle_ms)
-    fields = _fields_of(client, settings.stream_key, [row["message_id"] for row in rows])
-    return [
-        {"entry_id": as_text(row["message_id"]),
-         "event_id": fields[i].get("event_id"), "event_type": fields[i].get("event_type"),
-         "consumer": as_text(row["consumer"]), "idle_ms": row["time_since_delivered"],
-         "deliveries": row["times_delivered"]}
-        for i, row in enumerate(rows)
-    ]
+    stream = EventStream(client, settings)
+    _group_info(stream)
+    return [dataclasses.asdict(entry) for entry in stream.pending(count, min_idle_ms=min_idle_ms, consumer=consumer)]
 
 
 def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[str] | None = None,
@@ -64,8 +56,8 @@ def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[s
     """Move pending entries, by id or by idle time, to consumer `to`; it applies them on its next tick.
     `to` must be a consumer of the group (a typo would park the entries where nobody reads them),
     unless `new_consumer` says it is one about to start."""
-    known = [as_text(c["name"]) for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)] \
-        if _group_info(client, settings) else []
+    stream = EventStream(client, settings)
+    known = [consumer.name for consumer in stream.consumers()] if _group_info(stream) else []
     if to not in known and not new_consumer:
         raise OpsError(f"no consumer {to!r} in group {settings.consumer_group} (consumers: "
                        f"{', '.join(known) or 'none'}); pass --new-consumer to give entries to one not started yet")
@@ -79,32 +71,26 @@ def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[s
     if dry_run or not moving:
         return moving
     ids = [row["entry_id"] for row in moving]
-    # JUSTID: a manual move is not a delivery. IDLE of CLAIM_IDLE_MS/2, the cap of a consumer's retry backoff:
-    # `to` retries its own entries only once they are idle that long, so with a fresh idle time an entry
-    # delivered a few times before would wait up to CLAIM_IDLE_MS/2; this way `to` applies it on its next tick.
-    client.xclaim(settings.stream_key, settings.consumer_group, to, 0, ids, idle=settings.claim_idle_ms // 2,
-                  justid=True)
+    # IDLE of CLAIM_IDLE_MS/2, the cap of a consumer's retry backoff: `to` retries its own entries only once they
+    # are idle that long, so with a fresh idle time an entry delivered a few times before would wait up to
+    # CLAIM_IDLE_MS/2; this way `to` applies it on its next tick.
+    stream.claim_for(to, ids, idle_ms=settings.claim_idle_ms // 2)
     audit("ops_claim", {"to": to, "entries": ids, "min_idle_ms": min_idle_ms})
     return moving
 
 
 def dead_list(client: redis.Redis, settings: Settings, count: int = 100) -> list[dict[str, Any]]:
-    return [_dead_row(entry_id, fields) for entry_id, fields in client.xrange(settings.dead_letter_key, count=count)]
+    return [_dead_row(letter) for letter in DeadLetters(client, settings.keys).read(count)]
 
 
 def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[dict[str, Any]]:
     """Put dead letters back on the stream as new entries (the database decides if they already applied)."""
-    letters = _dead_letters(client, settings, entry_ids)
+    dead_letters = DeadLetters(client, settings.keys)
+    letters = _dead_letters(dead_letters, entry_ids)
     if not letters:
         return []
-    pipe = client.pipeline(transaction=True)
-    for entry_id, fields in letters:
-        pipe.xadd(settings.stream_key,
-                  {name: fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in fields})
-        pipe.xdel(settings.dead_letter_key, entry_id)
-    results = pipe.execute()
-    retried = [{**_dead_row(entry_id, fields), "new_entry_id": as_text(results[2 * i])}
-               for i, (entry_id, fields) in enumerate(letters)]
+    new_ids = dead_letters.retry(letters)
+    retried = [{**_dead_row(letter), "new_entry_id": new_id} for letter, new_id in zip(letters, new_ids)]
     audit("ops_dead_retry", {"entries": [r["entry_id"] for r in retried],
                              "new_entries": [r["new_entry_id"] for r in retried],
                              "event_ids": [r["event_id"] for r in retried]})
@@ -112,49 +98,28 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
 
 
 def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> list[dict[str, Any]]:
-    letters = _dead_letters(client, settings, entry_ids)
-    dropped = [_dead_row(entry_id, fields) for entry_id, fields in letters]
-    # The audit row first: once the entries are deleted it is the only copy of their payloads.
+    dead_letters = DeadLetters(client, settings.keys)
+    letters = _dead_letters(dead_letters, entry_ids)
+    dropped = [_dead_row(letter) for letter in letters]
+    # The audit row first: once the letters are deleted it is the only copy of their payloads.
     audit("ops_dead_drop", {"entries": [r["entry_id"] for r in dropped], "event_ids": [r["event_id"] for r in dropped],
-                            "payloads": [fields[b"payload"].decode("utf-8", "replace") for _, fields in letters]})
-    # Forget the events' dedupe marks first: otherwise a resend from Stripe's dashboard would be answered
-    # `duplicate` for DEDUPE_TTL_SECONDS (their rows are `dead`, which a consumer takes over). Then the letters.
-    # One round trip, not a MULTI: Redis refuses no DEL or XDEL when it is full, but any MULTI.
-    pipe = client.pipeline(transaction=False)
-    event_ids = [r["event_id"] for r in dropped if r["event_id"]]
-    if event_ids:
-        pipe.delete(*[seen_key(settings.stream_key, event_id) for event_id in event_ids])
-    pipe.xdel(settings.dead_letter_key, *[entry_id for entry_id, _ in letters])
-    pipe.execute()
+                            "payloads": [letter.payload.decode("utf-8", "replace") for letter in letters]})
+    dead_letters.drop(letters)  # and their events' dedupe marks, so a resend from Stripe's dashboard is applied
     return dropped
 
 
 def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int, dry_run: bool = False) -> list[dict]:
     """Delete consumers with nothing pending that have been idle at least `min_idle_ms`."""
-    _group_info(client, settings)
-    idle = [c for c in client.xinfo_consumers(settings.stream_key, settings.consumer_group)
-            if c["pending"] == 0 and _inactive_ms(c) >= min_idle_ms]
-    rows = [{"name": as_text(c["name"]), "idle_ms": _inactive_ms(c)} for c in idle]
+    stream = EventStream(client, settings)
+    _group_info(stream)
+    rows = [{"name": consumer.name, "idle_ms": consumer.inactive_ms} for consumer in stream.consumers()
+            if consumer.pending == 0 and consumer.inactive_ms >= min_idle_ms]
     if rows and not dry_run:
-        delete = client.register_script(_DELETE_IF_NOTHING_PENDING)
-        rows = [row for row in rows if delete(keys=[settings.stream_key], args=[settings.consumer_group, row["name"]])]
+        # A consumer that read entries since we looked keeps them (deleting one drops its pending entries for good).
+        rows = [row for row in rows if stream.delete_consumer(row["name"])]
         if rows:
             audit("ops_consumers_prune", {"consumers": [r["name"] for r in rows], "min_idle_ms": min_idle_ms})
     return rows
-
-
-# Checked and deleted in one step: a consumer that read entries since we looked keeps them (deleting a
-# consumer drops its pending entries from the group for good).
-_DELETE_IF_NOTHING_PENDING = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
-  return 0
-end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) + 1
-"""
-
-
-def failure_counts(client: redis.Redis, settings: Settings) -> dict[str, str]:
-    return {as_text(k): as_text(v) for k, v in client.hgetall(failures_key(settings.stream_key)).items()}
 
 
 def audit(action: str, details: dict[str, Any], community_id: str | None = None) -> None:
@@ -172,54 +137,29 @@ def _who() -> str:
         return "unknown"
 
 
-def _inactive_ms(consumer: dict[str, Any]) -> int:
-    """Since the consumer last read or claimed something. Redis 7.2+ says so in `inactive` (-1 for a consumer that
-    never did: then `idle`, since it last tried); before 7.2, `idle` meant just that."""
-    inactive = consumer.get("inactive", -1)
-    return inactive if inactive >= 0 else consumer["idle"]
-
-
-def _group_info(client: redis.Redis, settings: Settings) -> dict[str, Any]:
+def _group_info(stream: EventStream) -> dict[str, Any]:
     try:
-        groups = client.xinfo_groups(settings.stream_key)
-    except redis.ResponseError:
-        raise OpsError(
-            f"no stream {settings.stream_key!r} (no event has been received yet, or Redis lost it)") from None
+        groups = stream.groups()
+    except redis.ResponseError:  # the key is something else than a stream
+        groups = None
+    if groups is None:
+        raise OpsError(f"no stream {stream.keys.stream!r} (no event has been received yet, or Redis lost it)")
     for group in groups:
-        if as_text(group["name"]) == settings.consumer_group:
+        if as_text(group["name"]) == stream.group:
             return group
-    raise OpsError(
-        f"no consumer group {settings.consumer_group!r} on {settings.stream_key!r} (no consumer has run yet)")
+    raise OpsError(f"no consumer group {stream.group!r} on {stream.keys.stream!r} (no consumer has run yet)")
 
 
-def _fields_of(client: redis.Redis, key: str, entry_ids: list) -> list[dict[str, str]]:
-    pipe = client.pipeline(transaction=False)
-    for entry_id in entry_ids:
-        pipe.xrange(key, entry_id, entry_id, count=1)
-    found = []
-    for result in pipe.execute():
-        fields = result[0][1] if result else {}
-        found.append({as_text(k): as_text(v) for k, v in fields.items() if as_text(k) in ("event_id", "event_type")})
-    return found
-
-
-def _dead_letters(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[tuple[str, dict]]:
+def _dead_letters(dead_letters: DeadLetters, entry_ids: list[str] | None) -> list[StoredLetter]:
     if entry_ids is None:
-        return [(as_text(i), f) for i, f in client.xrange(settings.dead_letter_key)]
-    letters, unknown = [], []
-    for entry_id in dict.fromkeys(entry_ids):  # the same id twice is one entry
-        try:
-            found = client.xrange(settings.dead_letter_key, entry_id, entry_id, count=1)
-        except redis.ResponseError:
-            found = []
-        (letters.append((entry_id, found[0][1])) if found else unknown.append(entry_id))
+        return dead_letters.read()
+    letters, unknown = dead_letters.get(entry_ids)
     if unknown:
-        raise OpsError(f"no dead letter {', '.join(unknown)} in {settings.dead_letter_key}")
+        raise OpsError(f"no dead letter {', '.join(unknown)} in {dead_letters.keys.dead_letters}")
     return letters
 
 
-def _dead_row(entry_id, fields: dict) -> dict[str, Any]:
-    text = {as_text(k): as_text(v) for k, v in fields.items() if as_text(k) != "payload"}
-    return {"entry_id": as_text(entry_id), "event_id": text.get("event_id"), "event_type": text.get("event_type"),
-            "error": text.get("error"), "deliveries": int(text.get("deliveries") or 0),
-            "first_failed_at": int(text.get("first_failed_at") or 0), "source_id": text.get("source_id")}
+def _dead_row(letter: StoredLetter) -> dict[str, Any]:
+    return {"entry_id": letter.entry_id, "event_id": letter.event_id, "event_type": letter.event_type,
+            "error": letter.error, "deliveries": letter.deliveries, "first_failed_at": letter.first_failed_at,
+            "source_id": letter.source_id}

@@ -16,11 +16,13 @@ import time
 import redis
 
 from billing.config import Settings, scrub
-from billing.redis_io import connect_redis, reconcile_lock_key
+from billing.keys import Keys
+from billing.redis_io import connect_redis
 from billing.stripe_events import event_created
 from billing.vocabulary import HANDLED_TYPES
 from consumer import metrics
 from consumer.backfill import Enqueuer, Found
+from consumer.interval_lock import IntervalLock
 from consumer.stripe_api import StripeApi, StripeApiError
 from models.db import OUTAGE_ERRORS, database_proxy
 
@@ -29,21 +31,18 @@ WINDOW_SECONDS = 3 * 86_400  # Stripe retries a webhook for three days; older fa
 # Stripe lists an event whose first delivery is still on its way as not delivered yet: younger events are left to
 # that delivery, or a healthy endpoint would see the reconciler queue, every pass, what Stripe is about to send.
 SETTLE_SECONDS = 60
-LOCK_MARGIN_MS = 1000  # as the sweep's: freed a little before the owner's next try (at most a tenth of it)
 
 
 class Reconciler:
-    def __init__(self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, stream_key: str,
+    def __init__(self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, keys: Keys,
                  interval_seconds: int, owner: str):
-        self.api, self.enqueuer, self.client = api, enqueuer, client
-        self.lock_key = reconcile_lock_key(stream_key)
-        self.interval_ms = interval_seconds * 1000
+        self.api, self.enqueuer = api, enqueuer
+        self.lock = IntervalLock(client, keys.reconcile_lock, interval_seconds * 1000)
         self.owner = owner
 
     def run_if_ours(self) -> dict[Found, int] | None:
         """Reconcile unless another consumer did within the interval (None then)."""
-        hold_ms = self.interval_ms - min(LOCK_MARGIN_MS, self.interval_ms // 10)
-        if not self.client.set(self.lock_key, self.owner, nx=True, px=hold_ms):
+        if not self.lock.take(self.owner):
             return None
         return self.run()
 
@@ -77,8 +76,8 @@ def reconciler_for(settings: Settings, owner: str) -> ReconcilerThread | None:
     api = StripeApi.from_settings(settings, timeout=10.0, connect_timeout=3.0, network_retries=1,
                                   rate_limit_wait=min(60.0, interval / 2), sleep=stopping.wait)
     client = connect_redis(settings.redis_url, timeout=5.0)
-    enqueuer = Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds)
-    reconciler = Reconciler(api, enqueuer, client, settings.stream_key, interval, owner)
+    enqueuer = Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds)
+    reconciler = Reconciler(api, enqueuer, client, settings.keys, interval, owner)
     return ReconcilerThread(reconciler, interval, stopping, urls=(settings.redis_url, settings.database_url))
 
 

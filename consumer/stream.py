@@ -1,144 +1,52 @@
-"""The Redis Streams mechanics, in one place: group creation, reads, and settling a batch.
-Handlers and the batch logic never speak Redis; they get Entry values and return outcomes."""
+"""The Redis Streams mechanics, in one place: the group (creating it, and again when Redis lost it), reads, claims
+(idle entries, our own due for a retry, and an operator's claim for a named consumer), what ops see of the group,
+settling a batch (consumer/settlement.py) and trimming. Handlers, the batch logic and the worker's loop never
+speak Redis; they get Entry values and return outcomes."""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 
 from billing.config import Settings
-from billing.redis_io import (
-    entitlement_key,
-    entitlement_token_key,
-    invalidate_entitlements,
-    is_memory_refusal,
-    seen_key,
+from billing.redis_io import reply_code
+from consumer.dead_letters import DeadLetters
+from consumer.entries import (
+    ConsumerInfo,
+    Entry,
+    GroupState,
+    PendingEntry,
+    PriorState,
+    Settlement,
+    as_text,
+    id_tuple,
+    parse_failure,
 )
+from consumer.settlement import Settler
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    entry_id: str
-    event_id: str
-    event_type: str
-    created: int
-    payload: bytes
-    received_at_ms: int
-
-    @classmethod
-    def from_fields(cls, entry_id: str, fields: dict) -> "Entry":
-        def text(name: str) -> str:
-            value = fields.get(name.encode(), fields.get(name, b""))
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-        def number(name: str) -> int:
-            try:
-                return int(float(text(name) or 0))
-            except (ValueError, OverflowError):  # not a number, or "1e400"/"inf" from an entry written by hand
-                return 0
-
-        payload = fields.get(b"payload", fields.get("payload", b""))
-        return cls(
-            entry_id=entry_id,
-            event_id=text("event_id"),
-            event_type=text("event_type"),
-            created=number("created"),
-            payload=payload if isinstance(payload, bytes) else str(payload).encode(),
-            received_at_ms=number("received_at") or int(entry_id.split("-")[0]),
-        )
-
-    @property
-    def enqueued_at(self) -> float:
-        """Epoch seconds at which the entry entered the stream (its id's time)."""
-        return int(self.entry_id.split("-")[0]) / 1000
-
-
-@dataclasses.dataclass(frozen=True)
-class Failure:
-    """How often an entry's handler has failed, and since when (epoch ms)."""
-
-    count: int
-    first_failed_ms: int
-
-
-@dataclasses.dataclass(frozen=True)
-class PriorState:
-    processed_event_ids: frozenset[str] = frozenset()
-    failures: Mapping[str, Failure] = dataclasses.field(default_factory=dict)  # by entry id
-
-
-@dataclasses.dataclass(frozen=True)
-class DeadLetter:
-    entry: Entry
-    error: str
-    failure: Failure
-
-
-@dataclasses.dataclass(frozen=True)
-class Settlement:
-    """What to tell Redis once a batch has committed."""
-
-    ack_ids: tuple[str, ...] = ()  # entries whose event is applied (or recognised as already applied)
-    processed_event_ids: tuple[str, ...] = ()
-    changed_communities: tuple[str, ...] = ()
-    failures: Mapping[str, Failure] = dataclasses.field(default_factory=dict)  # failed, still pending
-    dead: tuple[DeadLetter, ...] = ()
-    cleared_failures: tuple[str, ...] = ()  # entries settled now that had failed before
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupState:
-    """The whole group's backlog at one moment (what the consumers' gauges show)."""
-
-    stream_length: int
-    group_lag: int | None  # None when Redis cannot count it
-    pending: int
-    oldest_pending_id: str | None  # None when none is pending
-    dead_letters: int
-
-    @property
-    def oldest_pending_ms(self) -> int | None:
-        """The id time of the oldest pending entry (when it was queued)."""
-        return id_tuple(self.oldest_pending_id)[0] if self.oldest_pending_id else None
-
-
-def read_group_state(client: redis.Redis, settings: Settings) -> GroupState:
-    """In one round trip. A stream or group that does not exist yet reads as empty."""
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(settings.stream_key)
-    pipe.xinfo_groups(settings.stream_key)
-    pipe.xpending(settings.stream_key, settings.consumer_group)
-    pipe.xlen(settings.dead_letter_key)
-    length, groups, summary, dead = pipe.execute(raise_on_error=False)  # connection errors still raise
-    for reply in (length, dead):
-        if isinstance(reply, Exception):
-            raise reply
-    group = next((g for g in groups if as_text(g["name"]) == settings.consumer_group), None) \
-        if isinstance(groups, list) else None
-    pending = summary["pending"] if isinstance(summary, dict) else 0
-    return GroupState(
-        stream_length=length,
-        group_lag=group.get("lag") if group else length,  # a group yet to be created starts at 0: all of it
-        pending=pending,
-        oldest_pending_id=as_text(summary["min"]) if pending else None,
-        dead_letters=dead,
-    )
+class GroupMissing(redis.ResponseError):
+    """Redis has no such stream or no such group (NOGROUP): it restarted empty, or failed over to a replica that
+    had not received them. `EventStream.ensure_group` makes them again."""
 
 
 class EventStream:
-    def __init__(self, client: redis.Redis, settings: Settings, consumer: str):
+    def __init__(self, client: redis.Redis, settings: Settings, consumer: str | None = None):
+        """`consumer`: the name this stream reads and claims as (None for a stream only looked at or operated on)."""
         self.client = client
-        self.stream_key = settings.stream_key
+        self.keys = settings.keys
         self.group = settings.consumer_group
-        self.dead_letter_key = settings.dead_letter_key
-        self.failures_key = failures_key(settings.stream_key)
         self.consumer = consumer
-        self.dedupe_ttl_seconds = settings.dedupe_ttl_seconds
-        self._settle_script = client.register_script(_SETTLE_WITHOUT_MEMORY)
+        self.dead_letters = DeadLetters(client, self.keys)
+        self._settler = Settler(client, self.keys, self.group, settings.dedupe_ttl_seconds, self.dead_letters)
+        self._delete_consumer = client.register_script(_DELETE_IF_NOTHING_PENDING)
+
+    # --- the group ------------------------------------------------------------------------------------------
 
     def ensure_group(self) -> bool:
         """Create the group at the stream's start (so events queued before any consumer ran are read),
@@ -147,7 +55,7 @@ class EventStream:
         if self.group_exists():
             return False
         try:
-            self.client.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
+            self.client.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
             return True
         except redis.ResponseError as exc:
             if "BUSYGROUP" in str(exc):  # another consumer created it meanwhile
@@ -155,13 +63,54 @@ class EventStream:
             raise
 
     def group_exists(self) -> bool:
+        return self.group_info() is not None
+
+    def groups(self) -> list[dict[str, Any]] | None:
+        """Every group of the stream (XINFO GROUPS), or None when there is no stream."""
         try:
-            groups = self.client.xinfo_groups(self.stream_key)
+            return self.client.xinfo_groups(self.keys.stream)
         except redis.ResponseError as exc:
-            if "no such key" in str(exc).lower():  # no stream yet
-                return False
+            if "no such key" in str(exc).lower():
+                return None
             raise
-        return any(as_text(group["name"]) == self.group for group in groups)
+
+    def group_info(self) -> dict[str, Any] | None:
+        """Our group's XINFO GROUPS entry, or None when it (or the stream) does not exist."""
+        return next((group for group in self.groups() or [] if as_text(group["name"]) == self.group), None)
+
+    def group_state(self) -> GroupState:
+        """The whole group's backlog, in one round trip. A stream or group that does not exist yet reads as
+        empty."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.keys.stream)
+        pipe.xinfo_groups(self.keys.stream)
+        pipe.xpending(self.keys.stream, self.group)
+        pipe.xlen(self.keys.dead_letters)
+        length, groups, summary, dead = pipe.execute(raise_on_error=False)  # connection errors still raise
+        for reply in (length, dead):
+            if isinstance(reply, Exception):
+                raise reply
+        group = next((g for g in groups if as_text(g["name"]) == self.group), None) \
+            if isinstance(groups, list) else None
+        pending = summary["pending"] if isinstance(summary, dict) else 0
+        return GroupState(
+            stream_length=length,
+            group_lag=group.get("lag") if group else length,  # a group yet to be created starts at 0: all of it
+            pending=pending,
+            oldest_pending_id=as_text(summary["min"]) if pending else None,
+            dead_letters=dead,
+        )
+
+    def consumers(self) -> list[ConsumerInfo]:
+        return [ConsumerInfo(name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"],
+                             inactive_ms=_inactive_ms(c))
+                for c in self.client.xinfo_consumers(self.keys.stream, self.group)]
+
+    def delete_consumer(self, name: str) -> bool:
+        """Delete consumer `name` if it holds nothing pending (checked and deleted in one step). True if deleted."""
+        return bool(self._delete_consumer(keys=[self.keys.stream], args=[self.group, name]))
+
+    # --- reads and claims -----------------------------------------------------------------------------------
 
     def read_own_pending(self, after: str, count: int) -> list[Entry]:
         """This consumer's entries delivered before but not acknowledged, after id `after`."""
@@ -171,9 +120,10 @@ class EventStream:
         return self._read(">", count, block_ms=block_ms)
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream_key: start}, count=count, block=block_ms
-        )
+        with _group_needed():
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {self.keys.stream: start}, count=count, block=block_ms
+            )
         entries, vanished = [], []
         for _stream, messages in _stream_messages(reply):
             _collect(messages, entries, vanished)
@@ -182,7 +132,9 @@ class EventStream:
 
     def reclaim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries that any consumer (a dead one, usually) has left idle for `min_idle_ms`."""
-        reply = self.client.xautoclaim(self.stream_key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
+        with _group_needed():
+            reply = self.client.xautoclaim(self.keys.stream, self.group, self.consumer, min_idle_ms, "0-0",
+                                           count=count)
         entries, vanished = [], []
         _collect(reply[1], entries, vanished)
         self._forget(vanished + [as_text(entry_id) for entry_id in (reply[2] if len(reply) > 2 else [])])
@@ -191,15 +143,42 @@ class EventStream:
     def retry_own(self, due: Callable[[int, int], bool], count: int) -> list[Entry]:
         """Claim again this consumer's own pending entries that are due for another try: entries that
         failed here (with backoff, by `due(idle_ms, deliveries)`) and entries an operator claimed to it."""
-        rows = self.client.xpending_range(self.stream_key, self.group, "-", "+", count, consumername=self.consumer)
-        ids = [row["message_id"] for row in rows if due(row["time_since_delivered"], row["times_delivered"])]
-        if not ids:
-            return []
+        with _group_needed():
+            rows = self.client.xpending_range(self.keys.stream, self.group, "-", "+", count,
+                                              consumername=self.consumer)
+            ids = [row["message_id"] for row in rows if due(row["time_since_delivered"], row["times_delivered"])]
+            if not ids:
+                return []
+            claimed = self.client.xclaim(self.keys.stream, self.group, self.consumer, 0, ids)
         entries, vanished = [], []
-        _collect(self.client.xclaim(self.stream_key, self.group, self.consumer, 0, ids), entries, vanished)
-        claimed = {entry.entry_id for entry in entries}
-        self._forget([as_text(i) for i in ids if as_text(i) not in claimed])  # trimmed from under us
+        _collect(claimed, entries, vanished)
+        got = {entry.entry_id for entry in entries}
+        self._forget([as_text(i) for i in ids if as_text(i) not in got])  # trimmed from under us
         return entries
+
+    def pending(self, count: int, *, min_idle_ms: int | None = None,
+                consumer: str | None = None) -> list[PendingEntry]:
+        """The group's pending entries, oldest first (only `consumer`'s, only those idle `min_idle_ms`), each with
+        its event id and type."""
+        rows = self.client.xpending_range(self.keys.stream, self.group, "-", "+", count, consumername=consumer,
+                                          idle=min_idle_ms)
+        pipe = self.client.pipeline(transaction=False)
+        for row in rows:
+            pipe.xrange(self.keys.stream, row["message_id"], row["message_id"], count=1)
+        found = [{as_text(k): as_text(v) for k, v in (result[0][1] if result else {}).items()
+                  if as_text(k) in ("event_id", "event_type")}  # not the payload: any bytes at all
+                 for result in pipe.execute()]
+        return [PendingEntry(entry_id=as_text(row["message_id"]), event_id=fields.get("event_id"),
+                             event_type=fields.get("event_type"), consumer=as_text(row["consumer"]),
+                             idle_ms=row["time_since_delivered"], deliveries=row["times_delivered"])
+                for row, fields in zip(rows, found)]
+
+    def claim_for(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
+        """Give pending entries to `consumer` (an operator's move: JUSTID, so it is not counted as a delivery), as
+        if idle `idle_ms` already."""
+        self.client.xclaim(self.keys.stream, self.group, consumer, 0, entry_ids, idle=idle_ms, justid=True)
+
+    # --- after a batch ---------------------------------------------------------------------------------------
 
     def prior_state(self, entries: list[Entry]) -> PriorState:
         """In one round trip: events Redis remembers as processed (the fast path; the database stays
@@ -207,8 +186,8 @@ class EventStream:
         if not entries:
             return PriorState()
         pipe = self.client.pipeline(transaction=False)
-        pipe.mget([seen_key(self.stream_key, entry.event_id) for entry in entries])
-        pipe.hmget(self.failures_key, [entry.entry_id for entry in entries])
+        pipe.mget([self.keys.seen(entry.event_id) for entry in entries])
+        pipe.hmget(self.keys.failures, [entry.entry_id for entry in entries])
         seen, failures = pipe.execute()
         return PriorState(
             processed_event_ids=frozenset(e.event_id for e, value in zip(entries, seen) if value == b"processed"),
@@ -216,120 +195,64 @@ class EventStream:
         )
 
     def settle(self, settlement: Settlement) -> bool:
-        """After the commit, in one atomic step (one round trip): remember the events as processed, drop the
-        changed communities' cached entitlements, move dead letters, count failures, acknowledge.
-
-        When Redis refuses that for memory (at maxmemory, with noeviction, it queues nothing in a MULTI),
-        settles what needs no memory, in one script: drops the cached entitlements, clears failure counts and
-        acknowledges the entries that are done, so the stream can still be trimmed and Redis can get out of
-        being full. No processed marks then (an event's mark is only ever written
-        with its batch's invalidations), no failure counts, and dead entries stay pending until their dead
-        letter can be written. Returns False in that case, True when everything was settled."""
-        try:
-            self._settle_all(settlement)
-            return True
-        except redis.ResponseError as exc:
-            if not is_memory_refusal(exc):
-                raise
-            log.warning("Redis refused the settlement for memory (%s); acknowledging %d done entries without "
-                        "their dedupe marks, %d failed and %d dead entries stay pending", exc,
-                        len(settlement.ack_ids), len(settlement.failures), len(settlement.dead))
-        self._settle_without_memory(settlement)
-        return False
-
-    def _settle_all(self, settlement: Settlement) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        for event_id in settlement.processed_event_ids:
-            pipe.set(seen_key(self.stream_key, event_id), "processed", ex=self.dedupe_ttl_seconds)
-        for community_id in settlement.changed_communities:
-            invalidate_entitlements(pipe, community_id)
-        for dead in settlement.dead:
-            pipe.xadd(self.dead_letter_key, dead_letter_fields(dead))
-        if settlement.failures:
-            pipe.hset(self.failures_key,
-                      mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()})
-        cleared = settlement.cleared_failures + tuple(d.entry.entry_id for d in settlement.dead)
-        if cleared:
-            pipe.hdel(self.failures_key, *cleared)
-        ack_ids = settlement.ack_ids + tuple(d.entry.entry_id for d in settlement.dead)
-        if ack_ids:
-            pipe.xack(self.stream_key, self.group, *ack_ids)
-        pipe.execute()
-
-    def _settle_without_memory(self, settlement: Settlement) -> None:
-        """Only commands Redis never refuses for memory (DEL, HDEL, XACK), in one atomic step. A script, not a
-        MULTI: a full Redis refuses to queue any command at all in a MULTI."""
-        cache_keys = [key for community_id in settlement.changed_communities
-                      for key in (entitlement_key(community_id), entitlement_token_key(community_id))]
-        self._settle_script(keys=[self.stream_key, self.failures_key, *cache_keys],
-                            args=[self.group, len(settlement.cleared_failures), *settlement.cleared_failures,
-                                  *settlement.ack_ids])
+        """Tell Redis what a committed batch did; False when Redis, full, took only what needs no memory (see
+        Settler.settle)."""
+        with _group_needed():
+            return self._settler.settle(settlement)
 
     def trim(self, retention_ms: int, now_ms: int) -> int:
         """Drop entries older than the retention window that every group has acknowledged; never one
         still pending or not yet delivered. Returns how many were removed."""
         try:
-            groups = self.client.xinfo_groups(self.stream_key)
-        except redis.ResponseError:  # no stream yet
+            groups = self.groups()
+        except redis.ResponseError:  # not a stream
+            return 0
+        if groups is None:  # no stream yet
             return 0
         keep_from = [(now_ms - retention_ms, 0)]
         for group in groups:
-            summary = self.client.xpending(self.stream_key, group["name"])
+            with _group_needed():  # gone since we listed it
+                summary = self.client.xpending(self.keys.stream, group["name"])
             if summary["pending"]:
                 keep_from.append(id_tuple(summary["min"]))
             ms, seq = id_tuple(group["last-delivered-id"])
             keep_from.append((ms, seq + 1))  # everything after the last delivered entry is undelivered
         ms, seq = min(keep_from)
-        return self.client.xtrim(self.stream_key, minid=f"{max(ms, 0)}-{seq}", approximate=False)
+        return self.client.xtrim(self.keys.stream, minid=f"{max(ms, 0)}-{seq}", approximate=False)
 
     def _forget(self, entry_ids: list[str]) -> None:
         """Pending entries whose data is gone from the stream (trimmed): nothing left to process."""
         if entry_ids:
-            self.client.xack(self.stream_key, self.group, *entry_ids)
+            with _group_needed():
+                self.client.xack(self.keys.stream, self.group, *entry_ids)
 
 
-# KEYS: stream, failures hash, then the cache keys to delete. ARGV: group, how many failure entries to clear,
-# those entry ids, then the entry ids to acknowledge. In chunks: Lua's unpack() has a limit.
-_SETTLE_WITHOUT_MEMORY = """
-local function in_chunks(command, key, group, from, to)
-  local i = from
-  while i <= to do
-    local j = math.min(i + 999, to)
-    if group then
-      redis.call(command, key, group, unpack(ARGV, i, j))
-    else
-      redis.call(command, key, unpack(ARGV, i, j))
-    end
-    i = j + 1
-  end
+# Checked and deleted in one step: a consumer that read entries since we looked keeps them (deleting a
+# consumer drops its pending entries from the group for good).
+_DELETE_IF_NOTHING_PENDING = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return 0
 end
-for i = 3, #KEYS do
-  redis.call('DEL', KEYS[i])
-end
-local cleared = tonumber(ARGV[2])
-in_chunks('HDEL', KEYS[2], nil, 3, 2 + cleared)
-in_chunks('XACK', KEYS[1], ARGV[1], 3 + cleared, #ARGV)
-return 1
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) + 1
 """
 
 
-def failures_key(stream_key: str) -> str:
-    return f"{stream_key}:failures"
+@contextlib.contextmanager
+def _group_needed() -> Iterator[None]:
+    """A NOGROUP reply, to any command that needs the group, as GroupMissing."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if reply_code(exc) == "NOGROUP":
+            raise GroupMissing(str(exc)) from exc
+        raise
 
 
-def parse_failure(value: bytes | str) -> Failure:
-    count, _, first = as_text(value).partition(":")
-    return Failure(int(count or 0), int(first or 0))
-
-
-def dead_letter_fields(dead: DeadLetter) -> dict[str, str | bytes | int]:
-    entry = dead.entry
-    return {
-        "event_id": entry.event_id, "event_type": entry.event_type, "created": entry.created,
-        "payload": entry.payload, "received_at": entry.received_at_ms,
-        "error": dead.error[:4000], "deliveries": dead.failure.count,
-        "first_failed_at": dead.failure.first_failed_ms, "source_id": entry.entry_id,
-    }
+def _inactive_ms(consumer: dict[str, Any]) -> int:
+    """Since the consumer last read or claimed something. Redis 7.2+ says so in `inactive` (-1 for a consumer that
+    never did: then `idle`, since it last tried); before 7.2, `idle` meant just that."""
+    inactive = consumer.get("inactive", -1)
+    return inactive if inactive >= 0 else consumer["idle"]
 
 
 def _collect(messages, entries: list[Entry], vanished: list[str]) -> None:
@@ -338,15 +261,6 @@ def _collect(messages, entries: list[Entry], vanished: list[str]) -> None:
             entries.append(Entry.from_fields(as_text(raw_id), fields))
         else:  # pending, but trimmed from the stream
             vanished.append(as_text(raw_id))
-
-
-def as_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = as_text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _stream_messages(reply) -> list:

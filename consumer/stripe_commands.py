@@ -48,8 +48,8 @@ def backfill(settings: Settings, client: redis.Redis, since: str, until: str | N
         raise click.UsageError(str(exc)) from None
     api = StripeApi.from_settings(settings, timeout=timeout)
     progress = BarProgress() if sys.stderr.isatty() and not as_json else LineProgress(progress_every, dry_run)
-    job = Backfill(api, Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds),
-                   Cursor(client, settings.stream_key), window, progress)
+    job = Backfill(api, Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds), Cursor(client, settings.keys),
+                   window, progress)
     try:
         counts = job.run(dry_run=dry_run, restart=restart)
     except (KeyboardInterrupt, StripeApiError, redis.RedisError) as exc:
@@ -152,8 +152,8 @@ def reconcile_events(settings: Settings, client: redis.Redis, timeout: float, as
     from consumer.reconcile import Reconciler
 
     api = StripeApi.from_settings(settings, timeout=timeout)
-    reconciler = Reconciler(api, Enqueuer(client, settings.stream_key, settings.dedupe_ttl_seconds), client,
-                            settings.stream_key, settings.reconcile_interval_seconds, owner="cli")
+    reconciler = Reconciler(api, Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds), client,
+                            settings.keys, settings.reconcile_interval_seconds, owner="cli")
     counts = {found.value: n for found, n in reconciler.run().items()}
     if as_json:
         click.echo(json.dumps(counts, indent=2))
@@ -172,8 +172,8 @@ def reconcile_subscriptions(settings: Settings, client: redis.Redis, fix: bool, 
                             timeout: float, as_json: bool) -> None:
     """Each known community's subscription as Stripe has it now against our row: tier, status, period."""
     api = StripeApi.from_settings(settings, timeout=timeout)
-    report = drift.check_subscriptions(api, database_proxy.obj, client, Policy.from_settings(settings), fix=fix,
-                                       communities=communities)
+    report = drift.check_subscriptions(api, database_proxy.obj, client, settings.keys, Policy.from_settings(settings),
+                                       fix=fix, communities=communities)
     if as_json:
         click.echo(drift.as_json(report))
         return

@@ -12,23 +12,22 @@ import peewee
 import redis
 
 from billing.clock import iso, utcnow
+from billing.keys import Keys
 from billing.redis_io import invalidate_entitlements
 from billing.vocabulary import Status
 from consumer import deferred
+from consumer.interval_lock import IntervalLock
 from models.db import is_postgres, write_transaction
 from models.tables import AuditLog, Subscription
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 30
-LOCK_KEY = "billing:sweep:lock"
-# The lock frees this long before its owner's next try (SWEEP_EVERY_SECONDS later): held for the full
-# interval, the owner's own lock could still be there, by a millisecond, when it tries again, and then
-# nobody would sweep for a whole second interval.
-LOCK_MARGIN_MS = 1000
 
 
-def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.datetime | None = None) -> list[str]:
-    """Write `unpaid` for every subscription whose grace has ended; returns their communities."""
+def end_expired_grace(db: peewee.Database, client: redis.Redis | None, keys: Keys,
+                      now: dt.datetime | None = None) -> list[str]:
+    """Write `unpaid` for every subscription whose grace has ended, and drop their cached entitlements (with
+    a client); returns their communities."""
     now = now or utcnow()
     with write_transaction(db):
         query = Subscription.select().where((Subscription.status == Status.PAST_DUE)
@@ -44,7 +43,7 @@ def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.d
     if ended and client is not None:
         pipe = client.pipeline(transaction=False)  # not a MULTI: a full Redis refuses to queue anything in one
         for sub in ended:
-            invalidate_entitlements(pipe, sub.community_id)
+            invalidate_entitlements(pipe, keys, sub.community_id)
         try:
             pipe.execute()
         except redis.RedisError as exc:  # harmless: no cached answer outlives its grace_until
@@ -52,13 +51,11 @@ def end_expired_grace(db: peewee.Database, client: redis.Redis | None, now: dt.d
     return [sub.community_id for sub in ended]
 
 
-def sweep_if_ours(db: peewee.Database, client: redis.Redis, owner: str) -> list[str] | None:
-    """Sweep unless another consumer swept within the interval (None then): the lock is kept for (just
-    under) the whole interval, so all consumers together sweep about once per interval, and a crash frees it
-    in time."""
-    if not client.set(LOCK_KEY, owner, nx=True, px=SWEEP_EVERY_SECONDS * 1000 - LOCK_MARGIN_MS):
+def sweep_if_ours(db: peewee.Database, client: redis.Redis, keys: Keys, owner: str) -> list[str] | None:
+    """Sweep unless another consumer swept within the interval (None then)."""
+    if not IntervalLock(client, keys.sweep_lock, SWEEP_EVERY_SECONDS * 1000).take(owner):
         return None
-    ended = end_expired_grace(db, client)
+    ended = end_expired_grace(db, client, keys)
     dropped = deferred.drop_expired(db)
     if dropped:
         log.warning("dropped %d deferred events no checkout linked within %d days (audit rows keep them): %s",

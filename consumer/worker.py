@@ -32,9 +32,10 @@ from billing.redis_io import TRANSIENT_REPLIES, reply_code
 from billing.vocabulary import FAILED_OUTCOMES
 from consumer import metrics
 from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
+from consumer.entries import Entry
 from consumer.handlers import Policy
 from consumer.reconcile import ReconcilerThread
-from consumer.stream import Entry, EventStream
+from consumer.stream import EventStream, GroupMissing
 from consumer.sweep import SWEEP_EVERY_SECONDS, sweep_if_ours
 from models.db import OUTAGE_ERRORS
 
@@ -97,6 +98,7 @@ class Worker:
         self.max_deliveries = settings.max_deliveries
         self.retention_ms = settings.stream_retention_seconds * 1000
         self.name = name
+        self.keys = settings.keys
         self.max_batch_size = self.batch_size = batch_size
         self.block_ms = block_ms
         self.stopping = threading.Event()
@@ -177,7 +179,7 @@ class Worker:
 
     def _sweep(self) -> None:
         try:
-            ended = sweep_if_ours(self.db, self.client, self.name)
+            ended = sweep_if_ours(self.db, self.client, self.keys, self.name)
         except OUTAGE_ERRORS as exc:
             metrics.DB_ERRORS.inc()
             log.warning("grace sweep skipped: %s", _describe(exc))
@@ -268,20 +270,19 @@ class Worker:
                 result = step()
                 self.backoff.reset()
                 return result
+            except GroupMissing:
+                metrics.REDIS_FAILURES.inc()
+                log.warning("%s: stream or group missing (Redis restarted empty, or failed over?); recreating them",
+                            what)
+                try:
+                    if self.stream.ensure_group():
+                        continue  # recreated: try again at once
+                    delay = self.backoff.next()  # there again (another consumer was quicker): shortly
+                except redis.RedisError as again:
+                    delay = self._redis_error(again, "recreating the group")
             except redis.RedisError as exc:
-                if reply_code(exc) == "NOGROUP":
-                    metrics.REDIS_FAILURES.inc()
-                    log.warning("%s: stream or group missing (Redis restarted empty, or failed over?); recreating "
-                                "them", what)
-                    try:
-                        if self.stream.ensure_group():
-                            continue  # recreated: try again at once
-                        delay = self.backoff.next()  # there again (another consumer was quicker): shortly
-                    except redis.RedisError as again:
-                        delay = self._redis_error(again, "recreating the group")
-                else:
-                    delay = self._redis_error(exc, what)
-                self.stopping.wait(delay)
+                delay = self._redis_error(exc, what)
+            self.stopping.wait(delay)
         return None
 
     def _redis_error(self, exc: redis.RedisError, doing: str) -> float:
@@ -292,7 +293,7 @@ class Worker:
         detail = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
         if code is None:
             log.warning("%s: Redis unavailable: %s; retrying in %.1fs", doing, detail, delay)
-        elif code in TRANSIENT_REPLIES or code == "NOGROUP":
+        elif code in TRANSIENT_REPLIES or isinstance(exc, GroupMissing):
             log.warning("%s: Redis transient error %s: %s; retrying in %.1fs", doing, code, detail, delay)
         else:
             log.error("%s: unexpected Redis error reply %s: %s; retrying in %.1fs", doing, code, detail, delay)

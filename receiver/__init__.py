@@ -26,8 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     client = connect_redis(settings.redis_url, timeout=0.5)
     app.extensions["redis"] = client
-    app.extensions["event_queue"] = EventQueue(client, settings.stream_key, settings.dedupe_ttl_seconds)
-    app.extensions["entitlement_cache"] = EntitlementCache(client)
+    app.extensions["event_queue"] = EventQueue(client, settings.keys, settings.dedupe_ttl_seconds)
+    app.extensions["entitlement_cache"] = EntitlementCache(client, settings.keys)
     open_database(settings.database_url)
 
     # Imported here, not at the top: these import prometheus_client, which must not be imported before

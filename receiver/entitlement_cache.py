@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from billing.redis_io import ENTITLEMENT_TOKEN_TTL_SECONDS, entitlement_key, entitlement_token_key
+from billing.keys import Keys
+from billing.redis_io import ENTITLEMENT_TOKEN_TTL_SECONDS
 
 # KEYS: answer, token. ARGV: a fresh token, its ttl (seconds), "1" to look past the cached answer.
 # Returns {"answer", json} on a hit, else {"token", token}, or {"none", why} when no token can be set (Redis is
@@ -57,8 +58,9 @@ STEP_ASIDE_SECONDS = 1.0
 
 
 class EntitlementCache:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, keys: Keys):
         self.client = client
+        self.keys = keys
         self._get = client.register_script(_GET_OR_GUARD)
         self._put = client.register_script(_PUT_IF_GUARDED)
         self._down_until = 0.0
@@ -68,7 +70,7 @@ class EntitlementCache:
         Redis cannot guard an answer (unavailable, full, read-only)."""
         if time.monotonic() < self._down_until:
             return None, None
-        keys = [entitlement_key(community_id), entitlement_token_key(community_id)]
+        keys = self.keys.entitlements(community_id)
         token = secrets.token_hex(16)
         try:
             kind, value = self._get(keys=keys, args=[token, ENTITLEMENT_TOKEN_TTL_SECONDS, "0"])
@@ -87,7 +89,7 @@ class EntitlementCache:
         if token is None or ttl_seconds <= 0:
             return
         try:
-            self._put(keys=[entitlement_key(community_id), entitlement_token_key(community_id)],
+            self._put(keys=self.keys.entitlements(community_id),
                       args=[token, json.dumps(answer), ttl_seconds])
         except redis.RedisError as exc:
             self._step_aside(exc)

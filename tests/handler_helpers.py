@@ -6,8 +6,8 @@ import time
 from billing.stripe_events import event_created
 from billing.tiers import TierMatrix
 from consumer.batch import apply_batch
+from consumer.entries import Entry, PriorState
 from consumer.handlers import Policy
-from consumer.stream import Entry, PriorState
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
 

@@ -30,6 +30,9 @@ BAD_VALUES = [
     ("STREAM_KEY", "stripe events"),
     ("CONSUMER_GROUP", "bill ing"),
     ("DEAD_LETTER_KEY", "dead\tletters"),
+    ("KEY_PREFIX", "acme corp"),
+    ("KEY_PREFIX", "acme:"),
+    ("KEY_PREFIX", ":"),
     ("STRIPE_API_KEY", "whsec_abcdefghijkl"),
     ("STRIPE_API_KEY", "pk_live_abcdefghijkl"),
     ("STRIPE_API_KEY", "not a key"),
@@ -58,6 +61,7 @@ def test_empty_environment_gives_the_documented_defaults():
     assert settings.database_url == "sqlite:///var/billing.db"
     assert (settings.stream_key, settings.consumer_group, settings.dead_letter_key) == (
         "stripe:events", "billing", "stripe:events:dead")
+    assert settings.key_prefix == "billing"
     assert (settings.max_deliveries, settings.claim_idle_ms) == (5, 60_000)
     assert (settings.grace_period_hours, settings.entitlement_ttl_seconds) == (24, 300)
     assert (settings.dedupe_ttl_seconds, settings.port, settings.metrics_port) == (604_800, 8000, 9101)
@@ -67,7 +71,7 @@ def test_empty_environment_gives_the_documented_defaults():
 
 
 def test_blank_values_fall_back_to_defaults():
-    assert Settings.from_env({"MAX_DELIVERIES": "  ", "REDIS_URL": "", "PORT": " "}) == Settings()
+    assert Settings.from_env({"MAX_DELIVERIES": "  ", "REDIS_URL": "", "PORT": " ", "KEY_PREFIX": " "}) == Settings()
 
 
 def test_good_values_are_parsed():
@@ -90,6 +94,20 @@ def test_good_values_are_parsed():
     assert settings.max_deliveries == 3
     assert settings.grace_period_seconds == 5400
     assert (settings.metrics_port, settings.port) == (0, 8080)
+
+
+def test_key_prefix_names_the_deployment_keys():
+    settings = Settings.from_env({"KEY_PREFIX": " acme:prod ", "STREAM_KEY": "acme:events"})
+    assert settings.key_prefix == "acme:prod"
+    assert (settings.keys.prefix, settings.keys.stream, settings.keys.dead_letters) == (
+        "acme:prod", "acme:events", "stripe:events:dead")
+
+
+def test_a_key_prefix_error_says_what_is_wrong():
+    with pytest.raises(ConfigError, match=r"KEY_PREFIX='acme:' is not valid: must not end with ':'"):
+        Settings.from_env({"KEY_PREFIX": "acme:"})
+    with pytest.raises(ConfigError, match=r"KEY_PREFIX='a b' is not valid: must not contain spaces"):
+        Settings.from_env({"KEY_PREFIX": "a b"})
 
 
 def test_stripe_api_settings_are_parsed():

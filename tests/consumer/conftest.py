@@ -31,7 +31,7 @@ def consumer_env(redis_url, db, database_url):
 @pytest.fixture
 def queue(r):
     """The receiver's dedupe-and-enqueue script on the test's Redis, to queue events as the receiver would."""
-    return EventQueue(r, Settings().stream_key, 3600)
+    return EventQueue(r, Settings().keys, 3600)
 
 
 @pytest.fixture

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from harness import Process
 from models.tables import AuditLog, WebhookEvent
 from receiver.sample_events import build_event
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
+KEYS = Settings().keys  # the same names, as the code spells them
 
 
 def events_for(n: int, prefix: str = "c") -> list[dict]:
@@ -22,7 +24,7 @@ def events_for(n: int, prefix: str = "c") -> list[dict]:
 
 
 def enqueue_all(client, events: list[dict]) -> None:
-    queue = EventQueue(client, STREAM, 3600)
+    queue = EventQueue(client, KEYS, 3600)
     for event in events:
         assert queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
 

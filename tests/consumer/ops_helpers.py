@@ -7,6 +7,7 @@ import time
 import redis
 from click.testing import CliRunner, Result
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from consumer.cli import cli
 from harness import Process, service_env
@@ -15,6 +16,7 @@ from models.tables import AuditLog
 from receiver.sample_events import build_event
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"  # CONTRACT.md's defaults
+KEYS = Settings().keys  # the same names, as the code spells them
 
 
 def invoke(env: dict[str, str], *args: str) -> Result:
@@ -65,7 +67,7 @@ def table(output: str) -> list[dict[str, str]]:
 
 def enqueue(client: redis.Redis, event: dict) -> str:
     """Queue an event exactly as the receiver does; its entry id."""
-    return EventQueue(client, STREAM, 3600).enqueue(event["id"], event["type"], event["created"],
+    return EventQueue(client, KEYS, 3600).enqueue(event["id"], event["type"], event["created"],
                                                     json.dumps(event).encode())
 
 

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from billing.redis_io import backfill_cursor_key, seen_key
 from billing.vocabulary import HANDLED_TYPES
 from consumer.backfill import (
     Backfill,
@@ -26,7 +25,7 @@ from consumer.stripe_api import StripeApi, StripeApiError, retry_delay
 from harness import REPO, default_sigint, service_env
 from models.tables import WebhookEvent
 from receiver.sample_events import API_VERSIONS, LEGACY_API_VERSION, build_event
-from tests.consumer.ops_helpers import STREAM, invoke, one_line_error
+from tests.consumer.ops_helpers import KEYS, STREAM, invoke, one_line_error
 from tests.consumer.stripe_server import API_KEY, peer_events
 
 NOW = int(time.time())
@@ -110,10 +109,10 @@ def test_the_window_and_the_types_are_stripes_filters(stripe_env, fake_stripe, r
 
 def test_dry_run_queues_nothing_and_keeps_no_cursor(stripe_env, fake_stripe, r):
     events = ours(fake_stripe, 5)
-    r.set(seen_key(STREAM, events[0]["id"]), "processed")
+    r.set(KEYS.seen(events[0]["id"]), "processed")
     result = invoke(stripe_env, "backfill", "--since", "2h", "--dry-run")
     assert "would queue 4, already had 1" in result.stdout
-    assert r.xlen(STREAM) == 0 and not r.exists(backfill_cursor_key(STREAM))
+    assert r.xlen(STREAM) == 0 and not r.exists(KEYS.backfill_cursor)
 
 
 def test_a_429_waits_for_its_retry_after(stripe_env, fake_stripe, r):
@@ -175,7 +174,7 @@ class InterruptAfter(Progress):
 def test_an_interrupted_backfill_resumes_after_its_cursor(fake_stripe, r, sqlite_url):
     events = sorted(ours(fake_stripe, 40), key=lambda e: e["created"])
     window = Window(NOW - 7200, NOW)
-    enqueuer, cursor = Enqueuer(r, STREAM, 3600), Cursor(r, STREAM)
+    enqueuer, cursor = Enqueuer(r, KEYS, 3600), Cursor(r, KEYS)
     first = Backfill(api_for(fake_stripe), enqueuer, cursor, window, InterruptAfter(15))
     with pytest.raises(KeyboardInterrupt):
         first.run()
@@ -184,16 +183,16 @@ def test_an_interrupted_backfill_resumes_after_its_cursor(fake_stripe, r, sqlite
     counts = Backfill(api_for(fake_stripe), enqueuer, cursor, later).run()
     assert (counts.before_cursor, counts.queued, counts.already_had) == (15, 25, 0)
     assert [e["id"] for e in queued(r)] == [e["id"] for e in events]
-    assert not r.exists(backfill_cursor_key(STREAM))  # finished: nothing to resume
+    assert not r.exists(KEYS.backfill_cursor)  # finished: nothing to resume
 
 
 def test_a_cursor_resumes_only_a_run_it_covers(r, redis_url):
-    cursor = Cursor(r, STREAM)
+    cursor = Cursor(r, KEYS)
     cursor.save(Window(1000, 5000, ("invoice.paid", "invoice.payment_failed")), (3000, "evt_3"))
     assert cursor.load(Window(1000, 9000, ("invoice.paid",))) == (3000, "evt_3")
     assert cursor.load(Window(999, 9000, ("invoice.paid",))) is None  # starts earlier: events it never listed
     assert cursor.load(Window(1000, 9000, ("invoice.paid", "customer.subscription.updated"))) is None
-    r.set(backfill_cursor_key(STREAM), "not json")
+    r.set(KEYS.backfill_cursor, "not json")
     assert cursor.load(Window(1000, 9000, ("invoice.paid",))) is None
 
 

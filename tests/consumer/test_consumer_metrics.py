@@ -9,12 +9,14 @@ import urllib.request
 
 import pytest
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from harness import Process, free_port, service_env, wait_for
 from receiver.sample_events import build_event
 from tests.consumer_metrics_helpers import events_by, scrape, scrape_when, value
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
+KEYS = Settings().keys
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from harness import REPO, Process, start_receiver, wait_for
 from models.tables import AuditLog, Subscription, WebhookEvent
@@ -14,6 +15,7 @@ from receiver.sample_events import build_event
 from tests.stripe_helpers import load_peer_events, sign
 
 STREAM, GROUP = "stripe:events", "billing"
+KEYS = Settings().keys
 
 
 def enqueue(queue: EventQueue, event: dict) -> str:

@@ -9,7 +9,6 @@ import json
 import pytest
 
 from billing.config import Settings
-from billing.redis_io import seen_key
 from harness import SECRET, wait_for
 from models.db import database_proxy
 from models.tables import Subscription, WebhookEvent
@@ -17,7 +16,7 @@ from receiver import create_app
 from receiver.sample_events import build_event
 from tests.consumer.ops_helpers import (
     DEAD,
-    STREAM,
+    KEYS,
     add_dead_letter,
     audit_rows,
     invoke,
@@ -64,7 +63,7 @@ def test_after_dead_drop_a_resend_of_the_same_event_is_queued_and_applied(receiv
         env = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url}
         result = invoke(env, "dead", "drop", dead_id.decode())
         assert result.exit_code == 0, result.output
-        assert client.xlen(DEAD) == 0 and client.exists(seen_key(STREAM, event["id"])) == 0
+        assert client.xlen(DEAD) == 0 and client.exists(KEYS.seen(event["id"])) == 0
         assert audit_rows("ops_dead_drop")[0]["event_ids"] == [event["id"]]
 
         assert post(receiver, body)["status"] == "queued"  # Stripe's 'Resend'
@@ -72,7 +71,7 @@ def test_after_dead_drop_a_resend_of_the_same_event_is_queued_and_applied(receiv
                  what=f"the resend to be applied: {worker.output()[-2000:]}")
         sub = Subscription.get(Subscription.community_id == "resent")
         assert (sub.tier, sub.status, sub.stripe_subscription_id) == ("elite", "active", "sub_resent")
-        wait_for(lambda: client.get(seen_key(STREAM, event["id"])) == b"processed", what="the resend settled")
+        wait_for(lambda: client.get(KEYS.seen(event["id"])) == b"processed", what="the resend settled")
         assert post(receiver, body)["status"] == "duplicate"  # and deduplicated again from now on
     finally:
         worker.stop()
@@ -85,9 +84,9 @@ def test_dropping_several_forgets_each_events_mark_and_only_theirs(redis_server,
     events = [build_event("invoice.paid", f"d{n}") for n in range(3)]
     ids = [add_dead_letter(client, event)[0] for event in events]
     for event in events:
-        client.set(seen_key(STREAM, event["id"]), "queued", ex=3600)
+        client.set(KEYS.seen(event["id"]), "queued", ex=3600)
     env = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url}
     result = invoke(env, "dead", "drop", ids[0], ids[2], "--yes")
     assert result.exit_code == 0, result.output
-    assert [client.exists(seen_key(STREAM, e["id"])) for e in events] == [0, 1, 0]
+    assert [client.exists(KEYS.seen(e["id"])) for e in events] == [0, 1, 0]
     assert [i.decode() for i, _ in client.xrange(DEAD)] == [ids[1]]

@@ -12,7 +12,7 @@ from billing.entitlements import entitlements
 from billing.tiers import TierMatrix
 from consumer import deferred
 from consumer.batch import apply_batch, settlement_of
-from consumer.stream import PriorState
+from consumer.entries import PriorState
 from models.db import database_proxy
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 from tests.handler_helpers import (

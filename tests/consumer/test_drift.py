@@ -8,11 +8,13 @@ import json
 import pytest
 
 from billing.clock import from_epoch, iso
-from billing.redis_io import entitlement_key
+from billing.config import Settings
 from models.tables import AuditLog
 from tests.consumer.ops_helpers import invoke, one_line_error
 from tests.consumer.stripe_server import API_KEY
 from tests.handler_helpers import DAY, P_END, P_START, T0, apply, ev, row
+
+KEYS = Settings().keys
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def drifted(db, api, fake_stripe, r):
     fake_stripe.subscriptions["sub_d2"] = in_sync["data"]["object"]
     fake_stripe.subscriptions["sub_d4"] = subscription(api, "d4", tier="basic", status="canceled", **ids["d4"])
     for community in ids:
-        r.set(entitlement_key(community), json.dumps({"tier": "basic"}))
+        r.set(KEYS.entitlement_answer(community), json.dumps({"tier": "basic"}))
     return ids
 
 
@@ -65,7 +67,7 @@ def test_the_report_shows_each_difference_and_changes_nothing(stripe_cli_env, dr
     assert not any(d["fixed"] for d in report.values())
     assert (row("d1").tier, row("d1").status, row("d4").status) == ("basic", "active", "active")
     assert AuditLog.select().count() == audits_before  # the handler's rows were rolled back with the rest
-    assert r.exists(entitlement_key("d1"))
+    assert r.exists(KEYS.entitlement_answer("d1"))
     text = invoke(stripe_cli_env, "reconcile", "subscriptions").stdout
     assert "2 of 4 communities differ from Stripe; --fix applies Stripe's state" in text
     assert "d3  " in text and "Stripe has no such subscription" in text and "1 could not be compared" in text
@@ -84,8 +86,8 @@ def test_fix_applies_stripes_state_once(stripe_cli_env, drifted, r):
     assert d1["stripe_event_id"].startswith("evt_reconcile_") and d1["who"]
     handler_rows = AuditLog.select().where(AuditLog.community_id == "d1", AuditLog.event_type == "subscription_updated")
     assert d1["stripe_event_id"] in {json.loads(a.event_data)["stripe_event_id"] for a in handler_rows}
-    assert not r.exists(entitlement_key("d1")) and not r.exists(entitlement_key("d4"))
-    assert r.exists(entitlement_key("d2"))  # unchanged, so still cached
+    assert not r.exists(KEYS.entitlement_answer("d1")) and not r.exists(KEYS.entitlement_answer("d4"))
+    assert r.exists(KEYS.entitlement_answer("d2"))  # unchanged, so still cached
 
     again = invoke(stripe_cli_env, "reconcile", "subscriptions", "--fix")
     assert "all 3 communities compared match Stripe" in again.stdout, again.output

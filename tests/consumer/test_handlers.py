@@ -14,7 +14,7 @@ from consumer.batch import (
     apply_batch,
     settlement_of,
 )
-from consumer.stream import Entry, Failure, PriorState
+from consumer.entries import Entry, Failure, PriorState
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import EVENT_TYPES
 from tests.handler_helpers import (

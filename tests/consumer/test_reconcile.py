@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from billing.event_queue import EventQueue
-from billing.redis_io import reconcile_lock_key, seen_key
+from billing.redis_io import connect_redis
 from billing.vocabulary import HANDLED_TYPES
 from consumer.backfill import Enqueuer, Found
 from consumer.reconcile import (
@@ -23,7 +23,7 @@ from consumer.stripe_api import StripeApi
 from harness import wait_for
 from models.tables import Subscription
 from receiver.sample_events import API_VERSIONS, build_event
-from tests.consumer.ops_helpers import STREAM, invoke, start_consumer
+from tests.consumer.ops_helpers import KEYS, STREAM, invoke, start_consumer
 from tests.consumer.stripe_server import API_KEY
 
 NOW = int(time.time())
@@ -32,7 +32,7 @@ NOW = int(time.time())
 def reconciler(fake_stripe, r, owner: str = "c1", interval: int = 300, base: str | None = None,
                **api_options) -> Reconciler:
     api = StripeApi(API_KEY, base or fake_stripe.url, **{"network_retries": 0, **api_options})
-    return Reconciler(api, Enqueuer(r, STREAM, 3600), r, STREAM, interval, owner)
+    return Reconciler(api, Enqueuer(r, KEYS, 3600), r, KEYS, interval, owner)
 
 
 def reconciled(result: str) -> float:
@@ -47,7 +47,7 @@ def test_a_pass_queues_the_failed_deliveries_we_do_not_have(fake_stripe, r, sqli
     failed = [fake_stripe.add_event(build_event(t, f"r{i}", created=NOW - 3600 + i, api_version=API_VERSIONS[i % 2]))
               for i, t in enumerate(HANDLED_TYPES)]
     had = failed[2]
-    r.set(seen_key(STREAM, had["id"]), "processed")
+    r.set(KEYS.seen(had["id"]), "processed")
     fake_stripe.add_event(build_event("invoice.paid", "ok", created=NOW - 60), delivery_success=True)
     fake_stripe.add_event(build_event("invoice.paid", "old", created=NOW - WINDOW_SECONDS - 60))  # backfill's
     fake_stripe.add_event(build_event("invoice.paid", "in-flight", created=int(time.time())))  # Stripe is sending it
@@ -68,7 +68,7 @@ def test_a_pass_queues_the_failed_deliveries_we_do_not_have(fake_stripe, r, sqli
 def test_one_consumer_per_interval(fake_stripe, r, redis_url):
     assert reconciler(fake_stripe, r, "c1", interval=2).run_if_ours() is not None
     assert reconciler(fake_stripe, r, "c2", interval=2).run_if_ours() is None
-    assert r.get(reconcile_lock_key(STREAM)) == b"c1" and 1700 <= r.pttl(reconcile_lock_key(STREAM)) <= 1800
+    assert r.get(KEYS.reconcile_lock) == b"c1" and 1700 <= r.pttl(KEYS.reconcile_lock) <= 1800
     time.sleep(1.85)
     assert reconciler(fake_stripe, r, "c2", interval=2).run_if_ours() is not None
     assert len(fake_stripe.event_requests()) == 2
@@ -87,11 +87,8 @@ def test_errors_are_counted_and_never_raised(fault, fake_stripe, r, redis_url, s
     elif fault == "wrong key":
         fake_stripe.api_key = "sk_test_another_key"
     fake_stripe.add_event(build_event("invoice.paid", "e1"))
-    one = reconciler(fake_stripe, r, **options)
-    if fault == "redis down":
-        from billing.redis_io import connect_redis
-
-        one.client = connect_redis("redis://127.0.0.1:1/0")
+    client = connect_redis("redis://127.0.0.1:1/0") if fault == "redis down" else r
+    one = reconciler(fake_stripe, client, **options)
     before = reconciled("error")
     ReconcilerThread(one, 300).run_once()  # does not raise
     assert reconciled("error") == before + 1
@@ -149,7 +146,7 @@ def test_a_hanging_stripe_never_holds_up_events_or_shutdown(redis_url, sqlite_ur
     try:
         wait_for(lambda: fake_stripe.requests, what="the reconciler to ask Stripe")
         event = build_event("checkout.session.completed", "meanwhile", tier="premium")
-        EventQueue(r, STREAM, 3600).enqueue(event["id"], event["type"], event["created"],
+        EventQueue(r, KEYS, 3600).enqueue(event["id"], event["type"], event["created"],
                                                  json.dumps(event).encode())
         wait_for(lambda: Subscription.get_or_none(Subscription.community_id == "meanwhile"), timeout=5,
                  what="the event to be applied while Stripe hangs")

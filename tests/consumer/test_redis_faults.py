@@ -17,8 +17,7 @@ from prometheus_client import REGISTRY
 
 from billing.config import Settings
 from billing.event_queue import EventQueue
-from billing.redis_io import connect_redis, entitlement_key, seen_key
-from consumer.stream import failures_key
+from billing.redis_io import connect_redis
 from consumer.worker import Worker
 from harness import (
     SECRET,
@@ -34,6 +33,7 @@ from tests.consumer_metrics_helpers import scrape, value
 from tests.redis_memory_helpers import fill_until_refused, used_memory
 
 STREAM, GROUP = "stripe:events", "billing"
+KEYS = Settings().keys
 ERRORS = "billing_redis_errors_total"
 
 
@@ -63,7 +63,7 @@ def filler(n: int) -> dict:
 
 
 def enqueue(client: redis.Redis, event: dict) -> str:
-    return EventQueue(client, STREAM, 3600).enqueue(event["id"], event["type"], event["created"],
+    return EventQueue(client, KEYS, 3600).enqueue(event["id"], event["type"], event["created"],
                                                     json.dumps(event).encode())
 
 
@@ -86,7 +86,8 @@ def fill_stream_until_refused(client: redis.Redis, headroom: int = 2 * 1024 * 10
 
 def cache_answers(client: redis.Redis, *communities: str) -> None:
     for community in communities:
-        client.set(entitlement_key(community), json.dumps({"community_id": community, "tier": "starter"}), ex=300)
+        client.set(KEYS.entitlement_answer(community), json.dumps({"community_id": community, "tier": "starter"}),
+                   ex=300)
 
 
 def pending(client: redis.Redis) -> int:
@@ -145,16 +146,16 @@ def test_a_running_consumer_keeps_acknowledging_and_trimming_when_redis_is_full(
                  what=f"every entry applied and acknowledged: {worker.output()[-3000:]}")
         assert worker.popen.poll() is None, worker.output()
         # The changed communities' cached answers were dropped all the same (DEL is never refused).
-        assert r.exists(*[entitlement_key(f"full{n}") for n in range(3)]) == 0
+        assert r.exists(*[KEYS.entitlement_answer(f"full{n}") for n in range(3)]) == 0
         # The first batch was settled without its dedupe mark (a SET): the mark says `queued`, not `processed`.
-        assert r.get(seen_key(STREAM, changes[0]["id"])) == b"queued"
+        assert r.get(KEYS.seen(changes[0]["id"])) == b"queued"
         wait_for(lambda: r.xlen(STREAM) == 0, timeout=30, what="the acknowledged entries to be trimmed")
         assert errors_counted(port) >= 1
 
         r.config_set("maxmemory", 0)
         later = checkout("after")
         enqueue(r, later)
-        wait_for(lambda: r.get(seen_key(STREAM, later["id"])) == b"processed" and pending(r) == 0,
+        wait_for(lambda: r.get(KEYS.seen(later["id"])) == b"processed" and pending(r) == 0,
                  what="a new event applied once memory is freed")
         assert rows(later) == {later["id"]: "processed"}
     finally:
@@ -179,13 +180,13 @@ def test_a_consumer_started_while_redis_is_full_comes_up_and_acknowledges(server
         wait_for(lambda: applied(change) and pending(r) == 0 and "b" in consumers(r),
                  what=f"the entry applied and acknowledged: {worker.output()[-3000:]}")
         assert worker.popen.poll() is None, worker.output()
-        assert r.exists(entitlement_key("started")) == 0
+        assert r.exists(KEYS.entitlement_answer("started")) == 0
         assert errors_counted(port) >= 1  # the settlement refused for memory
 
         r.config_set("maxmemory", 0)
         later = checkout("later")
         enqueue(r, later)
-        wait_for(lambda: r.get(seen_key(STREAM, later["id"])) == b"processed" and pending(r) == 0,
+        wait_for(lambda: r.get(KEYS.seen(later["id"])) == b"processed" and pending(r) == 0,
                  what="a new event applied once memory is freed")
     finally:
         worker.stop()
@@ -285,8 +286,8 @@ FAULTS = {
                  lambda r: r.execute_command("REPLICAOF", "NO", "ONE"),
                  logging.WARNING),
     # Something else wrote the failure counts' key with another type: unexpected, logged as an error, retried.
-    "WRONGTYPE": (lambda r: r.set(failures_key(STREAM), "not a hash"),
-                  lambda r: r.delete(failures_key(STREAM)),
+    "WRONGTYPE": (lambda r: r.set(KEYS.failures, "not a hash"),
+                  lambda r: r.delete(KEYS.failures),
                   logging.ERROR),
 }
 
@@ -310,7 +311,7 @@ def test_an_error_reply_is_counted_and_retried_never_fatal(servers, db, database
             wait_for(lambda: counted() >= before + 3, what=f"three {reply} replies met")
             assert running.alive(), running.raised
             repair(r)
-            wait_for(lambda: pending(r) == 0 and r.exists(entitlement_key("faulty")) == 0 and applied(event),
+            wait_for(lambda: pending(r) == 0 and r.exists(KEYS.entitlement_answer("faulty")) == 0 and applied(event),
                      what="the event applied and settled after the repair")
             assert running.alive(), running.raised
         finally:

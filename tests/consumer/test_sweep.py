@@ -9,9 +9,8 @@ import time
 import pytest
 
 from billing.clock import utcnow
-from billing.redis_io import entitlement_key, entitlement_token_key
+from billing.config import Settings
 from consumer.sweep import (
-    LOCK_KEY,
     SWEEP_EVERY_SECONDS,
     end_expired_grace,
     sweep_if_ours,
@@ -22,6 +21,7 @@ from tests.consumer.ops_helpers import invoke
 
 NOW = dt.datetime(2026, 3, 16, 12, 0, 0)
 SECOND = dt.timedelta(seconds=1)
+KEYS = Settings().keys
 
 
 def row(community_id, status="past_due", grace_until=None, tier="premium") -> Subscription:
@@ -35,8 +35,9 @@ def status_of(community_id) -> str:
 def cache(r, *community_ids) -> None:
     """A cached answer for each, and the guard token of the reader that stored it, as the API would have left them."""
     for community_id in community_ids:
-        r.set(entitlement_key(community_id), json.dumps({"community_id": community_id, "tier": "premium"}), ex=300)
-        r.set(entitlement_token_key(community_id), "a-reader's-token", ex=60)
+        answer = json.dumps({"community_id": community_id, "tier": "premium"})
+        r.set(KEYS.entitlement_answer(community_id), answer, ex=300)
+        r.set(KEYS.entitlement_token(community_id), "a-reader's-token", ex=60)
 
 
 def ended_audits() -> list[tuple[str, dict]]:
@@ -62,7 +63,7 @@ def test_expired_grace_becomes_unpaid_audited_and_uncached(db, r, rows):
     everyone = [s.community_id for s in Subscription.select()]
     cache(r, *everyone)
     before = utcnow()
-    assert sorted(end_expired_grace(db, r, now=NOW)) == sorted(rows)
+    assert sorted(end_expired_grace(db, r, KEYS, now=NOW)) == sorted(rows)
     statuses = {s.community_id: s.status for s in Subscription.select()}
     assert statuses == {"long-over": "unpaid", "just-over": "unpaid", "ends-now": "unpaid", "not-yet": "past_due",
                         "no-grace": "past_due", "active": "active", "unpaid-grace": "unpaid",
@@ -76,33 +77,33 @@ def test_expired_grace_becomes_unpaid_audited_and_uncached(db, r, rows):
         ("just-over", {"grace_until": "2026-03-16T11:59:59Z", "tier": "premium"}),
         ("ends-now", {"grace_until": "2026-03-16T12:00:00Z", "tier": "premium"})])
     for community_id in everyone:
-        assert r.exists(entitlement_key(community_id)) == (community_id not in rows), community_id
-        assert r.exists(entitlement_token_key(community_id)) == (community_id not in rows), community_id
+        assert r.exists(KEYS.entitlement_answer(community_id)) == (community_id not in rows), community_id
+        assert r.exists(KEYS.entitlement_token(community_id)) == (community_id not in rows), community_id
 
-    assert end_expired_grace(db, r, now=NOW) == []  # nothing left: no second audit row
+    assert end_expired_grace(db, r, KEYS, now=NOW) == []  # nothing left: no second audit row
     assert len(ended_audits()) == 3
-    assert end_expired_grace(db, r, now=NOW + SECOND) == ["not-yet"]
+    assert end_expired_grace(db, r, KEYS, now=NOW + SECOND) == ["not-yet"]
     assert status_of("not-yet") == "unpaid"
 
 
 def test_without_redis_the_sweep_still_writes(db, rows):
-    assert sorted(end_expired_grace(db, None, now=NOW)) == sorted(rows)
+    assert sorted(end_expired_grace(db, None, KEYS, now=NOW)) == sorted(rows)
     assert [status_of(c) for c in rows] == ["unpaid"] * 3
 
 
 def test_one_sweeper_per_interval(db, r):
     row("over", grace_until=utcnow() - SECOND)
-    assert sweep_if_ours(db, r, "consumer-a") == ["over"]
-    assert r.get(LOCK_KEY) == b"consumer-a"
+    assert sweep_if_ours(db, r, KEYS, "consumer-a") == ["over"]
+    assert r.get(KEYS.sweep_lock) == b"consumer-a"
     row("over-too", grace_until=utcnow() - SECOND)
-    assert sweep_if_ours(db, r, "consumer-b") is None  # within the interval: another consumer's turn is taken
-    assert sweep_if_ours(db, r, "consumer-a") is None
+    assert sweep_if_ours(db, r, KEYS, "consumer-b") is None  # within the interval: another consumer's turn is taken
+    assert sweep_if_ours(db, r, KEYS, "consumer-a") is None
     assert status_of("over-too") == "past_due"
     # The lock frees before its owner tries again (SWEEP_EVERY_SECONDS later), or a consumer alone would
     # find its own lock there by a hair and skip every other sweep.
-    assert 0 < r.pttl(LOCK_KEY) < SWEEP_EVERY_SECONDS * 1000 - 100
-    r.delete(LOCK_KEY)  # the interval is over
-    assert sweep_if_ours(db, r, "consumer-b") == ["over-too"]
+    assert 0 < r.pttl(KEYS.sweep_lock) < SWEEP_EVERY_SECONDS * 1000 - 100
+    r.delete(KEYS.sweep_lock)  # the interval is over
+    assert sweep_if_ours(db, r, KEYS, "consumer-b") == ["over-too"]
 
 
 def test_sweep_command(db, r, redis_url, database_url):
@@ -115,7 +116,7 @@ def test_sweep_command(db, r, redis_url, database_url):
     assert json.loads(result.output) == {"ended": ["over"], "deferred_dropped": []}
     assert (status_of("over"), status_of("later")) == ("unpaid", "past_due")
     assert [c for c, _ in ended_audits()] == ["over"]
-    assert (r.exists(entitlement_key("over")), r.exists(entitlement_key("later"))) == (0, 1)
+    assert (r.exists(KEYS.entitlement_answer("over")), r.exists(KEYS.entitlement_answer("later"))) == (0, 1)
 
     row("over-2", grace_until=utcnow() - SECOND)
     result = invoke(env, "sweep")
@@ -155,11 +156,11 @@ def test_a_running_consumer_sweeps_by_itself(db, r, redis_url, database_url, tmp
     worker = Process(["consumer", "run", "--name", "s1", "--block-ms", "100"], env, str(tmp_path))
     try:
         wait_for(lambda: status_of("over") == "unpaid", what=f"the consumer's sweep: {worker.output()[-2000:]}")
-        assert r.exists(entitlement_key("over")) == 0
-        assert r.get(LOCK_KEY) == b"s1"
+        assert r.exists(KEYS.entitlement_answer("over")) == 0
+        assert r.get(KEYS.sweep_lock) == b"s1"
     finally:
         worker.stop()
     assert worker.popen.returncode == 0, worker.output()
-    assert status_of("later") == "past_due" and r.exists(entitlement_key("later")) == 1
+    assert status_of("later") == "past_due" and r.exists(KEYS.entitlement_answer("later")) == 1
     assert [(c, d["tier"]) for c, d in ended_audits()] == [("over", "elite")]
     assert "grace period ended for 1 communities: over" in worker.output()

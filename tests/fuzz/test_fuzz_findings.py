@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from consumer.batch import apply_batch
-from consumer.stream import Entry, Failure, PriorState
+from consumer.entries import Entry, Failure, PriorState
 from models.db import is_postgres
 from models.tables import WebhookEvent
 from tests.handler_helpers import POLICY, entry_for, ev

@@ -17,7 +17,7 @@ from billing import community
 from billing.stripe_events import event_created
 from billing.vocabulary import HANDLED_TYPES
 from consumer.batch import apply_batch
-from consumer.stream import Entry, PriorState
+from consumer.entries import Entry, PriorState
 from models.db import database_proxy, is_postgres
 from models.tables import AuditLog, DeferredEvent, Subscription, WebhookEvent
 from receiver.sample_events import build_event

@@ -26,7 +26,7 @@ def row(community_id="c1", tier="premium", status="active", **fields) -> Subscri
 
 def consume(settings, db, r, *events) -> None:
     """Queue the events and run them through the consumer's own steps: read, apply_batch, settle (XACK)."""
-    queue = EventQueue(r, settings.stream_key, settings.dedupe_ttl_seconds)
+    queue = EventQueue(r, settings.keys, settings.dedupe_ttl_seconds)
     for event in events:
         queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
     stream = EventStream(r, settings, "t1")
@@ -37,6 +37,6 @@ def consume(settings, db, r, *events) -> None:
     outcomes = apply_batch(db, entries, prior, Policy.from_settings(settings), settings.max_deliveries)
     assert [o.outcome for o in outcomes] == ["processed"] * len(events)
     stream.settle(settlement_of(outcomes, prior))
-    assert r.xpending(settings.stream_key, settings.consumer_group)["pending"] == 0
+    assert r.xpending(settings.keys.stream, settings.consumer_group)["pending"] == 0
 
 

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from billing.clock import utcnow
-from billing.redis_io import entitlement_key, invalidate_entitlements
+from billing.config import Settings
+from billing.redis_io import invalidate_entitlements
 from harness import wait_for
 from models.db import database_proxy
 from models.tables import AuditLog, Subscription
@@ -23,6 +24,7 @@ from tests.receiver.api_helpers import V1, consume, ents, row
 from tests.stripe_helpers import sign
 
 TOKEN = "s3cret-token"
+KEYS = Settings().keys
 
 
 
@@ -117,7 +119,7 @@ def test_cache_first_with_hit_and_miss_counted(make_client, r):
     hits, misses = cache_counts()
     first = ents(client)
     assert first["source"] == "database" and cache_counts() == (hits, misses + 1)
-    assert 0 < r.ttl(entitlement_key("c1")) <= 120
+    assert 0 < r.ttl(KEYS.entitlement_answer("c1")) <= 120
     second = ents(client)
     assert second["source"] == "cache" and cache_counts() == (hits + 1, misses + 1)
     assert {**second, "source": "database"} == first
@@ -131,9 +133,9 @@ def test_an_in_grace_answer_is_never_cached_past_grace_until(client, r):
     # Mid-second, so a TTL counted from the start of the second would overshoot by 400 ms or more.
     wait_for(lambda: 0.4 <= time.time() % 1 < 0.8, interval=0.005, what="mid-second")
     answer = ents(client)
-    pttl, now_ms = r.pttl(entitlement_key("c1")), time.time() * 1000
+    pttl, now_ms = r.pttl(KEYS.entitlement_answer("c1")), time.time() * 1000
     assert (answer["in_grace_period"], answer["grace_until"]) == (True, grace_until.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    assert 0 < r.ttl(entitlement_key("c1")) <= 10
+    assert 0 < r.ttl(KEYS.entitlement_answer("c1")) <= 10
     grace_ms = grace_until.replace(tzinfo=dt.timezone.utc).timestamp() * 1000
     assert now_ms + pttl <= grace_ms + 200, f"cached until {now_ms + pttl - grace_ms:.0f} ms after grace ends"
 
@@ -211,10 +213,10 @@ def test_a_reader_older_than_an_invalidation_cannot_cache_its_answer(client, r):
     stale = {"community_id": "c1", "tier": "elite", "status": "active", "max_members": 10000,
              "features": ["api_access"], "in_grace_period": False, "grace_until": None}
     pipe = r.pipeline(transaction=True)  # the consumer commits a change and invalidates meanwhile
-    invalidate_entitlements(pipe, "c1")
+    invalidate_entitlements(pipe, KEYS, "c1")
     pipe.execute()
     cache.put("c1", stale, token, 300)
-    assert r.exists(entitlement_key("c1")) == 0
+    assert r.exists(KEYS.entitlement_answer("c1")) == 0
     assert ents(client)["tier"] == "starter"  # the database's answer, not the stale one
     cached, token = cache.get("c1")
     assert cached is not None and cached["tier"] == "starter" and token is None  # a hit needs no token

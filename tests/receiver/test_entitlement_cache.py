@@ -9,14 +9,10 @@ import time
 import pytest
 import redis
 
-from billing.redis_io import (
-    ENTITLEMENT_TOKEN_TTL_SECONDS,
-    entitlement_key,
-    entitlement_token_key,
-    invalidate_entitlements,
-    seen_key,
-)
-from consumer.stream import EventStream, Settlement
+from billing.config import Settings
+from billing.redis_io import ENTITLEMENT_TOKEN_TTL_SECONDS, invalidate_entitlements
+from consumer.entries import Settlement
+from consumer.stream import EventStream
 from harness import RedisServer
 from models.tables import Subscription
 from receiver.entitlement_cache import EntitlementCache
@@ -24,6 +20,7 @@ from receiver.sample_events import build_event
 from tests.receiver.api_helpers import V1, consume, ents, row
 from tests.redis_memory_helpers import fill_until_refused
 
+KEYS = Settings().keys
 STALE = {"community_id": "42", "tier": "elite", "status": "active", "max_members": 10000, "features": ["api_access"],
          "in_grace_period": False, "grace_until": None}
 
@@ -46,10 +43,10 @@ IDS = ["42", "gen:42", "answer:42", "token:42", "answer", "token", "gen", "answe
 def test_no_community_id_names_another_key():
     keys = {}
     for community_id in IDS:
-        for kind, key in (("answer", entitlement_key(community_id)), ("token", entitlement_token_key(community_id))):
+        for kind, key in zip(("answer", "token"), KEYS.entitlements(community_id)):
             assert key not in keys, f"{kind} of {community_id!r} is also {keys[key]}"
             keys[key] = (kind, community_id)
-    assert len({entitlement_key("42"), entitlement_token_key("42"), seen_key("stripe:events", "42")}) == 3
+    assert len({KEYS.entitlement_answer("42"), KEYS.entitlement_token("42"), KEYS.seen("42")}) == 3
     # Nor a key of the cache before these, which an older receiver (any id then: letters, digits, _ . : -) wrote.
     for key in keys:
         assert not key.startswith("billing:entitlements:"), key
@@ -74,17 +71,17 @@ def test_an_answer_cached_under_a_strange_id_never_breaks_an_invalidation(settin
 @pytest.mark.parametrize("value", [b"1", b"garbage", b"[1, 2]", b"null", b'"a string"', b"\xff\xfe", b""])
 def test_a_cached_value_that_is_not_a_json_object_is_a_miss_and_replaced(client, r, value):
     row("c1", "premium")
-    r.set(entitlement_key("c1"), value, ex=300)
+    r.set(KEYS.entitlement_answer("c1"), value, ex=300)
     answer = ents(client)
     assert (answer["tier"], answer["source"]) == ("premium", "database")
-    assert json.loads(r.get(entitlement_key("c1")))["tier"] == "premium"  # replaced by the real answer
+    assert json.loads(r.get(KEYS.entitlement_answer("c1")))["tier"] == "premium"  # replaced by the real answer
     assert ents(client)["source"] == "cache"
 
 
 @pytest.mark.parametrize("which", ["answer", "token"])
 def test_a_key_holding_another_type_is_stepped_around(client, r, which):
     row("c1", "premium")
-    key = entitlement_key("c1") if which == "answer" else entitlement_token_key("c1")
+    key = KEYS.entitlement_answer("c1") if which == "answer" else KEYS.entitlement_token("c1")
     r.hset(key, "field", "value")
     for _ in range(2):
         answer = ents(client)
@@ -92,27 +89,27 @@ def test_a_key_holding_another_type_is_stepped_around(client, r, which):
     if which == "answer":  # the answer is stored over it (SET replaces any type) and then served
         assert answer["source"] == "cache"
     else:  # no token can be set: nothing is cached, every read goes to the database
-        assert answer["source"] == "database" and r.type(entitlement_key("c1")) == b"none"
+        assert answer["source"] == "database" and r.type(KEYS.entitlement_answer("c1")) == b"none"
     # The consumer's invalidation works on either.
     pipe = r.pipeline(transaction=True)
-    invalidate_entitlements(pipe, "c1")
+    invalidate_entitlements(pipe, KEYS, "c1")
     pipe.execute()
-    assert r.exists(entitlement_key("c1"), entitlement_token_key("c1")) == 0
+    assert r.exists(KEYS.entitlement_answer("c1"), KEYS.entitlement_token("c1")) == 0
     assert ents(client)["source"] == "database" and ents(client)["source"] == "cache"
 
 
 def test_a_reader_that_read_before_an_invalidation_never_caches_even_after_another_reader_did(r, redis_url):
-    early, late = EntitlementCache(r), EntitlementCache(redis.Redis.from_url(redis_url))
+    early, late = EntitlementCache(r, KEYS), EntitlementCache(redis.Redis.from_url(redis_url), KEYS)
     _, early_token = early.get("c1")
-    assert 0 < r.ttl(entitlement_token_key("c1")) <= ENTITLEMENT_TOKEN_TTL_SECONDS
+    assert 0 < r.ttl(KEYS.entitlement_token("c1")) <= ENTITLEMENT_TOKEN_TTL_SECONDS
     assert early.get("c1") == (None, early_token)  # readers in the same window share the guard
     pipe = r.pipeline(transaction=True)
-    invalidate_entitlements(pipe, "c1")
+    invalidate_entitlements(pipe, KEYS, "c1")
     pipe.execute()
     _, late_token = late.get("c1")
     assert late_token not in (None, early_token)
     early.put("c1", STALE, early_token, 300)
-    assert r.exists(entitlement_key("c1")) == 0
+    assert r.exists(KEYS.entitlement_answer("c1")) == 0
     late.put("c1", {**STALE, "tier": "basic"}, late_token, 300)
     assert late.get("c1") == ({**STALE, "tier": "basic"}, None)
 
@@ -134,11 +131,11 @@ def test_a_full_redis_serves_hits_steps_aside_on_misses_and_still_invalidates(wa
     for _ in range(2):  # a miss cannot take a guard token: answered from the database, not cached, no error
         answer = ents(client, "c2")
         assert (answer["tier"], answer["source"]) == ("basic", "database")
-    assert r.exists(entitlement_key("c2"), entitlement_token_key("c2")) == 0
+    assert r.exists(KEYS.entitlement_answer("c2"), KEYS.entitlement_token("c2")) == 0
     # The consumer's invalidation is never refused, even now (a MULTI with one refused command is refused whole).
     Subscription.update(tier="elite").where(Subscription.community_id == "c1").execute()
     EventStream(r, client.application.config["SETTINGS"], "t1").settle(Settlement(changed_communities=("c1",)))
-    assert r.exists(entitlement_key("c1")) == 0
+    assert r.exists(KEYS.entitlement_answer("c1")) == 0
     assert ents(client, "c1")["tier"] == "elite"
     r.config_set("maxmemory", 0)
     assert ents(client, "c2")["source"] == "database" and ents(client, "c2")["source"] == "cache"

@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from billing.config import Settings
 from billing.event_queue import EventQueue
 from harness import wait_for
 from receiver.group_commit import GroupCommit
 
 STREAM = "billing:events"
+KEYS = Settings(stream_key=STREAM).keys
 
 
 class HeldQueue(EventQueue):
@@ -32,7 +34,7 @@ class HeldQueue(EventQueue):
 
 def test_requests_waiting_behind_a_round_trip_share_the_next_one_and_each_gets_its_answer(redis_url):
     client = redis.Redis.from_url(redis_url)
-    queue = HeldQueue(client, STREAM, 3600)
+    queue = HeldQueue(client, KEYS, 3600)
     group = GroupCommit(queue)
     ids = [f"evt_{n}" for n in range(20)] + ["evt_3", "evt_7"]  # two sent twice, in the same batch
     with ThreadPoolExecutor(len(ids) + 1) as pool:
@@ -54,7 +56,7 @@ def test_requests_waiting_behind_a_round_trip_share_the_next_one_and_each_gets_i
 
 
 def test_every_request_of_a_batch_gets_the_error_when_redis_is_down(own_redis):
-    group = GroupCommit(EventQueue(redis.Redis.from_url(own_redis.url, socket_timeout=1), STREAM, 3600))
+    group = GroupCommit(EventQueue(redis.Redis.from_url(own_redis.url, socket_timeout=1), KEYS, 3600))
     assert group.enqueue("evt_before", "invoice.paid", 1, b"{}")
     own_redis.stop()
     with ThreadPoolExecutor(8) as pool:
@@ -68,7 +70,7 @@ def test_every_request_of_a_batch_gets_the_error_when_redis_is_down(own_redis):
 
 def test_a_flushed_script_cache_is_reloaded(redis_url):
     client = redis.Redis.from_url(redis_url)
-    group = GroupCommit(EventQueue(client, STREAM, 3600))
+    group = GroupCommit(EventQueue(client, KEYS, 3600))
     assert group.enqueue("evt_1", "invoice.paid", 1, b"{}")
     client.script_flush()
     assert group.enqueue("evt_2", "invoice.paid", 1, b"{}")
@@ -91,7 +93,7 @@ class InterruptedQueue(HeldQueue):
 
 def test_a_leader_interrupted_mid_round_trip_leaves_nobody_waiting(redis_url):
     client = redis.Redis.from_url(redis_url)
-    queue = InterruptedQueue(client, STREAM, 3600)
+    queue = InterruptedQueue(client, KEYS, 3600)
     group = GroupCommit(queue)
     with ThreadPoolExecutor(4) as pool:
         leader = pool.submit(group.enqueue, "evt_leader", "invoice.paid", 1, b"{}")

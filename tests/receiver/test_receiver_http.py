@@ -11,7 +11,6 @@ from collections import Counter
 import pytest
 
 from billing.config import ConfigError, Settings
-from billing.redis_io import seen_key
 from harness import SECRET, free_port
 from receiver import MAX_BODY_BYTES, create_app
 from receiver.signing import signature_header
@@ -66,7 +65,7 @@ def test_dedupe_ttl_and_stream_key_come_from_settings(make_app, r):
     event, body = event_bytes("invoice.payment_failed")
     assert client.post(WEBHOOK, data=body, headers=sign(body)).get_json()["status"] == "queued"
     assert r.xlen("custom:events") == 1 and r.xlen(STREAM) == 0
-    assert 1200 < r.ttl(seen_key("custom:events", event["id"])) <= 1234
+    assert 1200 < r.ttl(Settings(stream_key="custom:events").keys.seen(event["id"])) <= 1234
 
 
 def test_signing_matches_stripes_scheme_computed_by_hand(webhook_client, r):

@@ -1,0 +1,93 @@
+"""The dead-letter stream (DEAD_LETTER_KEY): entries whose handler failed MAX_DELIVERIES times. This module owns
+its fields (CONTRACT.md: the entry's, plus `error`, `deliveries`, `first_failed_at` and `source_id`), and the
+four things done to it: a settling batch adds letters, ops list them, put them back on the stream, or drop them."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import redis
+
+from billing.keys import Keys
+from billing.redis_io import ENTRY_FIELDS
+from consumer.entries import DeadLetter, as_text
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredLetter:
+    """A dead letter as the dead-letter stream holds it."""
+
+    entry_id: str  # in the dead-letter stream
+    event_id: str | None
+    event_type: str | None
+    error: str | None
+    deliveries: int
+    first_failed_at: int  # epoch ms
+    source_id: str | None  # the entry's id in the stream it failed in
+    payload: bytes = dataclasses.field(repr=False)
+    fields: Mapping[bytes, bytes] = dataclasses.field(repr=False, compare=False)  # all of them, as stored
+
+    @classmethod
+    def from_fields(cls, entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> "StoredLetter":
+        text = {as_text(k): as_text(v) for k, v in fields.items() if as_text(k) != "payload"}
+        return cls(entry_id=as_text(entry_id), event_id=text.get("event_id"), event_type=text.get("event_type"),
+                   error=text.get("error"), deliveries=int(text.get("deliveries") or 0),
+                   first_failed_at=int(text.get("first_failed_at") or 0), source_id=text.get("source_id"),
+                   payload=fields.get(b"payload", b""), fields=fields)
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis, keys: Keys):
+        self.client = client
+        self.keys = keys
+
+    def add(self, pipe: redis.client.Pipeline, dead: DeadLetter) -> None:
+        """Write a letter as part of `pipe` (a batch's settlement: the letter, and the entry's XACK, in one MULTI)."""
+        entry = dead.entry
+        pipe.xadd(self.keys.dead_letters, {
+            "event_id": entry.event_id, "event_type": entry.event_type, "created": entry.created,
+            "payload": entry.payload, "received_at": entry.received_at_ms,
+            "error": dead.error[:4000], "deliveries": dead.failure.count,
+            "first_failed_at": dead.failure.first_failed_ms, "source_id": entry.entry_id,
+        })
+
+    def read(self, count: int | None = None) -> list[StoredLetter]:
+        """The oldest `count` letters (all of them with None)."""
+        return [StoredLetter.from_fields(entry_id, fields)
+                for entry_id, fields in self.client.xrange(self.keys.dead_letters, count=count)]
+
+    def get(self, entry_ids: Iterable[str]) -> tuple[list[StoredLetter], list[str]]:
+        """The letters of `entry_ids` (the same id twice is one letter), and the ids that name none."""
+        letters, unknown = [], []
+        for entry_id in dict.fromkeys(entry_ids):
+            try:
+                found = self.client.xrange(self.keys.dead_letters, entry_id, entry_id, count=1)
+            except redis.ResponseError:  # not an entry id at all
+                found = []
+            if found:
+                letters.append(StoredLetter.from_fields(entry_id, found[0][1]))
+            else:
+                unknown.append(entry_id)
+        return letters, unknown
+
+    def retry(self, letters: list[StoredLetter]) -> list[str]:
+        """Put the letters back on the stream as new entries with the fields they came with (the database decides
+        whether their events were applied already), and delete them, in one MULTI. The new entries' ids."""
+        pipe = self.client.pipeline(transaction=True)
+        for letter in letters:
+            pipe.xadd(self.keys.stream, {name: letter.fields[name.encode()] for name in ENTRY_FIELDS
+                                         if name.encode() in letter.fields})
+            pipe.xdel(self.keys.dead_letters, letter.entry_id)
+        results = pipe.execute()
+        return [as_text(results[2 * i]) for i in range(len(letters))]
+
+    def drop(self, letters: list[StoredLetter]) -> None:
+        """Delete the letters for good. Their events' dedupe marks go first: otherwise a resend from Stripe's
+        dashboard would be answered `duplicate` for DEDUPE_TTL_SECONDS (their rows are `dead`, which a consumer
+        takes over). One round trip, not a MULTI: Redis refuses no DEL or XDEL when it is full, but any MULTI."""
+        pipe = self.client.pipeline(transaction=False)
+        event_ids = [letter.event_id for letter in letters if letter.event_id]
+        if event_ids:
+            pipe.delete(*[self.keys.seen(event_id) for event_id in event_ids])
+        pipe.xdel(self.keys.dead_letters, *[letter.entry_id for letter in letters])
+        pipe.execute()
