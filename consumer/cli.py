@@ -3,25 +3,22 @@ A thin layer over consumer.ops: it parses, prints (aligned tables, or --json) an
 one clear line and a non-zero exit."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
 import time
-from typing import Any, Callable
 
 import click
-import peewee
 import redis
 
 from billing import logs
 from billing.cli_support import DURATION, entry_point, with_duration_help
 from billing.clock import from_epoch, iso
-from billing.config import ConfigError, Settings, redact_url, scrub
+from billing.config import ConfigError, Settings
 from billing.redis_io import connect_redis
-from consumer import ops
-from consumer.stripe_api import StripeApiError
-from models.db import OUTAGE_ERRORS, open_database
+from consumer import ops, stripe_commands
+from consumer.cli_common import json_option, operation, print_table
+from models.db import open_database
 
 
 def default_name() -> str:
@@ -40,41 +37,6 @@ def cli(ctx: click.Context) -> None:
     """Consumer-group workers and the commands that operate them. With no command: run a worker."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)
-
-
-def operation(func: Callable) -> Callable:
-    """Give a command its settings and Redis client, and turn every expected failure into one line."""
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        urls: tuple[str, ...] = ()  # whose passwords no message may show (redis-py's, psycopg2's)
-        try:
-            settings = Settings.from_env()
-            urls = (settings.redis_url, settings.database_url)
-            open_database(settings.database_url)
-            return func(settings, connect_redis(settings.redis_url, timeout=5), *args, **kwargs)
-        except (ConfigError, ops.OpsError, StripeApiError) as exc:
-            raise click.ClickException(scrub(str(exc), *urls)) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:  # refused, or no answer within 5 s
-            raise click.ClickException(
-                scrub(f"Redis unreachable at {redact_url(settings.redis_url)}: {exc}", *urls)) from None
-        except redis.RedisError as exc:
-            raise click.ClickException(scrub(f"Redis refused: {exc}", *urls)) from None
-        except OUTAGE_ERRORS as exc:
-            raise click.ClickException(
-                f"database unreachable (audit row not written): {_first_line(exc, urls)}") from None
-        except peewee.DatabaseError as exc:  # e.g. PostgreSQL's "relation does not exist" before a migration
-            raise click.ClickException(f"database error (audit row not written): {_first_line(exc, urls)}") from None
-    return wrapper
-
-
-def _first_line(exc: BaseException, urls: tuple[str, ...] = ()) -> str:
-    """psycopg2's messages go on for lines (a hint, the statement with a caret): the first says what is
-    wrong. Without the password of any of `urls`, should a driver ever quote its connection string."""
-    return scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0], *urls)
-
-
-def json_option(func: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")(func)
 
 
 @cli.command()
@@ -144,7 +106,7 @@ def _print_stats(data: dict) -> None:
     for key, value in pairs:
         click.echo(f"{key:<{width}}  {value}")
     click.echo()
-    _table(data["consumers"], [("CONSUMER", "name"), ("PENDING", "pending"), ("IDLE", "idle_ms", _duration),
+    print_table(data["consumers"], [("CONSUMER", "name"), ("PENDING", "pending"), ("IDLE", "idle_ms", _duration),
                                ("INACTIVE", "inactive_ms", _duration)], empty="no consumers")
 
 
@@ -185,7 +147,7 @@ def claim(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], t
     if as_json:
         click.echo(json.dumps({"to": to, "dry_run": dry_run, "entries": rows}, indent=2))
         return
-    _table(rows, ENTRY_COLUMNS, empty="no entry matches")
+    print_table(rows, ENTRY_COLUMNS, empty="no entry matches")
     if rows:
         click.echo(f"{'would move' if dry_run else 'moved'} {len(rows)} entries to {to}")
 
@@ -256,18 +218,7 @@ def _show(rows: list[dict], as_json: bool, columns: list, empty: str) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        _table(rows, columns, empty)
-
-
-def _table(rows: list[dict], columns: list, empty: str) -> None:
-    if not rows:
-        click.echo(empty)
-        return
-    cells = [[str((col[2] if len(col) > 2 else str)(row[col[1]])) for col in columns] for row in rows]
-    widths = [max(len(col[0]), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    click.echo("  ".join(col[0].ljust(w) for col, w in zip(columns, widths)).rstrip())
-    for row in cells:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print_table(rows, columns, empty)
 
 
 def _duration(ms: float | None) -> str:
@@ -304,5 +255,6 @@ def sweep(settings: Settings, client: redis.Redis, as_json: bool) -> None:
             click.echo(f"dropped {len(dropped)} deferred events older than {MAX_AGE.days} days: {', '.join(dropped)}")
 
 
-# The commands that read Stripe's API (backfill, reconcile) live in their own module and join this group.
-from consumer import stripe_commands  # noqa: E402,F401
+# The commands that read Stripe's API live in their own module.
+cli.add_command(stripe_commands.backfill)
+cli.add_command(stripe_commands.reconcile)

@@ -15,7 +15,7 @@ from billing.config import Settings
 from billing.vocabulary import HANDLED_TYPES
 from consumer import drift
 from consumer.backfill import Backfill, Counts, Cursor, Enqueuer, Found, Progress, Window, parse_moment
-from consumer.cli import _table, cli, json_option, operation
+from consumer.cli_common import json_option, operation, print_table
 from consumer.handlers import Policy
 from consumer.stripe_api import StripeApi, StripeApiError
 from models.db import database_proxy
@@ -24,7 +24,7 @@ timeout_option = click.option("--timeout", default=30.0, show_default=True, type
                               help="seconds to wait for each answer from Stripe")
 
 
-@cli.command()
+@click.command()
 @click.option("--since", required=True, help="72h, 30m, 3d (before now), or a time: 2026-03-16T11:00:00Z, epoch s")
 @click.option("--until", default=None, help="the window's end, in the same forms [now]")
 @click.option("--types", default=None, help=f"comma-separated event types (at most 20) [the {len(HANDLED_TYPES)} "
@@ -137,7 +137,7 @@ class BarProgress(Progress):
             self.bar = None
 
 
-@cli.group()
+@click.group()
 def reconcile() -> None:
     """Compare with Stripe: events whose webhooks failed, and each community's subscription."""
 
@@ -183,7 +183,7 @@ def reconcile_subscriptions(settings: Settings, client: redis.Redis, fix: bool, 
     rows += [{"community": d.community_id, "subscription": d.subscription_id, "field": "-", "ours": "-",
               "stripe": d.problem} for d in report if d.problem]
     if rows:
-        _table(rows, [("COMMUNITY", "community"), ("SUBSCRIPTION", "subscription"), ("FIELD", "field"),
+        print_table(rows, [("COMMUNITY", "community"), ("SUBSCRIPTION", "subscription"), ("FIELD", "field"),
                       ("OURS", "ours"), ("STRIPE", "stripe")], empty="")
     differing = sum(1 for d in report if d.differences)
     problems = sum(1 for d in report if d.problem)
