@@ -3,6 +3,8 @@ SQLite and PostgreSQL, the settings that join them, and the receiver's app where
 receiver tests and the receiver fuzzer). Each folder's conftest.py holds the fixtures only its tests use."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from billing.config import Settings
@@ -102,3 +104,21 @@ def make_app(redis_url, tmp_path):
 def webhook_client(make_app):
     """The receiver's app (make_app) through Flask's test client, for what needs no database: webhooks."""
     return make_app().test_client()
+
+
+@pytest.fixture
+def make_client(settings, db):
+    """A Flask test client of create_app(settings with `overrides`), sharing the test's database connection."""
+    from receiver import create_app
+
+    apps = []
+
+    def make(**overrides):
+        app = create_app(dataclasses.replace(settings, **overrides))
+        database_proxy.initialize(db)  # create_app bound the models to a database object of its own
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["redis"].close()
