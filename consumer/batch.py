@@ -26,6 +26,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any, TypedDict, TypeVar, cast
 
 import peewee
 
@@ -45,6 +46,7 @@ CHUNK = 500  # rows per multi-row statement: far below SQLite's and PostgreSQL's
 _SUB_FIELDS = ("tier", "status", "stripe_customer_id", "stripe_subscription_id", "grace_until",
                "current_period_start", "current_period_end", "last_event_created", "last_paid_invoice_id",
                "updated_at")
+_T = TypeVar("_T")
 
 
 class BatchDeadlineExceeded(Exception):
@@ -90,8 +92,10 @@ def settlement_of(outcomes: list[EntryOutcome], prior: PriorState) -> Settlement
         ack_ids=tuple(o.entry.entry_id for o in done),
         processed_event_ids=tuple(dict.fromkeys(o.entry.event_id for o in done if o.entry.event_id)),
         changed_communities=tuple(dict.fromkeys(o.community_id for o in done if o.community_id)),
-        failures={o.entry.entry_id: o.failure for o in outcomes if o.outcome == Outcome.FAILED},
-        dead=tuple(DeadLetter(o.entry, o.error, o.failure) for o in outcomes if o.outcome == Outcome.DEAD),
+        # A failed or dead outcome has its error and failure (_Batch._fail).
+        failures={o.entry.entry_id: cast(Failure, o.failure) for o in outcomes if o.outcome == Outcome.FAILED},
+        dead=tuple(DeadLetter(o.entry, cast(str, o.error), cast(Failure, o.failure))
+                   for o in outcomes if o.outcome == Outcome.DEAD),
         cleared_failures=tuple(o.entry.entry_id for o in done if o.entry.entry_id in prior.failures),
     )
 
@@ -131,7 +135,7 @@ class _Batch:
         self.deadline = deadline
         self.postgres = is_postgres(db)
         self.outcomes: dict[int, EntryOutcome] = {}
-        self.failed_rows: list[tuple] = []  # webhook_events rows of the failures (_EVENT_FIELDS), written last
+        self.failed_rows: list[_EventRow] = []  # webhook_events rows of the failures (_EVENT_FIELDS), written last
 
     def run(self, entries: list[Entry]) -> list[EntryOutcome]:
         # An event id twice in one batch: its second entry goes in a round after the first's, and so finds
@@ -139,7 +143,8 @@ class _Batch:
         pending = list(enumerate(entries))
         while pending:
             seen: set[str] = set()
-            this, later = [], []
+            this: list[tuple[int, Entry]] = []
+            later: list[tuple[int, Entry]] = []
             for index, entry in pending:
                 (later if entry.event_id in seen else this).append((index, entry))
                 seen.add(entry.event_id)
@@ -250,7 +255,7 @@ class _Batch:
         writes.flush(self.db)
         for index, outcome in outcomes.items():
             if outcome.outcome in FAILED_OUTCOMES:
-                self._fail(index, outcome.entry, outcome.error)
+                self._fail(index, outcome.entry, cast(str, outcome.error))  # a failed outcome has its error
             else:
                 self.outcomes[index] = outcome
 
@@ -262,7 +267,8 @@ class _Batch:
             writes.outcome(entry.event_id, entry.event_type, item.facts.outcome)
             return EntryOutcome(entry, Outcome(item.facts.outcome))
         try:
-            result = apply_facts(item.facts, states.find(lookup_key(item.facts)), self.policy)
+            facts = cast(BillingFacts, item.facts)  # an item without an error was read: facts or a Result
+            result = apply_facts(facts, states.find(lookup_key(facts)), self.policy)
         except Exception as exc:
             log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
                           extra={"event_id": entry.event_id, "entry_id": entry.entry_id,
@@ -270,7 +276,8 @@ class _Batch:
             return EntryOutcome(entry, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         changed = states.take(result, writes, entry.event_id, entry.event_type)
         if result.outcome == EventStatus.DEFERRED:
-            writes.deferred[entry.event_id] = _Deferred(entry.event_id, entry.event_type, result.subscription_id,
+            writes.deferred[entry.event_id] = _Deferred(entry.event_id, entry.event_type,
+                                                        cast(str, result.subscription_id),  # deferred: it has one
                                                         entry.created, entry.payload.decode("utf-8", "replace"))
         if result.linked_subscription_id:
             self._apply_waiting(result.linked_subscription_id, states, writes, waiting)
@@ -308,7 +315,7 @@ class _Batch:
         are database-wide, and two deployments may share a database in separate schemas."""
         keys = [f":billing:community:{c}" for c in communities] + [f":billing:subscription:{s}" for s in subscriptions]
         if self.postgres and keys:
-            self.db.execute_sql(
+            self.db.execute_sql(  # type: ignore[no-untyped-call]  # peewee's stub leaves execute_sql unannotated
                 "SELECT count(pg_advisory_xact_lock(k)) FROM "
                 "(SELECT DISTINCT hashtext(current_schema() || key) AS k FROM unnest(%s::text[]) AS key ORDER BY k) s",
                 (keys,))
@@ -356,7 +363,7 @@ def _read(index: int, entry: Entry) -> _Item:
 class _States:
     """The subscription states of the batch's communities, as loaded and as the batch changes them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.by_community: dict[str, SubState] = {}
         self.by_subscription: dict[str, str] = {}  # Stripe subscription id -> community id
 
@@ -369,9 +376,10 @@ class _States:
         query = (Subscription.select(*(getattr(Subscription, field) for field in fields))
                  .where(Subscription.community_id.in_(list(communities))
                         | Subscription.stripe_subscription_id.in_(list(subscriptions)))
-                 .order_by(Subscription.id)
+                 .order_by(Subscription.id)  # type: ignore[attr-defined]  # peewee's implicit primary key
                  .tuples())
-        for row in (query.for_update() if postgres else query):
+        # peewee's stub has .tuples() return the query as is, its rows still models
+        for row in cast("Iterable[tuple[Any, ...]]", query.for_update() if postgres else query):
             if row[0] not in states.by_community:
                 states.put(SubState(**dict(zip(fields, row))))
         return states
@@ -427,11 +435,11 @@ class _Waiting:
             for chunk in _chunks(sorted(self.subscriptions)):
                 query = (DeferredEvent.select()
                          .where(DeferredEvent.stripe_subscription_id.in_(chunk))
-                         .order_by(DeferredEvent.created, DeferredEvent.id))
+                         .order_by(DeferredEvent.created, DeferredEvent.id))  # type: ignore[attr-defined]
                 for row in query:
                     self.loaded[row.stripe_subscription_id].append(_Deferred(
                         row.stripe_event_id, row.event_type, row.stripe_subscription_id, row.created, row.payload,
-                        row.id))
+                        row.id))  # type: ignore[attr-defined]  # peewee's implicit primary key, as above
         return self.loaded
 
     def take(self, subscription_id: str, writes: _Writes) -> list[_Deferred]:
@@ -452,15 +460,24 @@ class _Waiting:
             writes.deferred[row.event_id] = row
 
 
+class _OutcomeRow(TypedDict):
+    """An event's outcome, as _Writes gathers it for its webhook_events row."""
+
+    event_type: str
+    status: EventStatus
+    community_id: str | None
+    error_message: str | None
+
+
 class _Writes:
     """What the batch writes, gathered in memory, then flushed as a few multi-row statements."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.subscriptions: dict[str, SubState] = {}
         self.audits: list[AuditRecord] = []
         self.deferred: dict[str, _Deferred] = {}
         self.deferred_deletes: list[int] = []
-        self.outcomes: dict[str, dict] = {}
+        self.outcomes: dict[str, _OutcomeRow] = {}
 
     def outcome(self, event_id: str, event_type: str, status: EventStatus, community_id: str | None = None,
                 error: str | None = None) -> None:
@@ -481,24 +498,25 @@ class _Writes:
                 [(d.event_id, d.subscription_id, d.event_type[:255], d.created, d.payload, now)
                  for d in self.deferred.values()], "ON CONFLICT DO NOTHING")
         for chunk in _chunks(self.deferred_deletes):
-            DeferredEvent.delete().where(DeferredEvent.id.in_(chunk)).execute()
+            DeferredEvent.delete().where(DeferredEvent.id.in_(chunk)).execute()  # type: ignore[attr-defined]
         _upsert_events(db, [(event_id, row["event_type"], row["status"], row["error_message"], now, now,
                              row["community_id"]) for event_id, row in self.outcomes.items()])
 
 
 _EVENT_FIELDS = ("stripe_event_id", "event_type", "status", "error_message", "received_at", "processed_at",
                  "community_id")
+_EventRow = tuple[str, str, EventStatus, str | None, dt.datetime, dt.datetime | None, str | None]  # _EVENT_FIELDS
 
 
-def _upsert_events(db: peewee.Database, rows: list[tuple]) -> None:
+def _upsert_events(db: peewee.Database, rows: list[_EventRow]) -> None:
     """Rows of webhook_events (in _EVENT_FIELDS order): new ones inserted; an existing row (the claim) takes
     their status, error, processing time and community."""
     _insert(db, WebhookEvent, _EVENT_FIELDS, rows,
             _upsert_clause("stripe_event_id", ("status", "error_message", "processed_at", "community_id")))
 
 
-def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], rows: list[tuple],
-            suffix: str = "") -> list[tuple]:
+def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], rows: list[tuple[Any, ...]],
+            suffix: str = "") -> list[tuple[Any, ...]]:
     """One multi-row INSERT per CHUNK rows, its SQL written here rather than by peewee's query builder (which
     cost more than the database's own work: the README's Speed section); values converted by the model's
     fields, as peewee would. The rows a RETURNING in `suffix` returned, from every statement."""
@@ -508,10 +526,11 @@ def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, .
 
     row_sql = "(" + ", ".join([db.param] * len(columns)) + ")"
     converters = [column.db_value for column in columns]
-    returned: list[tuple] = []
+    returned: list[tuple[Any, ...]] = []
     for chunk in _chunks(rows):
         params = [convert(value) for row in chunk for convert, value in zip(converters, row)]
-        cursor = db.execute_sql(f"{head}{', '.join([row_sql] * len(chunk))} {suffix}", params)
+        cursor = db.execute_sql(  # type: ignore[no-untyped-call]  # as in _Batch._lock
+            f"{head}{', '.join([row_sql] * len(chunk))} {suffix}", params)
         if cursor.description:  # a RETURNING clause
             returned += cursor.fetchall()
     return returned
@@ -521,7 +540,7 @@ def _upsert_clause(key: str, fields: tuple[str, ...]) -> str:
     return f'ON CONFLICT ("{key}") DO UPDATE SET ' + ", ".join(f'"{f}" = EXCLUDED."{f}"' for f in fields)
 
 
-def _chunks(rows: list) -> Iterable[list]:
+def _chunks(rows: list[_T]) -> Iterable[list[_T]]:
     for start in range(0, len(rows), CHUNK):
         yield rows[start:start + CHUNK]
 
@@ -530,6 +549,6 @@ def _received_at(entry: Entry) -> dt.datetime:
     """When the receiver took the event; now for an entry whose `received_at` no datetime holds (an entry
     XADDed by hand), which would otherwise fail the event and then the recording of its failure."""
     try:
-        return from_epoch(entry.received_at_ms / 1000)
+        return cast(dt.datetime, from_epoch(entry.received_at_ms / 1000))  # of a number: a datetime
     except (OverflowError, ValueError, OSError):
         return utcnow()

@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from billing import community
 from billing.clock import from_epoch, iso, utcnow
 from billing.stripe_events import BillingFacts, read_facts
 from billing.tiers import TierMatrix
 from billing.vocabulary import ENDED_STATUSES, HANDLED_TYPES, PAID_STATUSES, EventStatus, EventType, Status
+
+if TYPE_CHECKING:  # for the annotation only: handlers import nothing that speaks Redis
+    from billing.config import Settings
 
 # Stripe subscription statuses we do not keep as such.
 STATUS_MAP = {"incomplete": Status.UNPAID, "incomplete_expired": Status.UNPAID, "paused": Status.UNPAID}
@@ -60,7 +63,7 @@ class Policy:
     tiers: TierMatrix = dataclasses.field(default_factory=TierMatrix.default)
 
     @classmethod
-    def from_settings(cls, settings) -> "Policy":
+    def from_settings(cls, settings: Settings) -> "Policy":
         return cls(settings.grace_period_seconds, settings.price_tiers, settings.tiers)
 
 
@@ -222,13 +225,14 @@ def invoice_payment_failed(facts: BillingFacts, sub: SubState | None, policy: Po
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     never_paid = facts.billing_reason == "subscription_create" and not (seen and sub.last_paid_invoice_id)
     grace_started = False
+    status: str
     if never_paid:  # as Stripe's `incomplete`: nothing was ever paid, so no grace
         status, grace = ((Status.CANCELED, sub.grace_until) if seen and sub.status == Status.CANCELED
                          else (Status.UNPAID, None))
     elif not seen or sub.status in PAID_STATUSES or (sub.status == Status.PAST_DUE and sub.grace_until is None):
         status, grace, grace_started = Status.PAST_DUE, _grace_end(facts, policy), True
     else:  # already past due (grace runs from the first failure), ended, or unpaid: keep it so
-        status, grace = sub.status, sub.grace_until
+        status, grace = cast(str, sub.status), sub.grace_until  # seen: a stored row, which has a status
     _save(sub, facts, status=status, grace_until=grace)
     _audit(audits, "payment_failed", sub, facts, invoice_id=facts.object_id, attempt_count=facts.attempt_count,
            billing_reason=facts.billing_reason, grace_until=iso(sub.grace_until))
@@ -241,7 +245,7 @@ def subscription_updated(facts: BillingFacts, sub: SubState | None, policy: Poli
                          audits: list[AuditRecord]) -> SubState:
     previous = {"tier": sub.tier, "status": sub.status} if sub else {"tier": None, "status": None}
     sub, seen = _current(sub, facts)
-    status = STATUS_MAP.get(facts.status or "") or Status.lookup(facts.status)
+    status: str | None = STATUS_MAP.get(facts.status or "") or Status.lookup(facts.status)
     if status is None:
         status = sub.status or Status.UNPAID  # a status Stripe may add later: keep ours rather than guess
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
@@ -281,7 +285,8 @@ def _current(sub: SubState | None, facts: BillingFacts) -> tuple[SubState, bool]
     """The row this event writes, and whether it already holds this event's subscription ("seen"). A
     subscription new to the community starts afresh: its own order, period and payments."""
     if sub is None:
-        return SubState(community_id=facts.community_id), False
+        # _decide returned already for an event with neither a state nor a community_id
+        return SubState(community_id=cast(str, facts.community_id)), False
     if _same_subscription(facts, sub) and sub.stripe_subscription_id:
         return sub, True
     if facts.subscription_id and facts.subscription_id != sub.stripe_subscription_id:
@@ -301,7 +306,7 @@ def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool
         if price_id in policy.price_tiers:
             return policy.price_tiers[price_id]
     if facts.tier in policy.tiers:
-        return facts.tier
+        return cast(str, facts.tier)  # None is in no tier matrix
     known = sub.tier if seen and sub.tier in policy.tiers else None
     if facts.tier is None:
         if known:
@@ -318,7 +323,8 @@ def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool
 
 
 def _grace_end(facts: BillingFacts, policy: Policy) -> dt.datetime:
-    return from_epoch(facts.created + policy.grace_period_seconds)
+    # from_epoch of a number is a datetime (billing/clock.py has no overload saying so)
+    return cast(dt.datetime, from_epoch(facts.created + policy.grace_period_seconds))
 
 
 def _mark_paid(sub: SubState, invoice_id: str | None) -> None:
@@ -340,7 +346,7 @@ def _merge_lasting_facts(sub: SubState, facts: BillingFacts) -> bool:
 def _advance_period(sub: SubState, facts: BillingFacts) -> bool:
     if facts.period_start is None or facts.period_end is None:
         return False
-    end = from_epoch(facts.period_end)
+    end = cast(dt.datetime, from_epoch(facts.period_end))  # of a number: a datetime (see _grace_end)
     if sub.current_period_end is not None and end <= sub.current_period_end:
         return False
     sub.current_period_start, sub.current_period_end = from_epoch(facts.period_start), end

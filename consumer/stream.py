@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypedDict, cast
 
 import redis
+from redis.typing import XReadGroupResponse
 
 from billing.config import Settings
 from billing.redis_io import reply_code
@@ -28,6 +29,15 @@ from consumer.entries import (
 from consumer.settlement import Settler
 
 log = logging.getLogger(__name__)
+
+
+class _PendingRow(TypedDict):
+    """One row of XPENDING's extended form, as redis-py gives it (which types it dict[str, bytes | str | int])."""
+
+    message_id: bytes | str
+    consumer: bytes | str
+    time_since_delivered: int
+    times_delivered: int
 
 
 class GroupMissing(redis.ResponseError):
@@ -121,10 +131,12 @@ class EventStream:
 
     def _read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
         with _group_needed():
+            # cast: a stream that reads or claims was given its consumer name (so in the methods below)
             reply = self.client.xreadgroup(
-                self.group, self.consumer, {self.keys.stream: start}, count=count, block=block_ms
+                self.group, cast(str, self.consumer), {self.keys.stream: start}, count=count, block=block_ms
             )
-        entries, vanished = [], []
+        entries: list[Entry] = []
+        vanished: list[str] = []
         for _stream, messages in _stream_messages(reply):
             _collect(messages, entries, vanished)
         self._forget(vanished)
@@ -133,9 +145,10 @@ class EventStream:
     def reclaim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries that any consumer (a dead one, usually) has left idle for `min_idle_ms`."""
         with _group_needed():
-            reply = self.client.xautoclaim(self.keys.stream, self.group, self.consumer, min_idle_ms, "0-0",
-                                           count=count)
-        entries, vanished = [], []
+            reply = self.client.xautoclaim(self.keys.stream, self.group, cast(str, self.consumer), min_idle_ms,
+                                           "0-0", count=count)
+        entries: list[Entry] = []
+        vanished: list[str] = []
         _collect(reply[1], entries, vanished)
         self._forget(vanished + [as_text(entry_id) for entry_id in (reply[2] if len(reply) > 2 else [])])
         return entries
@@ -144,13 +157,15 @@ class EventStream:
         """Claim again this consumer's own pending entries that are due for another try: entries that
         failed here (with backoff, by `due(idle_ms, deliveries)`) and entries an operator claimed to it."""
         with _group_needed():
-            rows = self.client.xpending_range(self.keys.stream, self.group, "-", "+", count,
-                                              consumername=self.consumer)
+            rows = cast("list[_PendingRow]", self.client.xpending_range(self.keys.stream, self.group, "-", "+",
+                                                                        count, consumername=self.consumer))
             ids = [row["message_id"] for row in rows if due(row["time_since_delivered"], row["times_delivered"])]
             if not ids:
                 return []
-            claimed = self.client.xclaim(self.keys.stream, self.group, self.consumer, 0, ids)
-        entries, vanished = [], []
+            claimed = self.client.xclaim(self.keys.stream, self.group, cast(str, self.consumer), 0,
+                                         ids)  # type: ignore[arg-type]  # see claim_for
+        entries: list[Entry] = []
+        vanished: list[str] = []
         _collect(claimed, entries, vanished)
         got = {entry.entry_id for entry in entries}
         self._forget([as_text(i) for i in ids if as_text(i) not in got])  # trimmed from under us
@@ -160,8 +175,8 @@ class EventStream:
                 consumer: str | None = None) -> list[PendingEntry]:
         """The group's pending entries, oldest first (only `consumer`'s, only those idle `min_idle_ms`), each with
         its event id and type."""
-        rows = self.client.xpending_range(self.keys.stream, self.group, "-", "+", count, consumername=consumer,
-                                          idle=min_idle_ms)
+        rows = cast("list[_PendingRow]", self.client.xpending_range(self.keys.stream, self.group, "-", "+", count,
+                                                                    consumername=consumer, idle=min_idle_ms))
         pipe = self.client.pipeline(transaction=False)
         for row in rows:
             pipe.xrange(self.keys.stream, row["message_id"], row["message_id"], count=1)
@@ -176,7 +191,9 @@ class EventStream:
     def claim_for(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
         """Give pending entries to `consumer` (an operator's move: JUSTID, so it is not counted as a delivery), as
         if idle `idle_ms` already."""
-        self.client.xclaim(self.keys.stream, self.group, consumer, 0, entry_ids, idle=idle_ms, justid=True)
+        # ignore: redis-py types the ids list[StreamIdT], and a list is invariant: it refuses a list[str]
+        self.client.xclaim(self.keys.stream, self.group, consumer, 0, entry_ids,  # type: ignore[arg-type]
+                           idle=idle_ms, justid=True)
 
     # --- after a batch ---------------------------------------------------------------------------------------
 
@@ -251,11 +268,12 @@ def _group_needed() -> Iterator[None]:
 def _inactive_ms(consumer: dict[str, Any]) -> int:
     """Since the consumer last read or claimed something. Redis 7.2+ says so in `inactive` (-1 for a consumer that
     never did: then `idle`, since it last tried); before 7.2, `idle` meant just that."""
-    inactive = consumer.get("inactive", -1)
+    inactive: int = consumer.get("inactive", -1)
     return inactive if inactive >= 0 else consumer["idle"]
 
 
-def _collect(messages, entries: list[Entry], vanished: list[str]) -> None:
+def _collect(messages: Iterable[Any] | None, entries: list[Entry], vanished: list[str]) -> None:
+    """`messages`: a reply's (entry id, fields) pairs, fields None for an entry trimmed from the stream."""
     for raw_id, fields in messages or []:
         if fields:
             entries.append(Entry.from_fields(as_text(raw_id), fields))
@@ -263,7 +281,8 @@ def _collect(messages, entries: list[Entry], vanished: list[str]) -> None:
             vanished.append(as_text(raw_id))
 
 
-def _stream_messages(reply) -> list:
+def _stream_messages(reply: XReadGroupResponse | None) -> list[Any]:
+    """XREADGROUP's reply as (stream, messages) pairs, from RESP2 or RESP3."""
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
