@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import overload
 
 
 def utcnow() -> dt.datetime:
@@ -16,6 +17,10 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.strftime(ISO_FORMAT) if value else None
 
 
+@overload
+def from_epoch(seconds: int | float) -> dt.datetime: ...
+@overload
+def from_epoch(seconds: None) -> None: ...
 def from_epoch(seconds: int | float | None) -> dt.datetime | None:
     if seconds is None:
         return None

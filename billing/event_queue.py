@@ -3,6 +3,7 @@ took it from Stripe's POST or the consumer's backfill and reconciliation listed 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
@@ -48,7 +49,7 @@ class EventQueue:
                 replies[n] = reply
         return [reply if isinstance(reply, redis.RedisError) else _entry_id(reply) for reply in replies]
 
-    def _run(self, events: list[Event]) -> list:
+    def _run(self, events: list[Event]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for event_id, event_type, created, payload in events:
             pipe.execute_command("EVALSHA", self._script.sha, 2, *self._keys(event_id),
@@ -58,7 +59,8 @@ class EventQueue:
     def _keys(self, event_id: str) -> tuple[str, str]:
         return self.keys.seen(event_id), self.keys.stream
 
-    def _args(self, event_id: str, event_type: str, created: int, payload: bytes) -> tuple:
+    def _args(self, event_id: str, event_type: str, created: int,
+              payload: bytes) -> tuple[int, str, str, int, bytes, int]:
         return self.dedupe_ttl_seconds, event_id, event_type, created, payload, int(time.time() * 1000)
 
 

@@ -56,7 +56,7 @@ def reply_code(exc: BaseException) -> str | None:
         return None
     code = getattr(exc, "status_code", None)  # redis-py strips the code of the replies it has a class for
     if code:
-        return code
+        return str(code)
     for cls, class_code in _CODES_BY_CLASS:
         if isinstance(exc, cls):
             return class_code

@@ -16,7 +16,7 @@ import json
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import redis
 
@@ -50,7 +50,7 @@ class Enqueuer:
         self.keys = keys
         self.queue = EventQueue(client, keys, dedupe_ttl_seconds)
 
-    def place(self, events: Iterable[dict[str, Any]], dry_run: bool = False) -> Iterator[tuple[dict, Found]]:
+    def place(self, events: Iterable[dict[str, Any]], dry_run: bool = False) -> Iterator[tuple[dict[str, Any], Found]]:
         """Queue each event unless we have it, in the order given; yields each with what became of it once
         that is done (so a caller may note its progress after each)."""
         for chunk in _chunks(events, CHUNK):
@@ -197,7 +197,7 @@ class Backfill:
             self.cursor.clear()  # done: nothing to resume
         return self.counts
 
-    def _list_oldest_first(self, spool) -> list[tuple[tuple[int, str], int]]:
+    def _list_oldest_first(self, spool: BinaryIO) -> list[tuple[tuple[int, str], int]]:
         """Stripe lists newest first; we queue oldest first (handlers judge order by `created`, and a cursor
         only means something in one order). Events wait in a file, not in memory: 30 days can be many."""
         keys = []
@@ -210,7 +210,7 @@ class Backfill:
         return sorted(keys)
 
 
-def _read(spool, todo: Sequence[tuple[tuple[int, str], int]]) -> Iterator[dict[str, Any]]:
+def _read(spool: BinaryIO, todo: Sequence[tuple[tuple[int, str], int]]) -> Iterator[dict[str, Any]]:
     for _key, offset in todo:
         spool.seek(offset)
         yield json.loads(spool.readline())

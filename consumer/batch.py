@@ -315,7 +315,7 @@ class _Batch:
         are database-wide, and two deployments may share a database in separate schemas."""
         keys = [f":billing:community:{c}" for c in communities] + [f":billing:subscription:{s}" for s in subscriptions]
         if self.postgres and keys:
-            self.db.execute_sql(  # type: ignore[no-untyped-call]  # peewee's stub leaves execute_sql unannotated
+            self.db.execute_sql(
                 "SELECT count(pg_advisory_xact_lock(k)) FROM "
                 "(SELECT DISTINCT hashtext(current_schema() || key) AS k FROM unnest(%s::text[]) AS key ORDER BY k) s",
                 (keys,))
@@ -376,7 +376,7 @@ class _States:
         query = (Subscription.select(*(getattr(Subscription, field) for field in fields))
                  .where(Subscription.community_id.in_(list(communities))
                         | Subscription.stripe_subscription_id.in_(list(subscriptions)))
-                 .order_by(Subscription.id)  # type: ignore[attr-defined]  # peewee's implicit primary key
+                 .order_by(Subscription.id)
                  .tuples())
         # peewee's stub has .tuples() return the query as is, its rows still models
         for row in cast("Iterable[tuple[Any, ...]]", query.for_update() if postgres else query):
@@ -435,11 +435,11 @@ class _Waiting:
             for chunk in _chunks(sorted(self.subscriptions)):
                 query = (DeferredEvent.select()
                          .where(DeferredEvent.stripe_subscription_id.in_(chunk))
-                         .order_by(DeferredEvent.created, DeferredEvent.id))  # type: ignore[attr-defined]
+                         .order_by(DeferredEvent.created, DeferredEvent.id))
                 for row in query:
                     self.loaded[row.stripe_subscription_id].append(_Deferred(
                         row.stripe_event_id, row.event_type, row.stripe_subscription_id, row.created, row.payload,
-                        row.id))  # type: ignore[attr-defined]  # peewee's implicit primary key, as above
+                        row.id))
         return self.loaded
 
     def take(self, subscription_id: str, writes: _Writes) -> list[_Deferred]:
@@ -498,7 +498,7 @@ class _Writes:
                 [(d.event_id, d.subscription_id, d.event_type[:255], d.created, d.payload, now)
                  for d in self.deferred.values()], "ON CONFLICT DO NOTHING")
         for chunk in _chunks(self.deferred_deletes):
-            DeferredEvent.delete().where(DeferredEvent.id.in_(chunk)).execute()  # type: ignore[attr-defined]
+            DeferredEvent.delete().where(DeferredEvent.id.in_(chunk)).execute()
         _upsert_events(db, [(event_id, row["event_type"], row["status"], row["error_message"], now, now,
                              row["community_id"]) for event_id, row in self.outcomes.items()])
 
@@ -529,7 +529,7 @@ def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, .
     returned: list[tuple[Any, ...]] = []
     for chunk in _chunks(rows):
         params = [convert(value) for row in chunk for convert, value in zip(converters, row)]
-        cursor = db.execute_sql(  # type: ignore[no-untyped-call]  # as in _Batch._lock
+        cursor = db.execute_sql(
             f"{head}{', '.join([row_sql] * len(chunk))} {suffix}", params)
         if cursor.description:  # a RETURNING clause
             returned += cursor.fetchall()
@@ -549,6 +549,6 @@ def _received_at(entry: Entry) -> dt.datetime:
     """When the receiver took the event; now for an entry whose `received_at` no datetime holds (an entry
     XADDed by hand), which would otherwise fail the event and then the recording of its failure."""
     try:
-        return cast(dt.datetime, from_epoch(entry.received_at_ms / 1000))  # of a number: a datetime
+        return from_epoch(entry.received_at_ms / 1000)
     except (OverflowError, ValueError, OSError):
         return utcnow()

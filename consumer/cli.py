@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+from typing import Any
 
 import click
 import redis
@@ -95,7 +96,7 @@ def stats(settings: Settings, client: redis.Redis, as_json: bool, watch: bool) -
             return
 
 
-def _print_stats(data: dict) -> None:
+def _print_stats(data: dict[str, Any]) -> None:
     age = data["oldest_pending_age_seconds"]
     pairs = [("stream", f"{data['stream']} ({data['stream_length']} entries)"), ("group", data["group"]),
              ("lag (undelivered)", data["group_lag"]), ("pending", data["pending"]),
@@ -214,7 +215,7 @@ def consumers_prune(settings: Settings, client: redis.Redis, min_idle_ms: int, d
     _show(rows, as_json, [("CONSUMER", "name"), ("IDLE", "idle_ms", _duration)], empty="no consumer to prune")
 
 
-def _show(rows: list[dict], as_json: bool, columns: list, empty: str) -> None:
+def _show(rows: list[dict[str, Any]], as_json: bool, columns: list[tuple[Any, ...]], empty: str) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -232,7 +233,7 @@ def _duration(ms: float | None) -> str:
 
 
 def _iso(ms: int) -> str:
-    return iso(from_epoch(ms / 1000)) if ms else "-"
+    return (iso(from_epoch(ms / 1000)) or "-") if ms else "-"
 
 
 @cli.command()

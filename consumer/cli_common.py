@@ -16,7 +16,7 @@ from consumer.stripe_api import StripeApiError
 from models.db import OUTAGE_ERRORS, open_database
 
 
-def operation(func: Callable) -> Callable:
+def operation(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command its settings and Redis client, and turn every expected failure into one line."""
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,11 +47,11 @@ def _first_line(exc: BaseException, urls: tuple[str, ...] = ()) -> str:
     return scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0], *urls)
 
 
-def json_option(func: Callable) -> Callable:
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")(func)
 
 
-def print_table(rows: list[dict], columns: list, empty: str) -> None:
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[Any, ...]], empty: str) -> None:
     if not rows:
         click.echo(empty)
         return

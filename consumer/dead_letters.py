@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 import redis
 
@@ -53,15 +54,19 @@ class DeadLetters:
 
     def read(self, count: int | None = None) -> list[StoredLetter]:
         """The oldest `count` letters (all of them with None)."""
-        return [StoredLetter.from_fields(entry_id, fields)
-                for entry_id, fields in self.client.xrange(self.keys.dead_letters, count=count)]
+        return [StoredLetter.from_fields(entry_id, fields) for entry_id, fields in self._range("-", "+", count)]
+
+    def _range(self, start: str, end: str, count: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        # Our clients read bytes (no decode_responses): redis-py's own type allows str and None as well.
+        return cast(list[tuple[bytes, dict[bytes, bytes]]],
+                    self.client.xrange(self.keys.dead_letters, start, end, count=count))
 
     def get(self, entry_ids: Iterable[str]) -> tuple[list[StoredLetter], list[str]]:
         """The letters of `entry_ids` (the same id twice is one letter), and the ids that name none."""
         letters, unknown = [], []
         for entry_id in dict.fromkeys(entry_ids):
             try:
-                found = self.client.xrange(self.keys.dead_letters, entry_id, entry_id, count=1)
+                found = self._range(entry_id, entry_id, 1)
             except redis.ResponseError:  # not an entry id at all
                 found = []
             if found:

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import peewee
 import redis
@@ -57,7 +57,9 @@ def check_subscriptions(api: StripeApi, db: peewee.Database, client: redis.Redis
     query = Subscription.select().where(Subscription.stripe_subscription_id.is_null(False))
     if communities:
         query = query.where(Subscription.community_id.in_(list(communities)))
-    rows = [(row.community_id, row.stripe_subscription_id) for row in query.order_by(Subscription.community_id)]
+    # Only rows with a subscription id are read (the query above), so the ids are strings.
+    rows = [(row.community_id, cast(str, row.stripe_subscription_id))
+            for row in query.order_by(Subscription.community_id)]
     report = []
     for community_id, subscription_id in rows:
         drift = Drift(community_id, subscription_id)

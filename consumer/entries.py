@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +17,7 @@ class Entry:
     received_at_ms: int
 
     @classmethod
-    def from_fields(cls, entry_id: str, fields: dict) -> "Entry":
+    def from_fields(cls, entry_id: str, fields: Mapping[Any, Any]) -> "Entry":
         def text(name: str) -> str:
             value = fields.get(name.encode(), fields.get(name, b""))
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -324,7 +324,7 @@ def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool
 
 def _grace_end(facts: BillingFacts, policy: Policy) -> dt.datetime:
     # from_epoch of a number is a datetime (billing/clock.py has no overload saying so)
-    return cast(dt.datetime, from_epoch(facts.created + policy.grace_period_seconds))
+    return from_epoch(facts.created + policy.grace_period_seconds)
 
 
 def _mark_paid(sub: SubState, invoice_id: str | None) -> None:
@@ -346,7 +346,7 @@ def _merge_lasting_facts(sub: SubState, facts: BillingFacts) -> bool:
 def _advance_period(sub: SubState, facts: BillingFacts) -> bool:
     if facts.period_start is None or facts.period_end is None:
         return False
-    end = cast(dt.datetime, from_epoch(facts.period_end))  # of a number: a datetime (see _grace_end)
+    end = from_epoch(facts.period_end)
     if sub.current_period_end is not None and end <= sub.current_period_end:
         return False
     sub.current_period_start, sub.current_period_end = from_epoch(facts.period_start), end

@@ -108,12 +108,14 @@ def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> 
     return dropped
 
 
-def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int, dry_run: bool = False) -> list[dict]:
+def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int,
+                    dry_run: bool = False) -> list[dict[str, Any]]:
     """Delete consumers with nothing pending that have been idle at least `min_idle_ms`."""
     stream = EventStream(client, settings)
     _group_info(stream)
-    rows = [{"name": consumer.name, "idle_ms": consumer.inactive_ms} for consumer in stream.consumers()
-            if consumer.pending == 0 and consumer.inactive_ms >= min_idle_ms]
+    rows: list[dict[str, Any]] = [{"name": consumer.name, "idle_ms": consumer.inactive_ms}
+                                  for consumer in stream.consumers()
+                                  if consumer.pending == 0 and consumer.inactive_ms >= min_idle_ms]
     if rows and not dry_run:
         # A consumer that read entries since we looked keeps them (deleting one drops its pending entries for good).
         rows = [row for row in rows if stream.delete_consumer(row["name"])]

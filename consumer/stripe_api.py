@@ -134,4 +134,4 @@ def retry_delay(headers: Any, attempt: int) -> float:
         retry_after = float(value) if value is not None else 0.0
     except ValueError:  # an HTTP date: Stripe sends seconds, so just back off
         retry_after = 0.0
-    return max(retry_after, backoff) if not math.isnan(retry_after) else backoff
+    return float(max(retry_after, backoff) if not math.isnan(retry_after) else backoff)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import click
 import redis
@@ -114,8 +115,8 @@ class LineProgress(Progress):
 class BarProgress(Progress):
     """On a terminal: a count while listing, then a bar."""
 
-    def __init__(self):
-        self.bar = None
+    def __init__(self) -> None:
+        self.bar: Any = None  # click's progress bar, once queueing starts
 
     def listed(self, count: int) -> None:
         click.echo(f"\rlisting events from Stripe: {count}", nl=False, err=True)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from types import FrameType
 from typing import TypeVar
 
 import peewee
@@ -31,7 +32,7 @@ from billing.config import ConfigError, Settings
 from billing.redis_io import TRANSIENT_REPLIES, reply_code
 from billing.vocabulary import FAILED_OUTCOMES
 from consumer import metrics
-from consumer.batch import BatchDeadlineExceeded, apply_batch, settlement_of
+from consumer.batch import BatchDeadlineExceeded, EntryOutcome, apply_batch, settlement_of
 from consumer.entries import Entry
 from consumer.handlers import Policy
 from consumer.reconcile import ReconcilerThread
@@ -82,7 +83,7 @@ class Timing:
         """An own pending entry is tried again after tick, 2 ticks, 4 ticks ... (capped below
         CLAIM_IDLE_MS, so its owner retries it before anyone else would reclaim it)."""
         wait = min(self.tick_ms * 2 ** max(0, deliveries - 1), self.claim_idle_ms // 2)
-        return idle_ms >= wait
+        return bool(idle_ms >= wait)
 
 
 class Worker:
@@ -113,7 +114,7 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
 
-    def _on_signal(self, signum: int, _frame) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("%s received, finishing the batch in hand", signal.Signals(signum).name)
         self.stopping.set()
 
@@ -311,7 +312,7 @@ def _describe(exc: BaseException) -> str:
     return f"database unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
 
 
-def _log_batch(outcomes: list, seconds: float) -> None:
+def _log_batch(outcomes: list[EntryOutcome], seconds: float) -> None:
     """One INFO line per batch (its outcomes counted, its time); a line per event at DEBUG, and at WARNING for
     the events that failed."""
     counts = Counter(outcome.outcome for outcome in outcomes)

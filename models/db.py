@@ -37,7 +37,7 @@ def open_database(url: str) -> peewee.Database:
         # Short connect timeout: an outage should be noticed, not waited on.
         db = connect(url, connect_timeout=5)
     database_proxy.initialize(db)
-    return db
+    return db  # type: ignore[no-any-return]  # playhouse's connect() is untyped
 
 
 def is_postgres(db: peewee.Database) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import peewee
 
@@ -11,6 +12,8 @@ from models.db import database_proxy
 
 
 class BaseModel(peewee.Model):
+    id = peewee.AutoField()  # what peewee would add anyway; declared so type checkers know it
+
     class Meta:
         database = database_proxy
         legacy_table_names = False
@@ -20,7 +23,7 @@ class WordField(peewee.CharField):
     """A column of one of billing.vocabulary's words (a status): given an enum member, it stores the member's
     plain value ("active"), whatever a database driver would make of a str subclass."""
 
-    def adapt(self, value):
+    def adapt(self, value: Any) -> Any:
         return super().adapt(value.value if isinstance(value, enum.Enum) else value)
 
 
