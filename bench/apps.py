@@ -5,6 +5,7 @@
   that answers only once Redis has answered;
 - `naive`: the receiver a user would write in an afternoon: stripe's `construct_event`-style verification,
   `json.loads`, EXISTS then XADD (two Redis round trips, not atomic), no metrics."""
+
 from __future__ import annotations
 
 import json

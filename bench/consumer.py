@@ -24,6 +24,7 @@ Every figure is a ratio to a baseline measured in the same run (the machine is s
 
 CPU figures are the measured process tree's only (not redis-server's, not PostgreSQL's).
 Prints the table and writes a PNG (--out): throughput bars and the latency distributions."""
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ PARTS = ("celery", "e2e", "postgres")
 @dataclasses.dataclass
 class Drain:
     """One process (tree) draining the queued events."""
+
     events: int
     seconds: float
     cpu_seconds: float
@@ -88,6 +90,7 @@ class Drain:
 
 # --- the raw loop -----------------------------------------------------------------------------------------
 
+
 def run_raw(queued: list[Queued], tmp: str) -> Drain:
     with fresh_redis() as redis_server:
         client = redis_server.client()
@@ -95,17 +98,37 @@ def run_raw(queued: list[Queued], tmp: str) -> Drain:
         client.xgroup_create(STREAM_KEY, "raw", id="0")
         db_path = os.path.join(tmp, f"raw-{time.monotonic_ns()}.db")
         machine = machine_jiffies()
-        out = subprocess.run([sys.executable, "-m", "bench.consumer_baselines", redis_server.url, STREAM_KEY,
-                              "raw", db_path, str(len(queued))], cwd=REPO, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.consumer_baselines",
+                redis_server.url,
+                STREAM_KEY,
+                "raw",
+                db_path,
+                str(len(queued)),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if out.returncode:
             raise RuntimeError(f"the raw loop failed: {out.stderr[-2000:]}")
         figures = json.loads(out.stdout.strip().splitlines()[-1])
     # the machine's share over the whole subprocess, start-up included: a rough figure
-    return Drain(figures["events"], figures["seconds"], figures["cpu_seconds"], figures["rss_mb"],
-                 machine_busy=busy_since(machine))
+    return Drain(
+        figures["events"],
+        figures["seconds"],
+        figures["cpu_seconds"],
+        figures["rss_mb"],
+        machine_busy=busy_since(machine),
+    )
 
 
 # --- ours --------------------------------------------------------------------------------------------------
+
 
 def run_ours(queued: list[Queued], database_url: str, tmp: str, log_level: str, consumers: int = 1) -> Drain:
     prepare_database(database_url)
@@ -115,8 +138,11 @@ def run_ours(queued: list[Queued], database_url: str, tmp: str, log_level: str, 
         extra = os.environ.get("BENCH_CONSUMER_ARGS", "").split()  # e.g. "--batch 500"
         procs = [Process(["consumer", "run", "--name", f"bench-{k}", *extra], env, tmp) for k in range(consumers)]
         try:
-            wait_for(lambda: len(client.xinfo_consumers(STREAM_KEY, GROUP)) == consumers, timeout=60,
-                     what=f"{consumers} consumer(s) in the group: {procs[0].output()[-1500:]}")
+            wait_for(
+                lambda: len(client.xinfo_consumers(STREAM_KEY, GROUP)) == consumers,
+                timeout=60,
+                what=f"{consumers} consumer(s) in the group: {procs[0].output()[-1500:]}",
+            )
             for proc in procs:
                 proc.signal(signal.SIGSTOP)
             enqueue(client, queued)
@@ -146,6 +172,7 @@ def outcomes(database_url: str) -> dict:
 
 # --- Celery ------------------------------------------------------------------------------------------------
 
+
 def celery_missing() -> str | None:
     try:
         import celery  # noqa: F401
@@ -166,16 +193,39 @@ def run_celery(queued: list[Queued], tmp: str, log_level: str) -> Drain:
         broker_client = redis.Redis.from_url(broker)
         total = broker_client.llen(QUEUE)
         assert total == len(queued), f"{total} tasks queued of {len(queued)}"
-        env = {**os.environ, "BENCH_CELERY_BROKER": broker, "BENCH_CELERY_DB": db_path,
-               "PYTHONPATH": REPO.as_posix()}
-        worker = Process(["celery", "-A", "bench.consumer_celery", "worker", "--pool", "prefork", "-c", "2",
-                          "-Q", QUEUE, "--loglevel", log_level, "--without-gossip", "--without-mingle",
-                          "--without-heartbeat", "-n", "bench@%h"], env, tmp)
+        env = {**os.environ, "BENCH_CELERY_BROKER": broker, "BENCH_CELERY_DB": db_path, "PYTHONPATH": REPO.as_posix()}
+        worker = Process(
+            [
+                "celery",
+                "-A",
+                "bench.consumer_celery",
+                "worker",
+                "--pool",
+                "prefork",
+                "-c",
+                "2",
+                "-Q",
+                QUEUE,
+                "--loglevel",
+                log_level,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                "bench@%h",
+            ],
+            env,
+            tmp,
+        )
         try:
             # From its first committed task: its start-up (at times a second between the first fetch and the
             # first task run) is left out, in Celery's favour.
-            poll(lambda: _count(db_path) > 0, timeout=120, interval=0.002,
-                 what=f"Celery's first task: {worker.output()[-1500:]}")
+            poll(
+                lambda: _count(db_path) > 0,
+                timeout=120,
+                interval=0.002,
+                what=f"Celery's first task: {worker.output()[-1500:]}",
+            )
             done_before, start, cpu_before = _count(db_path), time.perf_counter(), cpu_seconds(worker.popen.pid)
             machine = machine_jiffies()
             end = poll(lambda: _count(db_path) >= total, timeout=3600, interval=0.02, what="Celery drained")
@@ -192,6 +242,7 @@ def _count(db_path: str) -> int:
 
 # --- the run -----------------------------------------------------------------------------------------------
 
+
 def best(current: Drain | None, new: Drain) -> Drain:
     return new if current is None or new.rate > current.rate else current
 
@@ -202,13 +253,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="raw loop, ours, Celery this many times: the best")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {','.join(PARTS)}")
     parser.add_argument("--postgres", action="store_true", help="fail rather than skip when PostgreSQL is down")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
-                        help="LOG_LEVEL of our processes, --loglevel of Celery's [INFO, as deployed]")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        help="LOG_LEVEL of our processes, --loglevel of Celery's [INFO, as deployed]",
+    )
     parser.add_argument("--rate", type=float, default=200, help="end to end: events sent per second")
     parser.add_argument("--seconds", type=float, default=10, help="end to end: how long, after 1 s of warm-up")
     parser.add_argument("--connections", type=int, default=8, help="end to end: the sender's connections")
-    parser.add_argument("--appendfsync", default="always", choices=["always", "no-aof"],
-                        help="end to end: Redis's persistence, bin/run's (always) or none")
+    parser.add_argument(
+        "--appendfsync",
+        default="always",
+        choices=["always", "no-aof"],
+        help="end to end: Redis's persistence, bin/run's (always) or none",
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "consumer.png"))
     args = parser.parse_args()
     args.skip = {part for part in args.skip.split(",") if part}
@@ -239,8 +297,9 @@ def run_all(args: argparse.Namespace, tmp: str) -> None:
         results.update(drain_postgres(queued, args, tmp, notes))
     if "e2e" not in args.skip:
         print("end to end ...", flush=True)
-        results["e2e"] = run_e2e(args.rate, args.seconds, args.connections, args.log_level, tmp,
-                                  appendonly=args.appendfsync == "always")
+        results["e2e"] = run_e2e(
+            args.rate, args.seconds, args.connections, args.log_level, tmp, appendonly=args.appendfsync == "always"
+        )
     report.print_table(results, args, notes)
     report.plot(results, args.out)
 
@@ -249,8 +308,10 @@ def drain_rounds(queued: list[Queued], args: argparse.Namespace, tmp: str, with_
     """The raw loop, ours on SQLite and Celery, one after the other, --rounds times: the best of each."""
     results: dict[str, Drain] = {}
     for n in range(1, args.rounds + 1):
-        runs = [("raw", "raw loop", run_raw, (queued, tmp)),
-                ("ours", "ours, SQLite", run_ours, (queued, f"sqlite:///{tmp}/ours-{n}.db", tmp, args.log_level))]
+        runs = [
+            ("raw", "raw loop", run_raw, (queued, tmp)),
+            ("ours", "ours, SQLite", run_ours, (queued, f"sqlite:///{tmp}/ours-{n}.db", tmp, args.log_level)),
+        ]
         if with_celery:
             runs.append(("celery", "Celery", run_celery, (queued, tmp, args.log_level)))
         for key, title, run, run_args in runs:
@@ -268,8 +329,9 @@ def drain_postgres(queued: list[Queued], args: argparse.Namespace, tmp: str, not
     results = {}
     for key, consumers in (("pg_one", 1), ("pg_two", 2)):
         with postgres_schema() as url:
-            results[key] = step(f"ours, PostgreSQL, {consumers} consumer(s)", run_ours, queued, url, tmp,
-                                args.log_level, consumers)
+            results[key] = step(
+                f"ours, PostgreSQL, {consumers} consumer(s)", run_ours, queued, url, tmp, args.log_level, consumers
+            )
     return results
 
 
@@ -277,8 +339,10 @@ def step(title: str, run, *args) -> Drain:
     print(f"{title} ...", end=" ", flush=True)
     drain = run(*args)
     extra = f", outcomes {drain.outcomes}" if drain.outcomes else ""
-    print(f"{drain.rate:,.0f} events/s, {drain.cpu_us:,.0f} µs CPU/event, machine {drain.machine_busy:.0%} busy"
-          f"{extra}", flush=True)
+    print(
+        f"{drain.rate:,.0f} events/s, {drain.cpu_us:,.0f} µs CPU/event, machine {drain.machine_busy:.0%} busy{extra}",
+        flush=True,
+    )
     return drain
 
 

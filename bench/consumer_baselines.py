@@ -6,6 +6,7 @@
   keys), the same pragmas as ours (WAL, synchronous=NORMAL). Run as its own process, which imports nothing of
   ours: `python -m bench.consumer_baselines REDIS_URL STREAM GROUP SQLITE_PATH TOTAL` prints its figures as JSON.
 - Celery (bench/consumer_celery.py) runs `write` for one event per task."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -35,11 +36,17 @@ ON CONFLICT (community_id) DO UPDATE SET
   status = excluded.status, last_event_created = excluded.last_event_created, updated_at = excluded.updated_at
 WHERE excluded.last_event_created >= subscriptions.last_event_created
 """
-INSERT_EVENT = ("INSERT INTO webhook_events (stripe_event_id, event_type, status, community_id, processed_at) "
-                "VALUES (?, ?, 'processed', ?, ?)")
+INSERT_EVENT = (
+    "INSERT INTO webhook_events (stripe_event_id, event_type, status, community_id, processed_at) "
+    "VALUES (?, ?, 'processed', ?, ?)"
+)
 INSERT_AUDIT = "INSERT INTO audit_log (event_type, community_id, event_data, created_at) VALUES (?, ?, ?, ?)"
-STATUS = {"checkout.session.completed": "active", "invoice.paid": "active", "invoice.payment_failed": "past_due",
-          "customer.subscription.deleted": "canceled"}
+STATUS = {
+    "checkout.session.completed": "active",
+    "invoice.paid": "active",
+    "invoice.payment_failed": "past_due",
+    "customer.subscription.deleted": "canceled",
+}
 
 
 def open_sqlite(path: str) -> sqlite3.Connection:
@@ -62,9 +69,11 @@ def rows_for(event: dict) -> tuple[tuple, tuple, tuple]:
     status = STATUS.get(event["type"]) or obj.get("status")
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     audit = json.dumps({"stripe_event_id": event["id"], "status": status, "subscription": subscription})
-    return ((community, obj.get("customer"), subscription, status, event["created"], now),
-            (event["id"], event["type"], community, now),
-            (event["type"], community, audit, now))
+    return (
+        (community, obj.get("customer"), subscription, status, event["created"], now),
+        (event["id"], event["type"], community, now),
+        (event["type"], community, audit, now),
+    )
 
 
 def write(conn: sqlite3.Connection, events: list[dict]) -> None:

@@ -4,6 +4,7 @@ loop's three writes (bench/consumer_baselines.write) for its one event, in its o
 
 The worker: `python -m celery -A bench.consumer_celery worker -c 2 ...` with BENCH_CELERY_BROKER (a Redis
 URL) and BENCH_CELERY_DB (an SQLite path) in its environment."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ from bench.consumer_baselines import open_sqlite, write
 QUEUE = "bench-webhooks"
 
 app = Celery("bench_consumer", broker=os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/1"))
-app.conf.update(task_acks_late=True, task_ignore_result=True, task_default_queue=QUEUE,
-                broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+app.conf.update(
+    task_acks_late=True,
+    task_ignore_result=True,
+    task_default_queue=QUEUE,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
 
 _conn: sqlite3.Connection | None = None
 

@@ -4,6 +4,7 @@ and per event the time from its POST to the moment its webhook_events row is see
 whole seconds only, so a thread polls the table (every 2 ms) for new rows and stamps them.
 The baseline: the same sender against the bare Flask app (bench/apps.py) under the receiver's gunicorn
 settings, request round trip."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,7 @@ from receiver.signing import signature_header
 PATH = "/webhooks/stripe"
 
 
-def run_e2e(rate: float, seconds: float, connections: int, log_level: str, tmp: str,
-            appendonly: bool = True) -> dict:
+def run_e2e(rate: float, seconds: float, connections: int, log_level: str, tmp: str, appendonly: bool = True) -> dict:
     """Latencies in seconds: the bare app's round trips ("bare"); with ours, the receiver's round trips
     ("receiver"), send to commit ("e2e"), send to XADD ("to_queue") and XADD to commit ("to_commit").
     Each server gets one second of the same traffic first, left out."""
@@ -36,13 +36,13 @@ def run_e2e(rate: float, seconds: float, connections: int, log_level: str, tmp: 
     with fresh_redis(appendonly=appendonly) as redis_server:
         env = service_env(redis_server.url, f"sqlite:///{db_path}", LOG_LEVEL=log_level)
         bare = _bare_round_trips(queued[:warm], queued[warm:], rate, connections, env, tmp)
-        figures = _ours(queued[:warm], queued[warm:], rate, connections, env, tmp, db_path,
-                        redis_server.client())
+        figures = _ours(queued[:warm], queued[warm:], rate, connections, env, tmp, db_path, redis_server.client())
     return {"bare": bare, **figures}
 
 
-def _bare_round_trips(warm: list[Queued], measured: list[Queued], rate: float, connections: int, env: dict,
-                      tmp: str) -> list[float]:
+def _bare_round_trips(
+    warm: list[Queued], measured: list[Queued], rate: float, connections: int, env: dict, tmp: str
+) -> list[float]:
     proc, base = start_bare(env, tmp)
     try:
         send_open_loop(base, warm, rate, connections)
@@ -51,8 +51,16 @@ def _bare_round_trips(warm: list[Queued], measured: list[Queued], rate: float, c
         proc.stop()
 
 
-def _ours(warm: list[Queued], measured: list[Queued], rate: float, connections: int, env: dict, tmp: str,
-          db_path: str, client: redis.Redis) -> dict:
+def _ours(
+    warm: list[Queued],
+    measured: list[Queued],
+    rate: float,
+    connections: int,
+    env: dict,
+    tmp: str,
+    db_path: str,
+    client: redis.Redis,
+) -> dict:
     consumer = Process(["consumer", "run", "--name", "e2e"], env, tmp)
     receiver, base = start_receiver(env, tmp, workers=2)
     watcher = CommitWatcher(db_path)
@@ -70,10 +78,16 @@ def _ours(warm: list[Queued], measured: list[Queued], rate: float, connections: 
     both = [s for s in sent if s.event_id in xadded and s.event_id in watcher.seen]
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         outcomes = dict(conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status").fetchall())
-    return {"receiver": [s.round_trip for s in sent], "e2e": latencies, "missing": missing, "outcomes": outcomes,
-            "failed": sum(s.status != 200 for s in sent), "slip": max(s.slip for s in sent),
-            "to_queue": [xadded[s.event_id] - s.wall for s in both],
-            "to_commit": [watcher.seen[s.event_id] - xadded[s.event_id] for s in both]}
+    return {
+        "receiver": [s.round_trip for s in sent],
+        "e2e": latencies,
+        "missing": missing,
+        "outcomes": outcomes,
+        "failed": sum(s.status != 200 for s in sent),
+        "slip": max(s.slip for s in sent),
+        "to_queue": [xadded[s.event_id] - s.wall for s in both],
+        "to_commit": [watcher.seen[s.event_id] - xadded[s.event_id] for s in both],
+    }
 
 
 @dataclasses.dataclass
@@ -90,9 +104,14 @@ def send_open_loop(base: str, queued: list[Queued], rate: float, connections: in
     connections (connection k sends events k, k + connections, ...)."""
     start = time.perf_counter() + 0.1
     results: list[list[Sent]] = [[] for _ in range(connections)]
-    threads = [threading.Thread(target=_sender, args=(base, queued[k::connections], start + k / rate,
-                                                      connections / rate, results[k]), daemon=True)
-               for k in range(connections)]
+    threads = [
+        threading.Thread(
+            target=_sender,
+            args=(base, queued[k::connections], start + k / rate, connections / rate, results[k]),
+            daemon=True,
+        )
+        for k in range(connections)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -130,8 +149,10 @@ class CommitWatcher(threading.Thread):
         conn = sqlite3.connect(self.db_path, timeout=10)
         last = 0
         while not self._stop_event.is_set():
-            rows = conn.execute("SELECT id, stripe_event_id FROM webhook_events WHERE id > ? "
-                                "AND processed_at IS NOT NULL ORDER BY id", (last,)).fetchall()
+            rows = conn.execute(
+                "SELECT id, stripe_event_id FROM webhook_events WHERE id > ? AND processed_at IS NOT NULL ORDER BY id",
+                (last,),
+            ).fetchall()
             now = time.time()
             for row_id, event_id in rows:
                 self.seen.setdefault(event_id, now)
@@ -149,8 +170,12 @@ def commit_latencies(sent: list[Sent], watcher: CommitWatcher, timeout: float = 
     never were."""
     wanted = [s for s in sent if s.status == 200]
     try:
-        wait_for(lambda: all(s.event_id in watcher.seen for s in wanted), timeout=timeout, interval=0.05,
-                 what="every sent event committed")
+        wait_for(
+            lambda: all(s.event_id in watcher.seen for s in wanted),
+            timeout=timeout,
+            interval=0.05,
+            what="every sent event committed",
+        )
     except AssertionError:
         pass
     latencies = [watcher.seen[s.event_id] - s.wall for s in wanted if s.event_id in watcher.seen]

@@ -1,5 +1,6 @@
 """bench/consumer.py's workload and measuring tools: realistic Stripe events, queued as the receiver queues
 them, and what /proc and Redis tell about a process draining them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -58,15 +59,25 @@ def events(n: int, prefix: str = "bench") -> list[Queued]:
 
 
 def _story(community: str, c: int, start: int) -> list[Queued]:
-    ids = dict(customer_id=f"cus_{community}", subscription_id=f"sub_{community}", price_id=f"price_{c % 3}",
-               tier=TIERS[c % len(TIERS)], amount=(900, 2900, 9900)[c % 3])
+    ids = dict(
+        customer_id=f"cus_{community}",
+        subscription_id=f"sub_{community}",
+        price_id=f"price_{c % 3}",
+        tier=TIERS[c % len(TIERS)],
+        amount=(900, 2900, 9900)[c % 3],
+    )
     first_invoice = f"in_{community}_0"
     out = []
     for days, seconds, event_type, extra in STORY:
         extra = dict(extra)
         period = extra.pop("period", 0)
-        kwargs = {**ids, "created": start + days * DAY + seconds, "period_start": start + period * 30 * DAY,
-                  "period_end": start + (period + 1) * 30 * DAY, **extra}
+        kwargs = {
+            **ids,
+            "created": start + days * DAY + seconds,
+            "period_start": start + period * 30 * DAY,
+            "period_end": start + (period + 1) * 30 * DAY,
+            **extra,
+        }
         if kwargs.pop("first_invoice", False) or event_type.startswith("checkout."):
             kwargs["invoice_id"] = first_invoice
         event = build_event(event_type, community, **kwargs)
@@ -79,7 +90,7 @@ def enqueue(client: redis.Redis, queued: list[Queued], chunk: int = 500) -> None
     """Onto the consumer's stream, as the receiver does (dedupe and XADD in one script), `chunk` per round trip."""
     queue = EventQueue(client, KEYS, DEDUPE_TTL)
     for n in range(0, len(queued), chunk):
-        replies = queue.enqueue_many(queued[n:n + chunk])
+        replies = queue.enqueue_many(queued[n : n + chunk])
         bad = [reply for reply in replies if not isinstance(reply, str)]
         if bad:
             raise RuntimeError(f"enqueue answered {bad[:3]}")
@@ -128,6 +139,7 @@ def poll(condition: Callable[[], bool], timeout: float, interval: float, what: s
 
 
 # --- /proc ----------------------------------------------------------------------------------------------
+
 
 def _stat(pid: int) -> list[str] | None:
     try:

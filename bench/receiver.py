@@ -7,6 +7,7 @@ with a new signed event each time (verify, dedupe and XADD: the answer Stripe wa
 already queued (duplicate); GET /v1/.../entitlements answered from the cache (one community, warm) and
 from the database (a different community each time, so every read misses). Prints p50/p90/p99 and
 each figure's ratio to the baseline measured in the same run."""
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,9 @@ def main() -> None:
             "webhook, queued": summary(timed_posts(conn, new_events)),
             "webhook, duplicate": summary(timed_posts(conn, new_events[:1] * args.requests)),
             "entitlements, cache hit": summary(timed_gets(conn, ["/v1/communities/c0/entitlements"] * args.requests)),
-            "entitlements, cache miss": summary(timed_gets(
-                conn, [f"/v1/communities/c{n}/entitlements" for n in range(1, args.requests + 1)])),
+            "entitlements, cache miss": summary(
+                timed_gets(conn, [f"/v1/communities/c{n}/entitlements" for n in range(1, args.requests + 1)])
+            ),
         }
         conn.request("GET", "/v1/communities/c0/entitlements")
         assert json.loads(conn.getresponse().read())["source"] == "cache"
@@ -92,8 +94,10 @@ def main() -> None:
         receiver.stop()
         redis.close()
     base_p50 = figures["baseline GET /healthz"]["p50"]
-    print(f"{args.requests} sequential requests each, one keep-alive connection, gunicorn 2 workers, SQLite, "
-          "Redis with appendfsync always")
+    print(
+        f"{args.requests} sequential requests each, one keep-alive connection, gunicorn 2 workers, SQLite, "
+        "Redis with appendfsync always"
+    )
     print(f"{'':28} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50 / baseline':>15}")
     for name, f in figures.items():
         print(f"{name:28} {f['p50']:8.3f} {f['p90']:8.3f} {f['p99']:8.3f} {f['p50'] / base_p50:15.2f}")

@@ -6,6 +6,7 @@ for Redis before it answers), the naive receiver a user would write, and ours. w
 32 connections busy from 2 threads, every request a distinct Stripe event (3.5-5.5 KB) signed the way Stripe
 signs. Prints, per server: requests/s, p99 latency and CPU per request (the server's process tree plus
 redis-server, from /proc), each as a ratio to the bare app measured in the same run; the best of the rounds."""
+
 from __future__ import annotations
 
 import argparse
@@ -70,22 +71,43 @@ def start(kind: str, env: dict, tmp: str, gunicorn_args: str = "") -> tuple[Proc
     args = ["receiver", "serve", "--bind", f"127.0.0.1:{port}", *os.environ.get("BENCH_SERVE_ARGS", "").split()]
     proc = Process(args, {**env, "GUNICORN_CMD_ARGS": gunicorn_args}, tmp)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1),
-             what=f"our receiver: {proc.output()[-1500:]}")
+    wait_for(
+        lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1), what=f"our receiver: {proc.output()[-1500:]}"
+    )
     return proc, base
 
 
 def wrk(base: str, seconds: int, connections: int, threads: int, files: dict) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-                          "-s", os.path.join(HERE, "wrk_post.lua"), f"{base}/webhooks/stripe"],
-                         capture_output=True, text=True, env={**os.environ, **files}, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            os.path.join(HERE, "wrk_post.lua"),
+            f"{base}/webhooks/stripe",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **files},
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "requests": total,
-            "non_2xx": int(bad.group(1)) if bad else 0}
+    return {
+        "rps": rps,
+        "p99_ms": float(p99.group(1)) * scale,
+        "requests": total,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+    }
 
 
 def main() -> None:
@@ -95,8 +117,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--servers", default="bare,bare_ping,naive,ours")
     parser.add_argument("--gunicorn", default="", help="gunicorn options for all three servers, e.g. '--threads 4'")
-    parser.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no-aof"],
-                        help="the Redis's persistence: always (bin/run's, the default), everysec, or none")
+    parser.add_argument(
+        "--appendfsync",
+        default="always",
+        choices=["always", "everysec", "no-aof"],
+        help="the Redis's persistence: always (bin/run's, the default), everysec, or none",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
@@ -123,22 +149,29 @@ def main() -> None:
                     proc.stop()
                 figures["cpu_ms"] = used * 1000 / max(1, figures["requests"])
                 redis_ms = redis_cpu * 1000 / max(1, figures["requests"])
-                print(f"round {round_no + 1} {kind:9} {figures['rps']:8.0f} req/s  p99 {figures['p99_ms']:7.1f} ms  "
-                      f"{figures['cpu_ms']:.2f} ms CPU/request (redis-server {redis_ms:.2f})  "
-                      f"non-2xx {figures['non_2xx']}", flush=True)
+                print(
+                    f"round {round_no + 1} {kind:9} {figures['rps']:8.0f} req/s  p99 {figures['p99_ms']:7.1f} ms  "
+                    f"{figures['cpu_ms']:.2f} ms CPU/request (redis-server {redis_ms:.2f})  "
+                    f"non-2xx {figures['non_2xx']}",
+                    flush=True,
+                )
                 if kind not in best or figures["rps"] > best[kind]["rps"]:
                     best[kind] = figures
     finally:
         redis.close()
         shutil.rmtree(tmp, ignore_errors=True)
     bare = best.get("bare")
-    print(f"\nbest of {args.rounds} rounds of {args.seconds} s, {args.connections} connections, gunicorn "
-          f"{DEFAULT_WORKERS} workers x {DEFAULT_THREADS} threads (gthread), Redis appendfsync always")
+    print(
+        f"\nbest of {args.rounds} rounds of {args.seconds} s, {args.connections} connections, gunicorn "
+        f"{DEFAULT_WORKERS} workers x {DEFAULT_THREADS} threads (gthread), Redis appendfsync always"
+    )
     print(f"{'server':9} {'req/s':>8} {'x bare':>7} {'p99 ms':>8} {'x bare':>7} {'CPU ms/req':>11} {'x bare':>7}")
     for kind, f in best.items():
         ratio = (lambda key: f[key] / bare[key]) if bare else (lambda key: float("nan"))
-        print(f"{kind:9} {f['rps']:8.0f} {ratio('rps'):7.2f} {f['p99_ms']:8.1f} {ratio('p99_ms'):7.2f} "
-              f"{f['cpu_ms']:11.2f} {ratio('cpu_ms'):7.2f}")
+        print(
+            f"{kind:9} {f['rps']:8.0f} {ratio('rps'):7.2f} {f['p99_ms']:8.1f} {ratio('p99_ms'):7.2f} "
+            f"{f['cpu_ms']:11.2f} {ratio('cpu_ms'):7.2f}"
+        )
 
 
 if __name__ == "__main__":

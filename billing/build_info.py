@@ -2,6 +2,7 @@
 consumers' /metrics alike. A collector rather than a Gauge: in multiprocess mode (the receiver) a Gauge would be
 kept once per worker, in files. Import it only from the metrics modules: prometheus_client must not be imported
 before the receiver has set up its multiprocess directory (receiver/serve.py)."""
+
 from __future__ import annotations
 
 import platform
@@ -18,7 +19,10 @@ class BuildInfo(Collector):
         self.labels = [version(), platform.python_version()]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("billing_build_info", "The running release (package version) and Python; "
-                                   "always 1", labels=["version", "python"])
+        family = GaugeMetricFamily(
+            "billing_build_info",
+            "The running release (package version) and Python; always 1",
+            labels=["version", "python"],
+        )
         family.add_metric(self.labels, 1)
         return [family]

@@ -1,5 +1,6 @@
 """What every command line of ours shares: one configuration precedence (the environment wins over `.env`, which
 wins over defaults), `--version`, logging, and durations written with units."""
+
 from __future__ import annotations
 
 import functools

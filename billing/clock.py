@@ -1,4 +1,5 @@
 """Time as the pipeline stores and writes it: naive UTC datetimes to the second, ISO-8601 with a Z."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,6 +1,7 @@
 """The one rule for community ids, used by the API, its OpenAPI document and the consumer alike: whatever the
 consumer can store, the API can read. No `:` or `/`, so an id can never name another kind of Redis key or
 another URL path; ASCII only, so SQLite and PostgreSQL compare and limit it the same way."""
+
 from __future__ import annotations
 
 import re

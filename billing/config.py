@@ -1,4 +1,5 @@
 """Configuration: read once from the environment into one typed, validated object."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,7 @@ def is_secret_variable(name: str) -> bool:
 def short(secret: str) -> str:
     """The first few characters of a secret and '…': enough to tell `sk_live_` from `whsec_`, never the
     secret (at most 8 characters, and at most half of a short one)."""
-    return secret[:min(_PREFIX_CHARS, len(secret) // 2)] + "…"
+    return secret[: min(_PREFIX_CHARS, len(secret) // 2)] + "…"
 
 
 _PASSWORD_PARAM = re.compile(r"(?i)([?&;](?:password|passwd|pass|pwd)=)[^&;#]*")
@@ -164,8 +165,10 @@ class Settings:
         )
         unknown = {price: tier for price, tier in settings.price_tiers.items() if tier not in tiers}
         if unknown:
-            raise ConfigError(f"STRIPE_PRICE_TIERS names tiers not in the tier matrix: "
-                              f"{', '.join(f'{p}={t}' for p, t in unknown.items())} (tiers: {', '.join(tiers.names)})")
+            raise ConfigError(
+                f"STRIPE_PRICE_TIERS names tiers not in the tier matrix: "
+                f"{', '.join(f'{p}={t}' for p, t in unknown.items())} (tiers: {', '.join(tiers.names)})"
+            )
         return settings
 
     def require_webhook_secrets(self) -> None:
@@ -232,11 +235,14 @@ def _secrets(raw: str) -> tuple[str, ...]:
 
 def _stripe_api_key(raw: str) -> str:
     if raw.startswith("whsec_"):
-        raise ValueError("is a webhook signing secret (that is STRIPE_WEBHOOK_SECRET): give an API key, sk_... "
-                         "or a restricted rk_... with read access to Events")
+        raise ValueError(
+            "is a webhook signing secret (that is STRIPE_WEBHOOK_SECRET): give an API key, sk_... "
+            "or a restricted rk_... with read access to Events"
+        )
     if raw.startswith("pk_"):
-        raise ValueError("is a publishable key, which cannot read events: give a secret key (sk_...) or a "
-                         "restricted key (rk_...)")
+        raise ValueError(
+            "is a publishable key, which cannot read events: give a secret key (sk_...) or a restricted key (rk_...)"
+        )
     if not raw.startswith(("sk_", "rk_")) or any(ch.isspace() for ch in raw):
         raise ValueError("expected a secret key (sk_...) or a restricted key (rk_...) from Stripe's dashboard")
     return raw
@@ -283,8 +289,10 @@ def _port_of(url: str) -> None:
     try:
         urllib.parse.urlsplit(url).port
     except ValueError:
-        raise ValueError("the host's port is not a number from 0 to 65535 (or a password holds '/', '?', '#' "
-                         "or '@' unencoded: percent-encode it)") from None
+        raise ValueError(
+            "the host's port is not a number from 0 to 65535 (or a password holds '/', '?', '#' "
+            "or '@' unencoded: percent-encode it)"
+        ) from None
 
 
 def _name(raw: str) -> str:

@@ -1,5 +1,6 @@
 """What a community may use right now: its effective tier, computed from its subscription row and the
 clock, so the answer is right the moment a grace period ends, before anything is written."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,5 +1,6 @@
 """Dedupe and enqueue in one atomic Redis step: the one way an event enters the stream, whether the receiver
 took it from Stripe's POST or the consumer's backfill and reconciliation listed it from Stripe's Events API."""
+
 from __future__ import annotations
 
 import time
@@ -52,15 +53,21 @@ class EventQueue:
     def _run(self, events: list[Event]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for event_id, event_type, created, payload in events:
-            pipe.execute_command("EVALSHA", self._script.sha, 2, *self._keys(event_id),
-                                 *self._args(event_id, event_type, created, payload))
+            pipe.execute_command(
+                "EVALSHA",
+                self._script.sha,
+                2,
+                *self._keys(event_id),
+                *self._args(event_id, event_type, created, payload),
+            )
         return pipe.execute(raise_on_error=False)
 
     def _keys(self, event_id: str) -> tuple[str, str]:
         return self.keys.seen(event_id), self.keys.stream
 
-    def _args(self, event_id: str, event_type: str, created: int,
-              payload: bytes) -> tuple[int, str, str, int, bytes, int]:
+    def _args(
+        self, event_id: str, event_type: str, created: int, payload: bytes
+    ) -> tuple[int, str, str, int, bytes, int]:
         return self.dedupe_ttl_seconds, event_id, event_type, created, payload, int(time.time() * 1000)
 
 

@@ -4,6 +4,7 @@ Two families. The stream's own keys hang off STREAM_KEY (`<STREAM_KEY>:seen:<eve
 with its own stream has its own of those. The others start with KEY_PREFIX (`billing` by default), so two
 deployments sharing one Redis keep apart by giving each its own KEY_PREFIX (and STREAM_KEY, DEAD_LETTER_KEY).
 With the default settings every name is the one earlier releases used, so an upgrade keeps its data."""
+
 from __future__ import annotations
 
 import dataclasses

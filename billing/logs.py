@@ -4,6 +4,7 @@ LOG_LEVEL (default INFO) applies to all of them. LOG_FORMAT=json writes one JSON
 pipeline: `time`, `level`, `logger`, `message`, and the fields a line is about where it has them (`event_id`,
 `entry_id`, `event_type`, `consumer`, `community_id`, `outcome`), passed with `extra=`. No line at INFO or above
 carries a secret, a token or a payload body: callers log ids, never bodies."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -87,12 +88,16 @@ def gunicorn_logconfig(error_level: str | None = None, access: bool = True) -> d
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter_config()},
-        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default",
-                                 "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+        },
         "root": {"level": level(), "handlers": ["default"]},
         "loggers": {
             "gunicorn.error": {"level": error_level, "handlers": ["default"], "propagate": False},
-            "gunicorn.access": {"level": "INFO" if access else "CRITICAL",
-                                "handlers": ["default"] if access else [], "propagate": False},
+            "gunicorn.access": {
+                "level": "INFO" if access else "CRITICAL",
+                "handlers": ["default"] if access else [],
+                "propagate": False,
+            },
         },
     }

@@ -1,5 +1,6 @@
 """Redis connections, dropping cached entitlements, and how to read Redis' error replies (the key names are
 billing.keys')."""
+
 from __future__ import annotations
 
 import redis
@@ -37,14 +38,18 @@ def invalidate_entitlements(pipe: redis.client.Pipeline, keys: Keys, community_i
 
 # Error replies that say "not now" (a full Redis, a failover, a restart, a persistence problem), not "never":
 # retried with backoff.
-TRANSIENT_REPLIES = frozenset({"OOM", "READONLY", "UNBLOCKED", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS",
-                               "TRYAGAIN"})
+TRANSIENT_REPLIES = frozenset(
+    {"OOM", "READONLY", "UNBLOCKED", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "TRYAGAIN"}
+)
 # Refusals because Redis is at maxmemory: a MULTI with a refused command is aborted as a whole (EXECABORT).
 MEMORY_REPLIES = frozenset({"OOM", "EXECABORT"})
 _CODES_BY_CLASS = (
-    (redis.exceptions.OutOfMemoryError, "OOM"), (redis.exceptions.ReadOnlyError, "READONLY"),
-    (redis.exceptions.BusyLoadingError, "LOADING"), (redis.exceptions.MasterDownError, "MASTERDOWN"),
-    (redis.exceptions.TryAgainError, "TRYAGAIN"), (redis.exceptions.ExecAbortError, "EXECABORT"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.ExecAbortError, "EXECABORT"),
     (redis.exceptions.NoScriptError, "NOSCRIPT"),
 )
 

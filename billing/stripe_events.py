@@ -8,6 +8,7 @@ Stripe moved fields in API version 2025-03-31.basil:
 - a subscription's period: `subscription.current_period_*` moved onto each `items.data[]` item.
 This module is the one place that knows both; nothing else digs through the nested dicts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -163,8 +164,11 @@ def _invoice(invoice: JsonObject, base: JsonObject) -> BillingFacts:
     details = _dict(_dict(invoice.get("parent")).get("subscription_details"))  # 2025-03-31 and later
     legacy_details = _dict(invoice.get("subscription_details"))  # before
     subscription_id = _id(details.get("subscription")) or _id(invoice.get("subscription"))
-    metadata = {**_dict(invoice.get("metadata")), **_dict(legacy_details.get("metadata")),
-                **_dict(details.get("metadata"))}
+    metadata = {
+        **_dict(invoice.get("metadata")),
+        **_dict(legacy_details.get("metadata")),
+        **_dict(details.get("metadata")),
+    }
     lines = _list(_dict(invoice.get("lines")).get("data"))
     sub_lines = _subscription_lines(lines, subscription_id)
     # Several lines (several items): they share the period; prefer the one ending last.

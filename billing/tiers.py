@@ -1,6 +1,7 @@
 """The tier matrix: tiers from low to high, their member limits and the features each one adds
 (a tier has its own features and every lower tier's). The first tier is the free one. A deployment can
 replace the default with a JSON or TOML file (TIERS_FILE), validated when the process starts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,8 +91,10 @@ def _parse(path: str, raw: bytes) -> Any:
 
 def _validate(path: str, data: Any) -> list[tuple[str, int | None, tuple[str, ...]]]:
     if not isinstance(data, dict) or not isinstance(data.get("tiers"), list) or not data["tiers"]:
-        raise TierFileError(f'{path}: expected a non-empty list "tiers" of {{name, max_members, features}}, '
-                            "lowest (the free tier) first")
+        raise TierFileError(
+            f'{path}: expected a non-empty list "tiers" of {{name, max_members, features}}, '
+            "lowest (the free tier) first"
+        )
     rows, seen = [], set()
     for i, entry in enumerate(data["tiers"]):
         where = f"{path}: tiers[{i}]"
@@ -107,8 +110,9 @@ def _validate(path: str, data: Any) -> list[tuple[str, int | None, tuple[str, ..
         if unknown:
             raise TierFileError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         max_members = entry.get("max_members")
-        if max_members is not None and (isinstance(max_members, bool) or not isinstance(max_members, int)
-                                        or max_members < 0):
+        if max_members is not None and (
+            isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 0
+        ):
             raise TierFileError(f"{where}: max_members must be a whole number, 0 or more (or absent/null: unlimited)")
         features = entry.get("features", [])
         if not isinstance(features, list) or not all(isinstance(f, str) and f for f in features):

@@ -7,6 +7,7 @@ Every enum subclasses str, so a member is its word wherever a string goes: a col
 label, a log field, a comparison with what a row or an event holds. `str()` and `format()` (f-strings, `%s`)
 give the plain value too, on every Python we support: for a str mixin, Python 3.11 changed what `format()`
 gives and 3.12 what f-strings give, and neither would otherwise write "active" but "Status.ACTIVE"."""
+
 from __future__ import annotations
 
 import enum
@@ -63,7 +64,11 @@ class EventStatus(Word):
 
 # A row in one of these states means the event's effects are committed: never apply it again.
 FINAL_EVENT_STATUSES: tuple[EventStatus, ...] = (
-    EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.STALE, EventStatus.DEFERRED)
+    EventStatus.PROCESSED,
+    EventStatus.IGNORED,
+    EventStatus.STALE,
+    EventStatus.DEFERRED,
+)
 
 
 class Outcome(Word):

@@ -1,4 +1,5 @@
 """`python -m consumer`: see consumer/cli.py."""
+
 from consumer.cli import cli
 
 if __name__ == "__main__":

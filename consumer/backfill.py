@@ -7,6 +7,7 @@ dedupe mark (queued, or processed within DEDUPE_TTL_SECONDS): Stripe keeps 30 da
 marks live. The run keeps a cursor in Redis, the (created, id) of the last event it handled, written after each
 one, so a run stopped anywhere (Ctrl-C, a crash, Stripe or Redis giving up) resumes after it: at worst the
 event in hand when it stopped is found again as already had."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,16 +65,18 @@ class Enqueuer:
                     marked = self.client.exists(self.keys.seen(event["id"]))
                     yield event, Found.ALREADY_HAD if marked else Found.QUEUED
                 else:
-                    entry_id = self.queue.enqueue(event["id"], event["type"], event_created(event),
-                                                  json.dumps(event).encode())
+                    entry_id = self.queue.enqueue(
+                        event["id"], event["type"], event_created(event), json.dumps(event).encode()
+                    )
                     yield event, Found.QUEUED if entry_id else Found.ALREADY_HAD
 
     @staticmethod
     def _in_database(event_ids: list[str]) -> set[str]:
         if not event_ids:
             return set()
-        query = (WebhookEvent.select(WebhookEvent.stripe_event_id)
-                 .where(WebhookEvent.stripe_event_id.in_(event_ids) & WebhookEvent.status.in_(HELD_STATUSES)))
+        query = WebhookEvent.select(WebhookEvent.stripe_event_id).where(
+            WebhookEvent.stripe_event_id.in_(event_ids) & WebhookEvent.status.in_(HELD_STATUSES)
+        )
         return {row.stripe_event_id for row in query}
 
 
@@ -94,8 +97,9 @@ def parse_moment(text: str, now: int) -> int:
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (72h, 30m, 3d) nor a time (2026-03-16T11:00:00Z, "
-                         "epoch seconds)") from None
+        raise ValueError(
+            f"{text!r} is neither a duration (72h, 30m, 3d) nor a time (2026-03-16T11:00:00Z, epoch seconds)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     return int(moment.timestamp())
@@ -115,6 +119,7 @@ class Window:
 
 
 # --- the cursor --------------------------------------------------------------------------------------------
+
 
 class Cursor:
     """How far an interrupted run got. It resumes a later run only if that run's window starts no earlier and
@@ -144,6 +149,7 @@ class Cursor:
 
 # --- the run -----------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Counts:
     listed: int = 0
@@ -167,8 +173,9 @@ class Progress:
 
 
 class Backfill:
-    def __init__(self, api: StripeApi, enqueuer: Enqueuer, cursor: Cursor, window: Window,
-                 progress: Progress | None = None):
+    def __init__(
+        self, api: StripeApi, enqueuer: Enqueuer, cursor: Cursor, window: Window, progress: Progress | None = None
+    ):
         self.api, self.enqueuer, self.cursor, self.window = api, enqueuer, cursor, window
         self.progress = progress or Progress()
         self.counts = Counts()  # so far, also when the run is interrupted
@@ -201,8 +208,9 @@ class Backfill:
         """Stripe lists newest first; we queue oldest first (handlers judge order by `created`, and a cursor
         only means something in one order). Events wait in a file, not in memory: 30 days can be many."""
         keys = []
-        for event in self.api.list_events(created_gte=self.window.since, created_lte=self.window.until,
-                                          types=self.window.types):
+        for event in self.api.list_events(
+            created_gte=self.window.since, created_lte=self.window.until, types=self.window.types
+        ):
             keys.append(((event_created(event), event["id"]), spool.tell()))
             spool.write(json.dumps(event).encode() + b"\n")
             self.counts.listed += 1

@@ -17,6 +17,7 @@ The event rows and their effects commit together, so a crash before the commit l
 are redelivered and applied once) and a crash after it leaves rows the redelivery recognises. If a set
 statement fails (a value too long for its column, say), the batch's events are applied again one by one, each
 in its own savepoint, so one bad row never blocks the rest."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,9 +44,18 @@ log = logging.getLogger(__name__)
 
 CHUNK = 500  # rows per multi-row statement: far below SQLite's and PostgreSQL's limits on parameters
 # Subscription columns an upsert writes (created_at only when the row is new).
-_SUB_FIELDS = ("tier", "status", "stripe_customer_id", "stripe_subscription_id", "grace_until",
-               "current_period_start", "current_period_end", "last_event_created", "last_paid_invoice_id",
-               "updated_at")
+_SUB_FIELDS = (
+    "tier",
+    "status",
+    "stripe_customer_id",
+    "stripe_subscription_id",
+    "grace_until",
+    "current_period_start",
+    "current_period_end",
+    "last_event_created",
+    "last_paid_invoice_id",
+    "updated_at",
+)
 _T = TypeVar("_T")
 
 
@@ -69,8 +79,14 @@ class EntryOutcome:
     seconds: float = 0.0  # the batch's time to apply, per event; not the commit
 
 
-def apply_batch(db: peewee.Database, entries: list[Entry], prior: PriorState, policy: Policy,
-                max_deliveries: int, deadline: float | None = None) -> list[EntryOutcome]:
+def apply_batch(
+    db: peewee.Database,
+    entries: list[Entry],
+    prior: PriorState,
+    policy: Policy,
+    max_deliveries: int,
+    deadline: float | None = None,
+) -> list[EntryOutcome]:
     """Apply `entries` in one transaction; their outcomes, in order. Raises an OUTAGE_ERRORS error when the
     database is unavailable and BatchDeadlineExceeded past `deadline` (time.monotonic()); either way nothing
     is committed. Any other error is the event's own: recorded `failed`, or `dead` at its
@@ -94,8 +110,11 @@ def settlement_of(outcomes: list[EntryOutcome], prior: PriorState) -> Settlement
         changed_communities=tuple(dict.fromkeys(o.community_id for o in done if o.community_id)),
         # A failed or dead outcome has its error and failure (_Batch._fail).
         failures={o.entry.entry_id: cast(Failure, o.failure) for o in outcomes if o.outcome == Outcome.FAILED},
-        dead=tuple(DeadLetter(o.entry, cast(str, o.error), cast(Failure, o.failure))
-                   for o in outcomes if o.outcome == Outcome.DEAD),
+        dead=tuple(
+            DeadLetter(o.entry, cast(str, o.error), cast(Failure, o.failure))
+            for o in outcomes
+            if o.outcome == Outcome.DEAD
+        ),
         cleared_failures=tuple(o.entry.entry_id for o in done if o.entry.entry_id in prior.failures),
     )
 
@@ -126,8 +145,9 @@ class _Item:
 
 
 class _Batch:
-    def __init__(self, db: peewee.Database, prior: PriorState, policy: Policy, max_deliveries: int,
-                 deadline: float | None):
+    def __init__(
+        self, db: peewee.Database, prior: PriorState, policy: Policy, max_deliveries: int, deadline: float | None
+    ):
         self.db = db
         self.prior = prior
         self.policy = policy
@@ -222,8 +242,13 @@ class _Batch:
     def _insert_rows(self, entries: list[Entry]) -> set[str]:
         # The status is rewritten with the outcome before the commit.
         rows = [(entry.event_id, entry.event_type[:255], EventStatus.FAILED, _received_at(entry)) for entry in entries]
-        returned = _insert(self.db, WebhookEvent, ("stripe_event_id", "event_type", "status", "received_at"), rows,
-                           'ON CONFLICT DO NOTHING RETURNING "stripe_event_id"')
+        returned = _insert(
+            self.db,
+            WebhookEvent,
+            ("stripe_event_id", "event_type", "status", "received_at"),
+            rows,
+            'ON CONFLICT DO NOTHING RETURNING "stripe_event_id"',
+        )
         return {row[0] for row in returned}
 
     def _applied_before(self, event_ids: list[str]) -> dict[str, str | None]:
@@ -231,9 +256,10 @@ class _Batch:
         left `failed` or `dead`, which this batch takes over; locked on PostgreSQL)."""
         applied: dict[str, str | None] = {}
         for chunk in _chunks(event_ids):
-            query = (WebhookEvent.select(WebhookEvent.stripe_event_id, WebhookEvent.status, WebhookEvent.community_id)
-                     .where(WebhookEvent.stripe_event_id.in_(chunk)))
-            for row in (query.for_update() if self.postgres else query):
+            query = WebhookEvent.select(
+                WebhookEvent.stripe_event_id, WebhookEvent.status, WebhookEvent.community_id
+            ).where(WebhookEvent.stripe_event_id.in_(chunk))
+            for row in query.for_update() if self.postgres else query:
                 if row.status in FINAL_EVENT_STATUSES:
                     applied[row.stripe_event_id] = row.community_id
         return applied
@@ -270,15 +296,22 @@ class _Batch:
             facts = cast(BillingFacts, item.facts)  # an item without an error was read: facts or a Result
             result = apply_facts(facts, states.find(lookup_key(facts)), self.policy)
         except Exception as exc:
-            log.exception("event %s (%s) failed", entry.event_id, entry.event_type,
-                          extra={"event_id": entry.event_id, "entry_id": entry.entry_id,
-                                 "event_type": entry.event_type})
+            log.exception(
+                "event %s (%s) failed",
+                entry.event_id,
+                entry.event_type,
+                extra={"event_id": entry.event_id, "entry_id": entry.entry_id, "event_type": entry.event_type},
+            )
             return EntryOutcome(entry, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         changed = states.take(result, writes, entry.event_id, entry.event_type)
         if result.outcome == EventStatus.DEFERRED:
-            writes.deferred[entry.event_id] = _Deferred(entry.event_id, entry.event_type,
-                                                        cast(str, result.subscription_id),  # deferred: it has one
-                                                        entry.created, entry.payload.decode("utf-8", "replace"))
+            writes.deferred[entry.event_id] = _Deferred(
+                entry.event_id,
+                entry.event_type,
+                cast(str, result.subscription_id),  # deferred: it has one
+                entry.created,
+                entry.payload.decode("utf-8", "replace"),
+            )
         if result.linked_subscription_id:
             self._apply_waiting(result.linked_subscription_id, states, writes, waiting)
         return EntryOutcome(entry, Outcome(result.outcome), community_id=changed)
@@ -290,8 +323,11 @@ class _Batch:
             try:
                 event = parse_envelope(row.payload)
                 facts = read(event)
-                result = facts if isinstance(facts, Result) else apply_facts(
-                    facts, states.find(lookup_key(facts)), self.policy)
+                result = (
+                    facts
+                    if isinstance(facts, Result)
+                    else apply_facts(facts, states.find(lookup_key(facts)), self.policy)
+                )
                 if result.outcome == EventStatus.DEFERRED:  # cannot happen once linked; keep it rather than lose it
                     waiting.keep(row, writes)
                     continue
@@ -299,14 +335,32 @@ class _Batch:
                 log.exception("deferred event %s (%s) failed", row.event_id, row.event_type)
                 error = f"{type(exc).__name__}: {exc}"
                 writes.outcome(row.event_id, row.event_type, EventStatus.FAILED, error=error[:4000])
-                writes.audits.append(AuditRecord("deferred_failed", None, {
-                    "stripe_event_id": row.event_id, "stripe_event_type": row.event_type,
-                    "subscription_id": subscription_id, "error": error[:1000]}))
+                writes.audits.append(
+                    AuditRecord(
+                        "deferred_failed",
+                        None,
+                        {
+                            "stripe_event_id": row.event_id,
+                            "stripe_event_type": row.event_type,
+                            "subscription_id": subscription_id,
+                            "error": error[:1000],
+                        },
+                    )
+                )
                 continue
             changed = states.take(result, writes, row.event_id, row.event_type)
-            log.info("deferred event %s (%s) applied: %s", row.event_id, row.event_type, result.outcome,
-                     extra={"event_id": row.event_id, "event_type": row.event_type, "outcome": result.outcome,
-                            "community_id": changed})
+            log.info(
+                "deferred event %s (%s) applied: %s",
+                row.event_id,
+                row.event_type,
+                result.outcome,
+                extra={
+                    "event_id": row.event_id,
+                    "event_type": row.event_type,
+                    "outcome": result.outcome,
+                    "community_id": changed,
+                },
+            )
 
     def _lock(self, communities: Iterable[str], subscriptions: Iterable[str]) -> None:
         """PostgreSQL: transaction-scoped advisory locks on the batch's communities and subscriptions, taken in
@@ -318,7 +372,8 @@ class _Batch:
             self.db.execute_sql(
                 "SELECT count(pg_advisory_xact_lock(k)) FROM "
                 "(SELECT DISTINCT hashtext(current_schema() || key) AS k FROM unnest(%s::text[]) AS key ORDER BY k) s",
-                (keys,))
+                (keys,),
+            )
 
     # -- failures ------------------------------------------------------------------------------------------
 
@@ -328,8 +383,9 @@ class _Batch:
         status = EventStatus.DEAD if failure.count >= self.max_deliveries else EventStatus.FAILED
         self.outcomes[index] = EntryOutcome(entry, Outcome(status), error=error, failure=failure)
         if record:
-            self.failed_rows.append((entry.event_id, entry.event_type[:255], status, error[:4000],
-                                     _received_at(entry), None, None))
+            self.failed_rows.append(
+                (entry.event_id, entry.event_type[:255], status, error[:4000], _received_at(entry), None, None)
+            )
 
     def _write_failures(self) -> None:
         """The failed events' rows, in one statement; one by one if that fails (a row no column can hold is
@@ -373,11 +429,15 @@ class _States:
         if not communities and not subscriptions:
             return states
         fields = ("community_id", "created_at", *_SUB_FIELDS)
-        query = (Subscription.select(*(getattr(Subscription, field) for field in fields))
-                 .where(Subscription.community_id.in_(list(communities))
-                        | Subscription.stripe_subscription_id.in_(list(subscriptions)))
-                 .order_by(Subscription.id)
-                 .tuples())
+        query = (
+            Subscription.select(*(getattr(Subscription, field) for field in fields))
+            .where(
+                Subscription.community_id.in_(list(communities))
+                | Subscription.stripe_subscription_id.in_(list(subscriptions))
+            )
+            .order_by(Subscription.id)
+            .tuples()
+        )
         # peewee's stub has .tuples() return the query as is, its rows still models
         for row in cast("Iterable[tuple[Any, ...]]", query.for_update() if postgres else query):
             if row[0] not in states.by_community:
@@ -433,13 +493,22 @@ class _Waiting:
         if self.loaded is None:
             self.loaded = defaultdict(list)
             for chunk in _chunks(sorted(self.subscriptions)):
-                query = (DeferredEvent.select()
-                         .where(DeferredEvent.stripe_subscription_id.in_(chunk))
-                         .order_by(DeferredEvent.created, DeferredEvent.id))
+                query = (
+                    DeferredEvent.select()
+                    .where(DeferredEvent.stripe_subscription_id.in_(chunk))
+                    .order_by(DeferredEvent.created, DeferredEvent.id)
+                )
                 for row in query:
-                    self.loaded[row.stripe_subscription_id].append(_Deferred(
-                        row.stripe_event_id, row.event_type, row.stripe_subscription_id, row.created, row.payload,
-                        row.id))
+                    self.loaded[row.stripe_subscription_id].append(
+                        _Deferred(
+                            row.stripe_event_id,
+                            row.event_type,
+                            row.stripe_subscription_id,
+                            row.created,
+                            row.payload,
+                            row.id,
+                        )
+                    )
         return self.loaded
 
     def take(self, subscription_id: str, writes: _Writes) -> list[_Deferred]:
@@ -479,44 +548,92 @@ class _Writes:
         self.deferred_deletes: list[int] = []
         self.outcomes: dict[str, _OutcomeRow] = {}
 
-    def outcome(self, event_id: str, event_type: str, status: EventStatus, community_id: str | None = None,
-                error: str | None = None) -> None:
-        self.outcomes[event_id] = {"event_type": event_type[:255], "status": status, "community_id": community_id,
-                                   "error_message": error}
+    def outcome(
+        self,
+        event_id: str,
+        event_type: str,
+        status: EventStatus,
+        community_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.outcomes[event_id] = {
+            "event_type": event_type[:255],
+            "status": status,
+            "community_id": community_id,
+            "error_message": error,
+        }
 
     def flush(self, db: peewee.Database) -> None:
         now = utcnow()
         subscriptions = sorted(self.subscriptions.values(), key=lambda state: state.community_id)
-        _insert(db, Subscription, ("community_id", "created_at", *_SUB_FIELDS),
-                [(state.community_id, state.created_at or now, *(getattr(state, f) for f in _SUB_FIELDS))
-                 for state in subscriptions],  # one order for every consumer's writes
-                _upsert_clause("community_id", _SUB_FIELDS))
-        _insert(db, AuditLog, ("event_type", "community_id", "created_at", "event_data"),
-                [(a.kind, a.community_id, now, json.dumps(a.data, sort_keys=True)) for a in self.audits])
-        _insert(db, DeferredEvent, ("stripe_event_id", "stripe_subscription_id", "event_type", "created", "payload",
-                                    "received_at"),
-                [(d.event_id, d.subscription_id, d.event_type[:255], d.created, d.payload, now)
-                 for d in self.deferred.values()], "ON CONFLICT DO NOTHING")
+        _insert(
+            db,
+            Subscription,
+            ("community_id", "created_at", *_SUB_FIELDS),
+            [
+                (state.community_id, state.created_at or now, *(getattr(state, f) for f in _SUB_FIELDS))
+                for state in subscriptions
+            ],  # one order for every consumer's writes
+            _upsert_clause("community_id", _SUB_FIELDS),
+        )
+        _insert(
+            db,
+            AuditLog,
+            ("event_type", "community_id", "created_at", "event_data"),
+            [(a.kind, a.community_id, now, json.dumps(a.data, sort_keys=True)) for a in self.audits],
+        )
+        _insert(
+            db,
+            DeferredEvent,
+            ("stripe_event_id", "stripe_subscription_id", "event_type", "created", "payload", "received_at"),
+            [
+                (d.event_id, d.subscription_id, d.event_type[:255], d.created, d.payload, now)
+                for d in self.deferred.values()
+            ],
+            "ON CONFLICT DO NOTHING",
+        )
         for chunk in _chunks(self.deferred_deletes):
             DeferredEvent.delete().where(DeferredEvent.id.in_(chunk)).execute()
-        _upsert_events(db, [(event_id, row["event_type"], row["status"], row["error_message"], now, now,
-                             row["community_id"]) for event_id, row in self.outcomes.items()])
+        _upsert_events(
+            db,
+            [
+                (event_id, row["event_type"], row["status"], row["error_message"], now, now, row["community_id"])
+                for event_id, row in self.outcomes.items()
+            ],
+        )
 
 
-_EVENT_FIELDS = ("stripe_event_id", "event_type", "status", "error_message", "received_at", "processed_at",
-                 "community_id")
+_EVENT_FIELDS = (
+    "stripe_event_id",
+    "event_type",
+    "status",
+    "error_message",
+    "received_at",
+    "processed_at",
+    "community_id",
+)
 _EventRow = tuple[str, str, EventStatus, str | None, dt.datetime, dt.datetime | None, str | None]  # _EVENT_FIELDS
 
 
 def _upsert_events(db: peewee.Database, rows: list[_EventRow]) -> None:
     """Rows of webhook_events (in _EVENT_FIELDS order): new ones inserted; an existing row (the claim) takes
     their status, error, processing time and community."""
-    _insert(db, WebhookEvent, _EVENT_FIELDS, rows,
-            _upsert_clause("stripe_event_id", ("status", "error_message", "processed_at", "community_id")))
+    _insert(
+        db,
+        WebhookEvent,
+        _EVENT_FIELDS,
+        rows,
+        _upsert_clause("stripe_event_id", ("status", "error_message", "processed_at", "community_id")),
+    )
 
 
-def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], rows: list[tuple[Any, ...]],
-            suffix: str = "") -> list[tuple[Any, ...]]:
+def _insert(
+    db: peewee.Database,
+    model: type[peewee.Model],
+    fields: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    suffix: str = "",
+) -> list[tuple[Any, ...]]:
     """One multi-row INSERT per CHUNK rows, its SQL written here rather than by peewee's query builder (which
     cost more than the database's own work: the README's Speed section); values converted by the model's
     fields, as peewee would. The rows a RETURNING in `suffix` returned, from every statement."""
@@ -529,8 +646,7 @@ def _insert(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, .
     returned: list[tuple[Any, ...]] = []
     for chunk in _chunks(rows):
         params = [convert(value) for row in chunk for convert, value in zip(converters, row)]
-        cursor = db.execute_sql(
-            f"{head}{', '.join([row_sql] * len(chunk))} {suffix}", params)
+        cursor = db.execute_sql(f"{head}{', '.join([row_sql] * len(chunk))} {suffix}", params)
         if cursor.description:  # a RETURNING clause
             returned += cursor.fetchall()
     return returned
@@ -542,7 +658,7 @@ def _upsert_clause(key: str, fields: tuple[str, ...]) -> str:
 
 def _chunks(rows: list[_T]) -> Iterable[list[_T]]:
     for start in range(0, len(rows), CHUNK):
-        yield rows[start:start + CHUNK]
+        yield rows[start : start + CHUNK]
 
 
 def _received_at(entry: Entry) -> dt.datetime:

@@ -1,6 +1,7 @@
 """`python -m consumer ...`: the worker and the commands ops use to see and fix stuck work.
 A thin layer over consumer.ops: it parses, prints (aligned tables, or --json) and turns errors into
 one clear line and a non-zero exit."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ def default_name() -> str:
     """Stable across restarts under a process manager that names its processes (honcho sets
     HONCHO_PROCESS_NAME, foreman PS, Heroku DYNO), so a restarted worker finds its own pending entries; unique
     per process otherwise."""
-    suffix = (os.environ.get("HONCHO_PROCESS_NAME") or os.environ.get("PS") or os.environ.get("DYNO")
-              or str(os.getpid()))
+    suffix = os.environ.get("HONCHO_PROCESS_NAME") or os.environ.get("PS") or os.environ.get("DYNO") or str(os.getpid())
     return f"{socket.gethostname()}-{suffix}"
 
 
@@ -42,12 +42,27 @@ def cli(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--name", default=None, help="consumer name in the group [HOSTNAME-$PS or HOSTNAME-PID]")
-@click.option("--batch", "batch_size", default=500, show_default=True, type=click.IntRange(1, 10_000),
-              help="entries read (and committed) per batch")
-@click.option("--block-ms", default=2000, show_default=True, type=click.IntRange(1, 60_000),
-              help="how long one read waits for new entries")
-@click.option("--deadline-ms", default=None, type=click.IntRange(1, None),
-              help="a batch not committed by then is rolled back; must be below CLAIM_IDLE_MS [CLAIM_IDLE_MS/2]")
+@click.option(
+    "--batch",
+    "batch_size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="entries read (and committed) per batch",
+)
+@click.option(
+    "--block-ms",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(1, 60_000),
+    help="how long one read waits for new entries",
+)
+@click.option(
+    "--deadline-ms",
+    default=None,
+    type=click.IntRange(1, None),
+    help="a batch not committed by then is rolled back; must be below CLAIM_IDLE_MS [CLAIM_IDLE_MS/2]",
+)
 def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | None) -> None:
     """Run one worker: apply queued events exactly once, until SIGTERM/SIGINT."""
     from consumer.metrics import MetricsServerError, serve_metrics
@@ -61,9 +76,17 @@ def run(name: str | None, batch_size: int, block_ms: int, deadline_ms: int | Non
         settings = Settings.from_env()
         db = open_database(settings.database_url)
         client = connect_redis(settings.redis_url, timeout=block_ms / 1000 + 5)
-        worker = Worker(settings, db, client, name, batch_size=batch_size, block_ms=block_ms,
-                        deadline_ms=deadline_ms, reconciler=reconciler_for(settings, name),
-                        stream=EventStream(client, settings, name))
+        worker = Worker(
+            settings,
+            db,
+            client,
+            name,
+            batch_size=batch_size,
+            block_ms=block_ms,
+            deadline_ms=deadline_ms,
+            reconciler=reconciler_for(settings, name),
+            stream=EventStream(client, settings, name),
+        )
         if settings.metrics_port:
             # A client of its own, quick to give up: a scrape must not wait on a Redis that hangs.
             scrape_client = connect_redis(settings.redis_url, timeout=1.0)
@@ -98,53 +121,88 @@ def stats(settings: Settings, client: redis.Redis, as_json: bool, watch: bool) -
 
 def _print_stats(data: dict[str, Any]) -> None:
     age = data["oldest_pending_age_seconds"]
-    pairs = [("stream", f"{data['stream']} ({data['stream_length']} entries)"), ("group", data["group"]),
-             ("lag (undelivered)", data["group_lag"]), ("pending", data["pending"]),
-             ("oldest pending",
-              f"{data['oldest_pending_id']} ({_duration(age * 1000)} old)" if age is not None else "-"),
-             ("dead letters", data["dead_letters"])]
+    pairs = [
+        ("stream", f"{data['stream']} ({data['stream_length']} entries)"),
+        ("group", data["group"]),
+        ("lag (undelivered)", data["group_lag"]),
+        ("pending", data["pending"]),
+        ("oldest pending", f"{data['oldest_pending_id']} ({_duration(age * 1000)} old)" if age is not None else "-"),
+        ("dead letters", data["dead_letters"]),
+    ]
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
         click.echo(f"{key:<{width}}  {value}")
     click.echo()
-    print_table(data["consumers"], [("CONSUMER", "name"), ("PENDING", "pending"), ("IDLE", "idle_ms", _duration),
-                               ("INACTIVE", "inactive_ms", _duration)], empty="no consumers")
+    print_table(
+        data["consumers"],
+        [
+            ("CONSUMER", "name"),
+            ("PENDING", "pending"),
+            ("IDLE", "idle_ms", _duration),
+            ("INACTIVE", "inactive_ms", _duration),
+        ],
+        empty="no consumers",
+    )
 
 
 @cli.command()
 @json_option
-@click.option("--min-idle", "min_idle_ms", type=DURATION,
-              help=with_duration_help("only entries idle at least this long"))
+@click.option(
+    "--min-idle", "min_idle_ms", type=DURATION, help=with_duration_help("only entries idle at least this long")
+)
 @click.option("--consumer", default=None, help="only this consumer's entries")
 @click.option("--count", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @operation
-def pending(settings: Settings, client: redis.Redis, as_json: bool, min_idle_ms: int | None,
-            consumer: str | None, count: int) -> None:
+def pending(
+    settings: Settings, client: redis.Redis, as_json: bool, min_idle_ms: int | None, consumer: str | None, count: int
+) -> None:
     """Entries delivered but not acknowledged: who holds them, for how long, how often delivered."""
     rows = ops.pending(client, settings, min_idle_ms=min_idle_ms, consumer=consumer, count=count)
     _show(rows, as_json, ENTRY_COLUMNS, empty="nothing pending")
 
 
-ENTRY_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_type"), ("CONSUMER", "consumer"),
-                 ("IDLE", "idle_ms", lambda ms: _duration(ms)), ("DELIVERIES", "deliveries")]
+ENTRY_COLUMNS = [
+    ("ENTRY", "entry_id"),
+    ("EVENT", "event_id"),
+    ("TYPE", "event_type"),
+    ("CONSUMER", "consumer"),
+    ("IDLE", "idle_ms", lambda ms: _duration(ms)),
+    ("DELIVERIES", "deliveries"),
+]
 
 
 @cli.command()
 @click.argument("entry_ids", nargs=-1)
 @click.option("--to", "to", required=True, help="consumer to give the entries to (a running one applies them)")
-@click.option("--idle", "min_idle_ms", type=DURATION,
-              help=with_duration_help("claim every entry idle at least this long"))
+@click.option(
+    "--idle", "min_idle_ms", type=DURATION, help=with_duration_help("claim every entry idle at least this long")
+)
 @click.option("--new-consumer", is_flag=True, help="allow a NAME the group does not know yet")
 @click.option("--dry-run", is_flag=True, help="show what would move, move nothing")
 @json_option
 @operation
-def claim(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], to: str, min_idle_ms: int | None,
-          new_consumer: bool, dry_run: bool, as_json: bool) -> None:
+def claim(
+    settings: Settings,
+    client: redis.Redis,
+    entry_ids: tuple[str, ...],
+    to: str,
+    min_idle_ms: int | None,
+    new_consumer: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Give pending entries to consumer NAME: by ENTRY_ID..., or all idle at least --idle (5m, 30s, ...)."""
     if bool(entry_ids) == (min_idle_ms is not None):
         raise click.UsageError("give entry ids or --idle DURATION (one of the two)")
-    rows = ops.claim(client, settings, to, entry_ids=list(entry_ids) or None, min_idle_ms=min_idle_ms,
-                     dry_run=dry_run, new_consumer=new_consumer)
+    rows = ops.claim(
+        client,
+        settings,
+        to,
+        entry_ids=list(entry_ids) or None,
+        min_idle_ms=min_idle_ms,
+        dry_run=dry_run,
+        new_consumer=new_consumer,
+    )
     if as_json:
         click.echo(json.dumps({"to": to, "dry_run": dry_run, "entries": rows}, indent=2))
         return
@@ -158,8 +216,14 @@ def dead() -> None:
     """Dead letters: events whose handler failed MAX_DELIVERIES times."""
 
 
-DEAD_COLUMNS = [("ENTRY", "entry_id"), ("EVENT", "event_id"), ("TYPE", "event_type"), ("DELIVERIES", "deliveries"),
-                ("FIRST FAILED", "first_failed_at", lambda ms: _iso(ms)), ("ERROR", "error", lambda e: (e or "")[:80])]
+DEAD_COLUMNS = [
+    ("ENTRY", "entry_id"),
+    ("EVENT", "event_id"),
+    ("TYPE", "event_type"),
+    ("DELIVERIES", "deliveries"),
+    ("FIRST FAILED", "first_failed_at", lambda ms: _iso(ms)),
+    ("ERROR", "error", lambda e: (e or "")[:80]),
+]
 
 
 @dead.command("list")
@@ -176,8 +240,9 @@ def dead_list(settings: Settings, client: redis.Redis, as_json: bool, count: int
 @click.option("--all", "retry_all", is_flag=True, help="retry every dead letter")
 @json_option
 @operation
-def dead_retry(settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], retry_all: bool,
-               as_json: bool) -> None:
+def dead_retry(
+    settings: Settings, client: redis.Redis, entry_ids: tuple[str, ...], retry_all: bool, as_json: bool
+) -> None:
     """Put dead letters back on the stream (an event already applied is recognised, not applied twice)."""
     if bool(entry_ids) == retry_all:
         raise click.UsageError("give dead-letter entry ids or --all (one of the two)")
@@ -204,8 +269,14 @@ def consumers() -> None:
 
 
 @consumers.command("prune")
-@click.option("--idle", "min_idle_ms", default="1h", show_default=True, type=DURATION,
-              help=with_duration_help("delete consumers inactive at least this long with nothing pending"))
+@click.option(
+    "--idle",
+    "min_idle_ms",
+    default="1h",
+    show_default=True,
+    type=DURATION,
+    help=with_duration_help("delete consumers inactive at least this long with nothing pending"),
+)
 @click.option("--dry-run", is_flag=True)
 @json_option
 @operation

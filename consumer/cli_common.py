@@ -1,5 +1,6 @@
 """What every ops command shares: its settings and Redis client, expected failures as one line and a non-zero
 exit, `--json`, and aligned tables."""
+
 from __future__ import annotations
 
 import functools
@@ -18,6 +19,7 @@ from models.db import OUTAGE_ERRORS, open_database
 
 def operation(func: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command its settings and Redis client, and turn every expected failure into one line."""
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         urls: tuple[str, ...] = ()  # whose passwords no message may show (redis-py's, psycopg2's)
@@ -30,14 +32,17 @@ def operation(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(scrub(str(exc), *urls)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # refused, or no answer within 5 s
             raise click.ClickException(
-                scrub(f"Redis unreachable at {redact_url(settings.redis_url)}: {exc}", *urls)) from None
+                scrub(f"Redis unreachable at {redact_url(settings.redis_url)}: {exc}", *urls)
+            ) from None
         except redis.RedisError as exc:
             raise click.ClickException(scrub(f"Redis refused: {exc}", *urls)) from None
         except OUTAGE_ERRORS as exc:
             raise click.ClickException(
-                f"database unreachable (audit row not written): {_first_line(exc, urls)}") from None
+                f"database unreachable (audit row not written): {_first_line(exc, urls)}"
+            ) from None
         except peewee.DatabaseError as exc:  # e.g. PostgreSQL's "relation does not exist" before a migration
             raise click.ClickException(f"database error (audit row not written): {_first_line(exc, urls)}") from None
+
     return wrapper
 
 

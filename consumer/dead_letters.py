@@ -1,6 +1,7 @@
 """The dead-letter stream (DEAD_LETTER_KEY): entries whose handler failed MAX_DELIVERIES times. This module owns
 its fields (CONTRACT.md: the entry's, plus `error`, `deliveries`, `first_failed_at` and `source_id`), and the
 four things done to it: a settling batch adds letters, ops list them, put them back on the stream, or drop them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,10 +32,17 @@ class StoredLetter:
     @classmethod
     def from_fields(cls, entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> "StoredLetter":
         text = {as_text(k): as_text(v) for k, v in fields.items() if as_text(k) != "payload"}
-        return cls(entry_id=as_text(entry_id), event_id=text.get("event_id"), event_type=text.get("event_type"),
-                   error=text.get("error"), deliveries=int(text.get("deliveries") or 0),
-                   first_failed_at=int(text.get("first_failed_at") or 0), source_id=text.get("source_id"),
-                   payload=fields.get(b"payload", b""), fields=fields)
+        return cls(
+            entry_id=as_text(entry_id),
+            event_id=text.get("event_id"),
+            event_type=text.get("event_type"),
+            error=text.get("error"),
+            deliveries=int(text.get("deliveries") or 0),
+            first_failed_at=int(text.get("first_failed_at") or 0),
+            source_id=text.get("source_id"),
+            payload=fields.get(b"payload", b""),
+            fields=fields,
+        )
 
 
 class DeadLetters:
@@ -45,12 +53,20 @@ class DeadLetters:
     def add(self, pipe: redis.client.Pipeline, dead: DeadLetter) -> None:
         """Write a letter as part of `pipe` (a batch's settlement: the letter, and the entry's XACK, in one MULTI)."""
         entry = dead.entry
-        pipe.xadd(self.keys.dead_letters, {
-            "event_id": entry.event_id, "event_type": entry.event_type, "created": entry.created,
-            "payload": entry.payload, "received_at": entry.received_at_ms,
-            "error": dead.error[:4000], "deliveries": dead.failure.count,
-            "first_failed_at": dead.failure.first_failed_ms, "source_id": entry.entry_id,
-        })
+        pipe.xadd(
+            self.keys.dead_letters,
+            {
+                "event_id": entry.event_id,
+                "event_type": entry.event_type,
+                "created": entry.created,
+                "payload": entry.payload,
+                "received_at": entry.received_at_ms,
+                "error": dead.error[:4000],
+                "deliveries": dead.failure.count,
+                "first_failed_at": dead.failure.first_failed_ms,
+                "source_id": entry.entry_id,
+            },
+        )
 
     def read(self, count: int | None = None) -> list[StoredLetter]:
         """The oldest `count` letters (all of them with None)."""
@@ -58,8 +74,9 @@ class DeadLetters:
 
     def _range(self, start: str, end: str, count: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         # Our clients read bytes (no decode_responses): redis-py's own type allows str and None as well.
-        return cast(list[tuple[bytes, dict[bytes, bytes]]],
-                    self.client.xrange(self.keys.dead_letters, start, end, count=count))
+        return cast(
+            list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(self.keys.dead_letters, start, end, count=count)
+        )
 
     def get(self, entry_ids: Iterable[str]) -> tuple[list[StoredLetter], list[str]]:
         """The letters of `entry_ids` (the same id twice is one letter), and the ids that name none."""
@@ -80,8 +97,10 @@ class DeadLetters:
         whether their events were applied already), and delete them, in one MULTI. The new entries' ids."""
         pipe = self.client.pipeline(transaction=True)
         for letter in letters:
-            pipe.xadd(self.keys.stream, {name: letter.fields[name.encode()] for name in ENTRY_FIELDS
-                                         if name.encode() in letter.fields})
+            pipe.xadd(
+                self.keys.stream,
+                {name: letter.fields[name.encode()] for name in ENTRY_FIELDS if name.encode() in letter.fields},
+            )
             pipe.xdel(self.keys.dead_letters, letter.entry_id)
         results = pipe.execute()
         return [as_text(results[2 * i]) for i in range(len(letters))]

@@ -5,6 +5,7 @@ subscription's `customer.subscription.*` and `invoice.*` events before the check
 in `deferred_events`, acknowledged, and applied in `created` order inside the transaction of whichever event
 links its subscription to a community (consumer/batch.py, which also holds the locks that keep two consumers
 from missing each other); one older than MAX_AGE is dropped here, with an audit row."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,11 +30,21 @@ def drop_expired(db: peewee.Database, now: dt.datetime | None = None) -> list[st
     with write_transaction(db):
         expired = list(DeferredEvent.select().where(DeferredEvent.created < cutoff))
         for row in expired:
-            AuditLog.create(event_type="deferred_dropped", community_id=None, event_data=json.dumps(
-                {"stripe_event_id": row.stripe_event_id, "stripe_event_type": row.event_type,
-                 "subscription_id": row.stripe_subscription_id, "created": row.created,
-                 "reason": f"no checkout linked its subscription within {MAX_AGE.days} days",
-                 "payload": row.payload}, sort_keys=True))
+            AuditLog.create(
+                event_type="deferred_dropped",
+                community_id=None,
+                event_data=json.dumps(
+                    {
+                        "stripe_event_id": row.stripe_event_id,
+                        "stripe_event_type": row.event_type,
+                        "subscription_id": row.stripe_subscription_id,
+                        "created": row.created,
+                        "reason": f"no checkout linked its subscription within {MAX_AGE.days} days",
+                        "payload": row.payload,
+                    },
+                    sort_keys=True,
+                ),
+            )
             _record(row.stripe_event_id, EventStatus.IGNORED, error=f"deferred over {MAX_AGE.days} days: dropped")
         if expired:
             DeferredEvent.delete().where(DeferredEvent.id.in_([row.id for row in expired])).execute()
@@ -41,6 +52,8 @@ def drop_expired(db: peewee.Database, now: dt.datetime | None = None) -> list[st
 
 
 def _record(event_id: str, status: EventStatus, *, community_id: str | None = None, error: str | None = None) -> None:
-    (WebhookEvent.update(status=status, community_id=community_id, error_message=error, processed_at=utcnow())
-     .where(WebhookEvent.stripe_event_id == event_id).execute())
-
+    (
+        WebhookEvent.update(status=status, community_id=community_id, error_message=error, processed_at=utcnow())
+        .where(WebhookEvent.stripe_event_id == event_id)
+        .execute()
+    )

@@ -7,6 +7,7 @@ webhook, in a transaction: what the handler would change is the drift. Without -
 the transaction is rolled back, so the report is exactly what --fix would write. With --fix it commits, with a
 `reconciled` audit row saying what differed, and the community's cached entitlements are dropped. A second run
 then finds nothing: the row is what Stripe's state makes it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,15 +52,24 @@ class _Rollback(Exception):
     pass
 
 
-def check_subscriptions(api: StripeApi, db: peewee.Database, client: redis.Redis | None, keys: Keys,
-                        policy: Policy, *, fix: bool = False, communities: Sequence[str] = ()) -> list[Drift]:
+def check_subscriptions(
+    api: StripeApi,
+    db: peewee.Database,
+    client: redis.Redis | None,
+    keys: Keys,
+    policy: Policy,
+    *,
+    fix: bool = False,
+    communities: Sequence[str] = (),
+) -> list[Drift]:
     """One Drift per known community with a Stripe subscription (or those of `communities`)."""
     query = Subscription.select().where(Subscription.stripe_subscription_id.is_null(False))
     if communities:
         query = query.where(Subscription.community_id.in_(list(communities)))
     # Only rows with a subscription id are read (the query above), so the ids are strings.
-    rows = [(row.community_id, cast(str, row.stripe_subscription_id))
-            for row in query.order_by(Subscription.community_id)]
+    rows = [
+        (row.community_id, cast(str, row.stripe_subscription_id)) for row in query.order_by(Subscription.community_id)
+    ]
     report = []
     for community_id, subscription_id in rows:
         drift = Drift(community_id, subscription_id)
@@ -80,9 +90,14 @@ def state_event(subscription: dict[str, Any], now: int | None = None) -> dict[st
     """The event Stripe would send for the subscription as it is now."""
     deleted = subscription.get("status") == Status.CANCELED
     event_type = EventType.SUBSCRIPTION_DELETED if deleted else EventType.SUBSCRIPTION_UPDATED
-    return {"id": f"{RECONCILE_EVENT_PREFIX}{uuid.uuid4().hex[:24]}", "object": "event",
-            "type": event_type.value, "created": now or int(time.time()),
-            "livemode": subscription.get("livemode", False), "data": {"object": subscription}}
+    return {
+        "id": f"{RECONCILE_EVENT_PREFIX}{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "type": event_type.value,
+        "created": now or int(time.time()),
+        "livemode": subscription.get("livemode", False),
+        "data": {"object": subscription},
+    }
 
 
 def _compare(db: peewee.Database, drift: Drift, event: dict[str, Any], policy: Policy, fix: bool) -> None:
@@ -106,21 +121,35 @@ def _compare(db: peewee.Database, drift: Drift, event: dict[str, Any], policy: P
                 drift.problem = f"cannot apply Stripe's subscription: {exc}"
                 raise _Rollback() from None
             before, after = _compared(current), _compared(result.state or current)
-            drift.differences = {field: {"ours": before[field], "stripe": after[field]}
-                                 for field in COMPARED if before[field] != after[field]}
+            drift.differences = {
+                field: {"ours": before[field], "stripe": after[field]}
+                for field in COMPARED
+                if before[field] != after[field]
+            }
             if not drift.differences or not fix:
                 raise _Rollback()
             write_result(db, result)
-            ops.audit("reconciled", {"stripe_event_id": event["id"], "subscription_id": drift.subscription_id,
-                                     "differences": drift.differences}, community_id=drift.community_id)
+            ops.audit(
+                "reconciled",
+                {
+                    "stripe_event_id": event["id"],
+                    "subscription_id": drift.subscription_id,
+                    "differences": drift.differences,
+                },
+                community_id=drift.community_id,
+            )
             drift.fixed = True
     except _Rollback:
         pass
 
 
 def _compared(state: SubState) -> dict[str, Any]:
-    return {"tier": state.tier, "status": state.status, "current_period_start": iso(state.current_period_start),
-            "current_period_end": iso(state.current_period_end)}
+    return {
+        "tier": state.tier,
+        "status": state.status,
+        "current_period_start": iso(state.current_period_start),
+        "current_period_end": iso(state.current_period_end),
+    }
 
 
 def as_json(report: list[Drift]) -> str:

@@ -1,5 +1,6 @@
 """The values the stream mechanics (consumer/stream.py, consumer/dead_letters.py) and the batch logic speak in:
 entries read from the stream, what a batch leaves to settle, and what ops see of the group. No Redis here."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@
 - BILLING_FAULT=stop:<point>: the consumer SIGSTOPs itself there, the first time it gets there, as a paused
   container or a network partition would freeze it: its open transaction and its locks stay where they are
   until someone sends SIGCONT (then it carries on from that very point) or SIGKILL."""
+
 from __future__ import annotations
 
 import os

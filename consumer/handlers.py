@@ -7,6 +7,7 @@ and the README's event-rules table says them in a user's words.
 Stripe delivers late, twice and out of order, so before any handler runs `apply_facts` decides whether the
 event is about the community's current subscription, and not older than what that subscription has already
 had (staleness is judged per Stripe subscription, never across two)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,27 +122,37 @@ def apply_facts(facts: BillingFacts, current: SubState | None, policy: Policy) -
 def _decide(facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]) -> Result:
     if sub is None and not facts.community_id:
         if facts.subscription_id and not facts.event_type.startswith("checkout."):
-            return Result(EventStatus.DEFERRED,
-                          reason="no community yet: waits for the checkout that links its subscription",
-                          subscription_id=facts.subscription_id)
+            return Result(
+                EventStatus.DEFERRED,
+                reason="no community yet: waits for the checkout that links its subscription",
+                subscription_id=facts.subscription_id,
+            )
         return Result(EventStatus.IGNORED, reason="no community_id in metadata and no known subscription")
     if sub is not None and _about_another_subscription(facts, sub):
         return Result(EventStatus.IGNORED, reason="about a subscription the community no longer has")
     if sub is not None and _same_subscription(facts, sub) and facts.created < sub.last_event_created:
         changed = _merge_lasting_facts(sub, facts)
-        return Result(EventStatus.STALE, reason="older than the last event applied to this subscription",
-                      state=sub if changed else None)
+        return Result(
+            EventStatus.STALE,
+            reason="older than the last event applied to this subscription",
+            state=sub if changed else None,
+        )
     if sub is not None and facts.event_type == EventType.INVOICE_PAYMENT_FAILED and _already_paid(facts, sub):
         return Result(EventStatus.STALE, reason="a failed attempt of an invoice already paid")
-    linked = facts.subscription_id if facts.subscription_id and (
-        sub is None or sub.stripe_subscription_id != facts.subscription_id) else None
+    linked = (
+        facts.subscription_id
+        if facts.subscription_id and (sub is None or sub.stripe_subscription_id != facts.subscription_id)
+        else None
+    )
     sub = HANDLERS[facts.event_type](facts, sub, policy, audits)
     return Result(EventStatus.PROCESSED, sub.community_id, linked_subscription_id=linked, state=sub)
 
 
 def _same_subscription(facts: BillingFacts, sub: SubState) -> bool:
-    return (not (facts.subscription_id and sub.stripe_subscription_id)
-            or facts.subscription_id == sub.stripe_subscription_id)
+    return (
+        not (facts.subscription_id and sub.stripe_subscription_id)
+        or facts.subscription_id == sub.stripe_subscription_id
+    )
 
 
 def _about_another_subscription(facts: BillingFacts, sub: SubState) -> bool:
@@ -159,12 +170,14 @@ def _about_another_subscription(facts: BillingFacts, sub: SubState) -> bool:
 def _already_paid(facts: BillingFacts, sub: SubState) -> bool:
     """Stripe stops retrying an invoice once paid: its failure, delivered after (or in the same second as)
     the payment, is the older news."""
-    return (_same_subscription(facts, sub) and facts.object_id is not None
-            and sub.last_paid_invoice_id == facts.object_id)
+    return (
+        _same_subscription(facts, sub) and facts.object_id is not None and sub.last_paid_invoice_id == facts.object_id
+    )
 
 
-def checkout_completed(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                       audits: list[AuditRecord]) -> SubState:
+def checkout_completed(
+    facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]
+) -> SubState:
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     if facts.payment_status in PAID_CHECKOUT or facts.payment_status is None:  # None: sessions before 2019
@@ -173,37 +186,61 @@ def checkout_completed(facts: BillingFacts, sub: SubState | None, policy: Policy
         _save(sub, facts, status=status, grace_until=None)
     else:  # unpaid: a bank debit not settled yet. Linked now, granted by async_payment_succeeded or invoice.paid
         _save(sub, facts, status=sub.status if seen and sub.status else Status.UNPAID, grace_until=sub.grace_until)
-    _audit(audits, "subscription_created", sub, facts, tier=sub.tier,
-           subscription_id=sub.stripe_subscription_id, payment_status=facts.payment_status, status=sub.status)
+    _audit(
+        audits,
+        "subscription_created",
+        sub,
+        facts,
+        tier=sub.tier,
+        subscription_id=sub.stripe_subscription_id,
+        payment_status=facts.payment_status,
+        status=sub.status,
+    )
     return sub
 
 
-def checkout_payment_succeeded(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                               audits: list[AuditRecord]) -> SubState:
+def checkout_payment_succeeded(
+    facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]
+) -> SubState:
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     _mark_paid(sub, facts.invoice_id or facts.object_id)
     _save(sub, facts, status=Status.ACTIVE, grace_until=None)
-    _audit(audits, "payment_succeeded", sub, facts, checkout_session_id=facts.object_id,
-           invoice_id=facts.invoice_id, amount=facts.amount, currency=facts.currency)
+    _audit(
+        audits,
+        "payment_succeeded",
+        sub,
+        facts,
+        checkout_session_id=facts.object_id,
+        invoice_id=facts.invoice_id,
+        amount=facts.amount,
+        currency=facts.currency,
+    )
     return sub
 
 
-def checkout_payment_failed(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                            audits: list[AuditRecord]) -> SubState:
+def checkout_payment_failed(
+    facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]
+) -> SubState:
     """The bank debit of a checkout failed: nothing is granted (nor taken from a subscription already paid)."""
     sub, seen = _current(sub, facts)
     if not seen:
         sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     status = sub.status if seen and sub.status and sub.last_paid_invoice_id else Status.UNPAID
     _save(sub, facts, status=status, grace_until=sub.grace_until)
-    _audit(audits, "payment_failed", sub, facts, checkout_session_id=facts.object_id,
-           invoice_id=facts.invoice_id, status=sub.status)
+    _audit(
+        audits,
+        "payment_failed",
+        sub,
+        facts,
+        checkout_session_id=facts.object_id,
+        invoice_id=facts.invoice_id,
+        status=sub.status,
+    )
     return sub
 
 
-def invoice_paid(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                 audits: list[AuditRecord]) -> SubState:
+def invoice_paid(facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]) -> SubState:
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     _mark_paid(sub, facts.object_id)
@@ -214,35 +251,53 @@ def invoice_paid(facts: BillingFacts, sub: SubState | None, policy: Policy,
     else:
         status, grace = Status.ACTIVE, None
     _save(sub, facts, status=status, grace_until=grace)
-    _audit(audits, "payment_succeeded", sub, facts, invoice_id=facts.object_id, amount=facts.amount,
-           currency=facts.currency)
+    _audit(
+        audits,
+        "payment_succeeded",
+        sub,
+        facts,
+        invoice_id=facts.object_id,
+        amount=facts.amount,
+        currency=facts.currency,
+    )
     return sub
 
 
-def invoice_payment_failed(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                           audits: list[AuditRecord]) -> SubState:
+def invoice_payment_failed(
+    facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]
+) -> SubState:
     sub, seen = _current(sub, facts)
     sub.tier = _resolve_tier(facts, sub, policy, seen, audits)
     never_paid = facts.billing_reason == "subscription_create" and not (seen and sub.last_paid_invoice_id)
     grace_started = False
     status: str
     if never_paid:  # as Stripe's `incomplete`: nothing was ever paid, so no grace
-        status, grace = ((Status.CANCELED, sub.grace_until) if seen and sub.status == Status.CANCELED
-                         else (Status.UNPAID, None))
+        status, grace = (
+            (Status.CANCELED, sub.grace_until) if seen and sub.status == Status.CANCELED else (Status.UNPAID, None)
+        )
     elif not seen or sub.status in PAID_STATUSES or (sub.status == Status.PAST_DUE and sub.grace_until is None):
         status, grace, grace_started = Status.PAST_DUE, _grace_end(facts, policy), True
     else:  # already past due (grace runs from the first failure), ended, or unpaid: keep it so
         status, grace = cast(str, sub.status), sub.grace_until  # seen: a stored row, which has a status
     _save(sub, facts, status=status, grace_until=grace)
-    _audit(audits, "payment_failed", sub, facts, invoice_id=facts.object_id, attempt_count=facts.attempt_count,
-           billing_reason=facts.billing_reason, grace_until=iso(sub.grace_until))
+    _audit(
+        audits,
+        "payment_failed",
+        sub,
+        facts,
+        invoice_id=facts.object_id,
+        attempt_count=facts.attempt_count,
+        billing_reason=facts.billing_reason,
+        grace_until=iso(sub.grace_until),
+    )
     if grace_started:
         _audit(audits, "grace_period_started", sub, facts, grace_until=iso(sub.grace_until))
     return sub
 
 
-def subscription_updated(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                         audits: list[AuditRecord]) -> SubState:
+def subscription_updated(
+    facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]
+) -> SubState:
     previous = {"tier": sub.tier, "status": sub.status} if sub else {"tier": None, "status": None}
     sub, seen = _current(sub, facts)
     status: str | None = STATUS_MAP.get(facts.status or "") or Status.lookup(facts.status)
@@ -256,13 +311,22 @@ def subscription_updated(facts: BillingFacts, sub: SubState | None, policy: Poli
         grace_until = _grace_end(facts, policy)
         _audit(audits, "grace_period_started", sub, facts, grace_until=iso(grace_until))
     _save(sub, facts, status=status, grace_until=grace_until)
-    _audit(audits, "subscription_updated", sub, facts, tier=sub.tier, status=sub.status, previous=previous,
-           stripe_status=facts.status)
+    _audit(
+        audits,
+        "subscription_updated",
+        sub,
+        facts,
+        tier=sub.tier,
+        status=sub.status,
+        previous=previous,
+        stripe_status=facts.status,
+    )
     return sub
 
 
-def subscription_deleted(facts: BillingFacts, sub: SubState | None, policy: Policy,
-                         audits: list[AuditRecord]) -> SubState:
+def subscription_deleted(
+    facts: BillingFacts, sub: SubState | None, policy: Policy, audits: list[AuditRecord]
+) -> SubState:
     sub, _seen = _current(sub, facts)
     sub.tier = policy.tiers.free.name
     _save(sub, facts, status=Status.CANCELED, grace_until=None)
@@ -297,8 +361,7 @@ def _current(sub: SubState | None, facts: BillingFacts) -> tuple[SubState, bool]
     return sub, sub.stripe_subscription_id is None and sub.tier is not None
 
 
-def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool,
-                  audits: list[AuditRecord]) -> str:
+def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool, audits: list[AuditRecord]) -> str:
     """The price's tier (a plan change in the customer portal changes the price, not the metadata); else
     the metadata tier if it is one of ours; else the tier this subscription already has; DEFAULT_TIER only
     for a subscription we have never seen. A metadata tier we do not know never grants anything."""
@@ -314,11 +377,21 @@ def _resolve_tier(facts: BillingFacts, sub: SubState, policy: Policy, seen: bool
         if DEFAULT_TIER in policy.tiers:
             return DEFAULT_TIER
     kept = known or policy.tiers.free.name
-    reason = ("metadata tier is not in the tier matrix" if facts.tier is not None else
-              f"no tier in metadata and the default {DEFAULT_TIER!r} is not in the tier matrix")
-    _audit(audits, "tier_unresolved", sub, facts, metadata_tier=facts.tier, price_ids=list(facts.price_ids),
-           kept_tier=kept,
-           reason=f"{reason}, and no price maps to a tier in STRIPE_PRICE_TIERS")
+    reason = (
+        "metadata tier is not in the tier matrix"
+        if facts.tier is not None
+        else f"no tier in metadata and the default {DEFAULT_TIER!r} is not in the tier matrix"
+    )
+    _audit(
+        audits,
+        "tier_unresolved",
+        sub,
+        facts,
+        metadata_tier=facts.tier,
+        price_ids=list(facts.price_ids),
+        kept_tier=kept,
+        reason=f"{reason}, and no price maps to a tier in STRIPE_PRICE_TIERS",
+    )
     return kept
 
 
@@ -364,5 +437,10 @@ def _save(sub: SubState, facts: BillingFacts, *, status: str, grace_until: dt.da
 
 
 def _audit(audits: list[AuditRecord], kind: str, sub: SubState, facts: BillingFacts, **details: Any) -> None:
-    audits.append(AuditRecord(kind, sub.community_id,
-                              {"stripe_event_id": facts.event_id, "stripe_event_type": facts.event_type, **details}))
+    audits.append(
+        AuditRecord(
+            kind,
+            sub.community_id,
+            {"stripe_event_id": facts.event_id, "stripe_event_type": facts.event_type, **details},
+        )
+    )

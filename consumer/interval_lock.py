@@ -1,5 +1,6 @@
 """Turns for work that any consumer could do but one per interval is enough for (the grace sweep, reconciliation):
 a Redis key set only if absent (SET NX), holding the name of the consumer whose turn it is, expiring by itself."""
+
 from __future__ import annotations
 
 import redis

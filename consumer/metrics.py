@@ -4,6 +4,7 @@ The worker counts what it does (events by outcome, their timings, reclaims, erro
 cycle). The group-wide state (stream length, lag, pending, dead letters) is read from Redis when
 Prometheus scrapes, by StreamCollector, so every consumer exports the same values (dashboards take
 max()) and they are never staler than the scrape."""
+
 from __future__ import annotations
 
 import time
@@ -31,32 +32,48 @@ if TYPE_CHECKING:
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-EVENTS = Counter("billing_events", "Events applied, by type and outcome "
-                 "(processed, ignored, stale, deferred, duplicate, failed, dead)", ["event_type", "outcome"])
+EVENTS = Counter(
+    "billing_events",
+    "Events applied, by type and outcome (processed, ignored, stale, deferred, duplicate, failed, dead)",
+    ["event_type", "outcome"],
+)
 PROCESSING_SECONDS = Histogram(
     "billing_event_processing_seconds",
     "Time to apply one event inside its batch's transaction (its savepoint; the shared commit not included)",
-    buckets=BUCKETS)
+    buckets=BUCKETS,
+)
 END_TO_END_SECONDS = Histogram(
-    "billing_event_end_to_end_seconds", "From the event's entry into the stream (its id's time) to the commit",
-    buckets=BUCKETS)
+    "billing_event_end_to_end_seconds",
+    "From the event's entry into the stream (its id's time) to the commit",
+    buckets=BUCKETS,
+)
 RECLAIMED = Counter("billing_reclaimed", "Entries taken over from consumers that left them idle (XAUTOCLAIM)")
 LAST_SUCCESS = Gauge(
     "billing_consumer_last_success_timestamp_seconds",
-    "When the loop last completed a cycle: a batch applied and settled, or a read that found nothing new")
+    "When the loop last completed a cycle: a batch applied and settled, or a read that found nothing new",
+)
 # Each failed try counts, so both climb for as long as an outage lasts.
-DB_ERRORS = Counter("billing_db_errors", "Database errors met: batches not applied, grace sweeps skipped, "
-                    "failed probes while waiting for the database to come back")
-REDIS_FAILURES = Counter("billing_redis_errors", "Redis errors met by the worker, each retried: Redis unreachable, "
-                         "error replies (OOM, READONLY, UNBLOCKED, LOADING, MASTERDOWN, NOGROUP, ...) to reads, "
-                         "claims, settlements, trims, sweeps, group creation and probes, and settlements Redis "
-                         "refused for memory (then acknowledged without their dedupe marks)")
-DEADLINES_MISSED = Counter("billing_batch_deadline_exceeded",
-                           "Batches rolled back because they ran past their deadline")
+DB_ERRORS = Counter(
+    "billing_db_errors",
+    "Database errors met: batches not applied, grace sweeps skipped, "
+    "failed probes while waiting for the database to come back",
+)
+REDIS_FAILURES = Counter(
+    "billing_redis_errors",
+    "Redis errors met by the worker, each retried: Redis unreachable, "
+    "error replies (OOM, READONLY, UNBLOCKED, LOADING, MASTERDOWN, NOGROUP, ...) to reads, "
+    "claims, settlements, trims, sweeps, group creation and probes, and settlements Redis "
+    "refused for memory (then acknowledged without their dedupe marks)",
+)
+DEADLINES_MISSED = Counter(
+    "billing_batch_deadline_exceeded", "Batches rolled back because they ran past their deadline"
+)
 RECONCILED = Counter(
     "billing_reconciled_events",
     "Events of failed webhooks that reconciliation found in Stripe's Events API: queued (we did not have them), "
-    "already_had; and error, reconciliation passes that failed (Stripe, network, Redis or database)", ["result"])
+    "already_had; and error, reconciliation passes that failed (Stripe, network, Redis or database)",
+    ["result"],
+)
 
 # The handled types' series exist from the start, at 0, so that rate() sees their first event.
 for _type in HANDLED_TYPES:
@@ -107,8 +124,10 @@ class StreamCollector(Collector):
             GaugeMetricFamily("billing_stream_length", "Entries in the stream (XLEN)"),
             GaugeMetricFamily("billing_group_lag", "Entries not yet delivered to the group"),
             GaugeMetricFamily("billing_pending_entries", "Entries delivered but not acknowledged"),
-            GaugeMetricFamily("billing_oldest_pending_age_seconds",
-                              "Age of the oldest pending entry, from its id's time (0 when none)"),
+            GaugeMetricFamily(
+                "billing_oldest_pending_age_seconds",
+                "Age of the oldest pending entry, from its id's time (0 when none)",
+            ),
             GaugeMetricFamily("billing_dead_letters", "Entries in the dead-letter stream"),
         ]
 

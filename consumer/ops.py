@@ -1,6 +1,7 @@
 """What ops can see and do to the stream, as plain functions returning plain data; `cli.py` shows it.
 The stream (consumer/stream.py) and its dead letters (consumer/dead_letters.py) do the Redis side; this combines
 them and writes an audit row for every manual action: who (the OS user), what, which entries."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,23 +45,39 @@ def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) ->
     }
 
 
-def pending(client: redis.Redis, settings: Settings, *, min_idle_ms: int | None = None,
-            consumer: str | None = None, count: int = 50) -> list[dict[str, Any]]:
+def pending(
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    min_idle_ms: int | None = None,
+    consumer: str | None = None,
+    count: int = 50,
+) -> list[dict[str, Any]]:
     stream = EventStream(client, settings)
     _group_info(stream)
     return [dataclasses.asdict(entry) for entry in stream.pending(count, min_idle_ms=min_idle_ms, consumer=consumer)]
 
 
-def claim(client: redis.Redis, settings: Settings, to: str, *, entry_ids: list[str] | None = None,
-          min_idle_ms: int | None = None, dry_run: bool = False, new_consumer: bool = False) -> list[dict[str, Any]]:
+def claim(
+    client: redis.Redis,
+    settings: Settings,
+    to: str,
+    *,
+    entry_ids: list[str] | None = None,
+    min_idle_ms: int | None = None,
+    dry_run: bool = False,
+    new_consumer: bool = False,
+) -> list[dict[str, Any]]:
     """Move pending entries, by id or by idle time, to consumer `to`; it applies them on its next tick.
     `to` must be a consumer of the group (a typo would park the entries where nobody reads them),
     unless `new_consumer` says it is one about to start."""
     stream = EventStream(client, settings)
     known = [consumer.name for consumer in stream.consumers()] if _group_info(stream) else []
     if to not in known and not new_consumer:
-        raise OpsError(f"no consumer {to!r} in group {settings.consumer_group} (consumers: "
-                       f"{', '.join(known) or 'none'}); pass --new-consumer to give entries to one not started yet")
+        raise OpsError(
+            f"no consumer {to!r} in group {settings.consumer_group} (consumers: "
+            f"{', '.join(known) or 'none'}); pass --new-consumer to give entries to one not started yet"
+        )
     if entry_ids:
         moving = [row for row in pending(client, settings, count=10_000) if row["entry_id"] in set(entry_ids)]
         unknown = sorted(set(entry_ids) - {row["entry_id"] for row in moving})
@@ -91,9 +108,14 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
         return []
     new_ids = dead_letters.retry(letters)
     retried = [{**_dead_row(letter), "new_entry_id": new_id} for letter, new_id in zip(letters, new_ids)]
-    audit("ops_dead_retry", {"entries": [r["entry_id"] for r in retried],
-                             "new_entries": [r["new_entry_id"] for r in retried],
-                             "event_ids": [r["event_id"] for r in retried]})
+    audit(
+        "ops_dead_retry",
+        {
+            "entries": [r["entry_id"] for r in retried],
+            "new_entries": [r["new_entry_id"] for r in retried],
+            "event_ids": [r["event_id"] for r in retried],
+        },
+    )
     return retried
 
 
@@ -102,20 +124,29 @@ def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> 
     letters = _dead_letters(dead_letters, entry_ids)
     dropped = [_dead_row(letter) for letter in letters]
     # The audit row first: once the letters are deleted it is the only copy of their payloads.
-    audit("ops_dead_drop", {"entries": [r["entry_id"] for r in dropped], "event_ids": [r["event_id"] for r in dropped],
-                            "payloads": [letter.payload.decode("utf-8", "replace") for letter in letters]})
+    audit(
+        "ops_dead_drop",
+        {
+            "entries": [r["entry_id"] for r in dropped],
+            "event_ids": [r["event_id"] for r in dropped],
+            "payloads": [letter.payload.decode("utf-8", "replace") for letter in letters],
+        },
+    )
     dead_letters.drop(letters)  # and their events' dedupe marks, so a resend from Stripe's dashboard is applied
     return dropped
 
 
-def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int,
-                    dry_run: bool = False) -> list[dict[str, Any]]:
+def prune_consumers(
+    client: redis.Redis, settings: Settings, min_idle_ms: int, dry_run: bool = False
+) -> list[dict[str, Any]]:
     """Delete consumers with nothing pending that have been idle at least `min_idle_ms`."""
     stream = EventStream(client, settings)
     _group_info(stream)
-    rows: list[dict[str, Any]] = [{"name": consumer.name, "idle_ms": consumer.inactive_ms}
-                                  for consumer in stream.consumers()
-                                  if consumer.pending == 0 and consumer.inactive_ms >= min_idle_ms]
+    rows: list[dict[str, Any]] = [
+        {"name": consumer.name, "idle_ms": consumer.inactive_ms}
+        for consumer in stream.consumers()
+        if consumer.pending == 0 and consumer.inactive_ms >= min_idle_ms
+    ]
     if rows and not dry_run:
         # A consumer that read entries since we looked keeps them (deleting one drops its pending entries for good).
         rows = [row for row in rows if stream.delete_consumer(row["name"])]
@@ -125,8 +156,9 @@ def prune_consumers(client: redis.Redis, settings: Settings, min_idle_ms: int,
 
 
 def audit(action: str, details: dict[str, Any], community_id: str | None = None) -> None:
-    AuditLog.create(event_type=action, community_id=community_id,
-                    event_data=json.dumps({"who": _who(), **details}, sort_keys=True))
+    AuditLog.create(
+        event_type=action, community_id=community_id, event_data=json.dumps({"who": _who(), **details}, sort_keys=True)
+    )
 
 
 def _who() -> str:
@@ -162,6 +194,12 @@ def _dead_letters(dead_letters: DeadLetters, entry_ids: list[str] | None) -> lis
 
 
 def _dead_row(letter: StoredLetter) -> dict[str, Any]:
-    return {"entry_id": letter.entry_id, "event_id": letter.event_id, "event_type": letter.event_type,
-            "error": letter.error, "deliveries": letter.deliveries, "first_failed_at": letter.first_failed_at,
-            "source_id": letter.source_id}
+    return {
+        "entry_id": letter.entry_id,
+        "event_id": letter.event_id,
+        "event_type": letter.event_type,
+        "error": letter.error,
+        "deliveries": letter.deliveries,
+        "first_failed_at": letter.first_failed_at,
+        "source_id": letter.source_id,
+    }

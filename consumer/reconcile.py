@@ -7,6 +7,7 @@ queues, oldest first, those we do not have.
 It runs in a thread of its own that only lists and queues, so a slow or failing Stripe never holds up event
 processing; every request has a short timeout, and any error (Stripe, network, Redis, database) is logged and
 counted in billing_reconciled_events_total{result="error"}, never raised: the next interval tries again."""
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ SETTLE_SECONDS = 60
 
 
 class Reconciler:
-    def __init__(self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, keys: Keys,
-                 interval_seconds: int, owner: str):
+    def __init__(
+        self, api: StripeApi, enqueuer: Enqueuer, client: redis.Redis, keys: Keys, interval_seconds: int, owner: str
+    ):
         self.api, self.enqueuer = api, enqueuer
         self.lock = IntervalLock(client, keys.reconcile_lock, interval_seconds * 1000)
         self.owner = owner
@@ -48,8 +50,14 @@ class Reconciler:
 
     def run(self, now: int | None = None) -> dict[Found, int]:
         now = now or int(time.time())
-        failed = list(self.api.list_events(created_gte=now - WINDOW_SECONDS, created_lte=now - SETTLE_SECONDS,
-                                           types=HANDLED_TYPES, delivery_success=False))
+        failed = list(
+            self.api.list_events(
+                created_gte=now - WINDOW_SECONDS,
+                created_lte=now - SETTLE_SECONDS,
+                types=HANDLED_TYPES,
+                delivery_success=False,
+            )
+        )
         failed.sort(key=lambda event: (event_created(event), event["id"]))
         counts = {found: 0 for found in Found}
         queued = []
@@ -59,8 +67,11 @@ class Reconciler:
             if found is Found.QUEUED:
                 queued.append(f"{event['id']} ({event['type']})")
         if queued:
-            log.warning("reconciliation queued %d events whose webhooks failed: %s", len(queued),
-                        ", ".join(queued[:20]) + (" ..." if len(queued) > 20 else ""))
+            log.warning(
+                "reconciliation queued %d events whose webhooks failed: %s",
+                len(queued),
+                ", ".join(queued[:20]) + (" ..." if len(queued) > 20 else ""),
+            )
         return counts
 
 
@@ -73,8 +84,14 @@ def reconciler_for(settings: Settings, owner: str) -> ReconcilerThread | None:
     interval = settings.reconcile_interval_seconds
     # Short timeouts and a bounded wait for rate limits: a pass never outlives its interval by much, and a
     # stopping consumer is not kept waiting (the wait ends when `stopping` is set).
-    api = StripeApi.from_settings(settings, timeout=10.0, connect_timeout=3.0, network_retries=1,
-                                  rate_limit_wait=min(60.0, interval / 2), sleep=stopping.wait)
+    api = StripeApi.from_settings(
+        settings,
+        timeout=10.0,
+        connect_timeout=3.0,
+        network_retries=1,
+        rate_limit_wait=min(60.0, interval / 2),
+        sleep=stopping.wait,
+    )
     client = connect_redis(settings.redis_url, timeout=5.0)
     enqueuer = Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds)
     reconciler = Reconciler(api, enqueuer, client, settings.keys, interval, owner)
@@ -85,8 +102,13 @@ class ReconcilerThread:
     """Runs a Reconciler at start and then every interval, until stopped. A daemon thread: a consumer that
     exits never waits on it longer than `stop`'s timeout."""
 
-    def __init__(self, reconciler: Reconciler, interval_seconds: float, stopping: threading.Event | None = None,
-                 urls: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        interval_seconds: float,
+        stopping: threading.Event | None = None,
+        urls: tuple[str, ...] = (),
+    ):
         self.reconciler = reconciler
         self.interval_seconds = interval_seconds
         self.stopping = stopping or threading.Event()
@@ -112,8 +134,12 @@ class ReconcilerThread:
             self.reconciler.run_if_ours()
         except (StripeApiError, redis.RedisError, *OUTAGE_ERRORS) as exc:
             metrics.RECONCILED.labels("error").inc()
-            log.warning("reconciliation failed, next try in %gs: %s: %s", self.interval_seconds,
-                        type(exc).__name__, scrub(str(exc).strip()[:300], *self.urls))
+            log.warning(
+                "reconciliation failed, next try in %gs: %s: %s",
+                self.interval_seconds,
+                type(exc).__name__,
+                scrub(str(exc).strip()[:300], *self.urls),
+            )
         except Exception:  # a bug of ours: loud, but the consumer goes on and the next interval retries
             metrics.RECONCILED.labels("error").inc()
             log.exception("reconciliation failed, next try in %gs", self.interval_seconds)

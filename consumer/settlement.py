@@ -1,6 +1,7 @@
 """Settling a committed batch in Redis (EventStream.settle): dedupe marks, cache invalidations, dead letters,
 failure counts and acknowledgements in one atomic step; and, when Redis is full, what can be settled without
 memory."""
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class Settler:
-    def __init__(self, client: redis.Redis, keys: Keys, group: str, dedupe_ttl_seconds: int,
-                 dead_letters: DeadLetters):
+    def __init__(self, client: redis.Redis, keys: Keys, group: str, dedupe_ttl_seconds: int, dead_letters: DeadLetters):
         self.client = client
         self.keys = keys
         self.group = group
@@ -41,9 +41,14 @@ class Settler:
         except redis.ResponseError as exc:
             if not is_memory_refusal(exc):
                 raise
-            log.warning("Redis refused the settlement for memory (%s); acknowledging %d done entries without "
-                        "their dedupe marks, %d failed and %d dead entries stay pending", exc,
-                        len(settlement.ack_ids), len(settlement.failures), len(settlement.dead))
+            log.warning(
+                "Redis refused the settlement for memory (%s); acknowledging %d done entries without "
+                "their dedupe marks, %d failed and %d dead entries stay pending",
+                exc,
+                len(settlement.ack_ids),
+                len(settlement.failures),
+                len(settlement.dead),
+            )
         self._settle_without_memory(settlement)
         return False
 
@@ -56,8 +61,10 @@ class Settler:
         for dead in settlement.dead:
             self.dead_letters.add(pipe, dead)
         if settlement.failures:
-            pipe.hset(self.keys.failures,
-                      mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()})
+            pipe.hset(
+                self.keys.failures,
+                mapping={k: f"{v.count}:{v.first_failed_ms}" for k, v in settlement.failures.items()},
+            )
         cleared = settlement.cleared_failures + tuple(d.entry.entry_id for d in settlement.dead)
         if cleared:
             pipe.hdel(self.keys.failures, *cleared)
@@ -69,11 +76,13 @@ class Settler:
     def _settle_without_memory(self, settlement: Settlement) -> None:
         """Only commands Redis never refuses for memory (DEL, HDEL, XACK), in one atomic step. A script, not a
         MULTI: a full Redis refuses to queue any command at all in a MULTI."""
-        cache_keys = [key for community_id in settlement.changed_communities
-                      for key in self.keys.entitlements(community_id)]
-        self._without_memory(keys=[self.keys.stream, self.keys.failures, *cache_keys],
-                             args=[self.group, len(settlement.cleared_failures), *settlement.cleared_failures,
-                                   *settlement.ack_ids])
+        cache_keys = [
+            key for community_id in settlement.changed_communities for key in self.keys.entitlements(community_id)
+        ]
+        self._without_memory(
+            keys=[self.keys.stream, self.keys.failures, *cache_keys],
+            args=[self.group, len(settlement.cleared_failures), *settlement.cleared_failures, *settlement.ack_ids],
+        )
 
 
 # KEYS: stream, failures hash, then the cache keys to delete. ARGV: group, how many failure entries to clear,

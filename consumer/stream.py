@@ -2,6 +2,7 @@
 (idle entries, our own due for a retry, and an operator's claim for a named consumer), what ops see of the group,
 settling a batch (consumer/settlement.py) and trimming. Handlers, the batch logic and the worker's loop never
 speak Redis; they get Entry values and return outcomes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -100,8 +101,9 @@ class EventStream:
         for reply in (length, dead):
             if isinstance(reply, Exception):
                 raise reply
-        group = next((g for g in groups if as_text(g["name"]) == self.group), None) \
-            if isinstance(groups, list) else None
+        group = (
+            next((g for g in groups if as_text(g["name"]) == self.group), None) if isinstance(groups, list) else None
+        )
         pending = summary["pending"] if isinstance(summary, dict) else 0
         return GroupState(
             stream_length=length,
@@ -112,9 +114,10 @@ class EventStream:
         )
 
     def consumers(self) -> list[ConsumerInfo]:
-        return [ConsumerInfo(name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"],
-                             inactive_ms=_inactive_ms(c))
-                for c in self.client.xinfo_consumers(self.keys.stream, self.group)]
+        return [
+            ConsumerInfo(name=as_text(c["name"]), pending=c["pending"], idle_ms=c["idle"], inactive_ms=_inactive_ms(c))
+            for c in self.client.xinfo_consumers(self.keys.stream, self.group)
+        ]
 
     def delete_consumer(self, name: str) -> bool:
         """Delete consumer `name` if it holds nothing pending (checked and deleted in one step). True if deleted."""
@@ -145,8 +148,9 @@ class EventStream:
     def reclaim_idle(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries that any consumer (a dead one, usually) has left idle for `min_idle_ms`."""
         with _group_needed():
-            reply = self.client.xautoclaim(self.keys.stream, self.group, cast(str, self.consumer), min_idle_ms,
-                                           "0-0", count=count)
+            reply = self.client.xautoclaim(
+                self.keys.stream, self.group, cast(str, self.consumer), min_idle_ms, "0-0", count=count
+            )
         entries: list[Entry] = []
         vanished: list[str] = []
         _collect(reply[1], entries, vanished)
@@ -157,13 +161,14 @@ class EventStream:
         """Claim again this consumer's own pending entries that are due for another try: entries that
         failed here (with backoff, by `due(idle_ms, deliveries)`) and entries an operator claimed to it."""
         with _group_needed():
-            rows = cast("list[_PendingRow]", self.client.xpending_range(self.keys.stream, self.group, "-", "+",
-                                                                        count, consumername=self.consumer))
+            rows = cast(
+                "list[_PendingRow]",
+                self.client.xpending_range(self.keys.stream, self.group, "-", "+", count, consumername=self.consumer),
+            )
             ids = [row["message_id"] for row in rows if due(row["time_since_delivered"], row["times_delivered"])]
             if not ids:
                 return []
-            claimed = self.client.xclaim(self.keys.stream, self.group, cast(str, self.consumer), 0,
-                                         ids)  # type: ignore[arg-type]  # see claim_for
+            claimed = self.client.xclaim(self.keys.stream, self.group, cast(str, self.consumer), 0, ids)  # type: ignore[arg-type]  # see claim_for
         entries: list[Entry] = []
         vanished: list[str] = []
         _collect(claimed, entries, vanished)
@@ -171,29 +176,51 @@ class EventStream:
         self._forget([as_text(i) for i in ids if as_text(i) not in got])  # trimmed from under us
         return entries
 
-    def pending(self, count: int, *, min_idle_ms: int | None = None,
-                consumer: str | None = None) -> list[PendingEntry]:
+    def pending(self, count: int, *, min_idle_ms: int | None = None, consumer: str | None = None) -> list[PendingEntry]:
         """The group's pending entries, oldest first (only `consumer`'s, only those idle `min_idle_ms`), each with
         its event id and type."""
-        rows = cast("list[_PendingRow]", self.client.xpending_range(self.keys.stream, self.group, "-", "+", count,
-                                                                    consumername=consumer, idle=min_idle_ms))
+        rows = cast(
+            "list[_PendingRow]",
+            self.client.xpending_range(
+                self.keys.stream, self.group, "-", "+", count, consumername=consumer, idle=min_idle_ms
+            ),
+        )
         pipe = self.client.pipeline(transaction=False)
         for row in rows:
             pipe.xrange(self.keys.stream, row["message_id"], row["message_id"], count=1)
-        found = [{as_text(k): as_text(v) for k, v in (result[0][1] if result else {}).items()
-                  if as_text(k) in ("event_id", "event_type")}  # not the payload: any bytes at all
-                 for result in pipe.execute()]
-        return [PendingEntry(entry_id=as_text(row["message_id"]), event_id=fields.get("event_id"),
-                             event_type=fields.get("event_type"), consumer=as_text(row["consumer"]),
-                             idle_ms=row["time_since_delivered"], deliveries=row["times_delivered"])
-                for row, fields in zip(rows, found)]
+        found = [
+            {
+                as_text(k): as_text(v)
+                for k, v in (result[0][1] if result else {}).items()
+                if as_text(k) in ("event_id", "event_type")
+            }  # not the payload: any bytes at all
+            for result in pipe.execute()
+        ]
+        return [
+            PendingEntry(
+                entry_id=as_text(row["message_id"]),
+                event_id=fields.get("event_id"),
+                event_type=fields.get("event_type"),
+                consumer=as_text(row["consumer"]),
+                idle_ms=row["time_since_delivered"],
+                deliveries=row["times_delivered"],
+            )
+            for row, fields in zip(rows, found)
+        ]
 
     def claim_for(self, consumer: str, entry_ids: list[str], idle_ms: int) -> None:
         """Give pending entries to `consumer` (an operator's move: JUSTID, so it is not counted as a delivery), as
         if idle `idle_ms` already."""
         # ignore: redis-py types the ids list[StreamIdT], and a list is invariant: it refuses a list[str]
-        self.client.xclaim(self.keys.stream, self.group, consumer, 0, entry_ids,  # type: ignore[arg-type]
-                           idle=idle_ms, justid=True)
+        self.client.xclaim(
+            self.keys.stream,
+            self.group,
+            consumer,
+            0,
+            entry_ids,  # type: ignore[arg-type]
+            idle=idle_ms,
+            justid=True,
+        )
 
     # --- after a batch ---------------------------------------------------------------------------------------
 
@@ -286,6 +313,7 @@ def _stream_messages(reply: XReadGroupResponse | None) -> list[Any]:
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
-        return [(stream, value[0] if value and isinstance(value[0], list) else value)
-                for stream, value in reply.items()]
+        return [
+            (stream, value[0] if value and isinstance(value[0], list) else value) for stream, value in reply.items()
+        ]
     return reply

@@ -6,6 +6,7 @@ stripe-python retries timeouts, refused connections and 5xx itself (`network_ret
 Stripe marks it Stripe-Should-Retry, so rate limits are handled here: wait for Retry-After (at least the
 backoff), up to a total wait, then give up with StripeApiError. Every failure is that one exception, with a
 message that never shows the API key."""
+
 from __future__ import annotations
 
 import json
@@ -32,24 +33,41 @@ class StripeApiError(Exception):
 
 
 class StripeApi:
-    def __init__(self, api_key: str, api_base: str, *, timeout: float = 30.0, connect_timeout: float = 5.0,
-                 network_retries: int = 2, rate_limit_wait: float = 300.0,
-                 sleep: Callable[[float], object] = time.sleep):
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        network_retries: int = 2,
+        rate_limit_wait: float = 300.0,
+        sleep: Callable[[float], object] = time.sleep,
+    ):
         self.api_key = api_key
         self.api_base = api_base
         self.rate_limit_wait = rate_limit_wait  # the most we wait out 429s for one request, in all
         self._sleep = sleep
         self._client = stripe.StripeClient(
-            api_key, base_addresses={"api": api_base}, max_network_retries=network_retries,
-            http_client=stripe.RequestsClient(timeout=(connect_timeout, timeout)))
+            api_key,
+            base_addresses={"api": api_base},
+            max_network_retries=network_retries,
+            http_client=stripe.RequestsClient(timeout=(connect_timeout, timeout)),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> "StripeApi":
         settings.require_stripe_api_key()
         return cls(settings.stripe_api_key, settings.stripe_api_base, **options)
 
-    def list_events(self, *, created_gte: int, created_lte: int | None = None, types: Sequence[str] = (),
-                    delivery_success: bool | None = None) -> Iterator[dict[str, Any]]:
+    def list_events(
+        self,
+        *,
+        created_gte: int,
+        created_lte: int | None = None,
+        types: Sequence[str] = (),
+        delivery_success: bool | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Every event of the window (and types, and delivery state), newest first, page after page."""
         params: dict[str, Any] = {"limit": PAGE_SIZE, "created": {"gte": created_gte}}
         if created_lte is not None:
@@ -61,8 +79,9 @@ class StripeApi:
         while True:
             page = self._get("/v1/events", params)
             events = page.get("data")
-            if not isinstance(events, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
-                                                       for e in events):
+            if not isinstance(events, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("id"), str) for e in events
+            ):
                 raise StripeApiError("Stripe's answer to GET /v1/events is not a list of events")
             yield from events
             if not events or page.get("has_more") is not True:
@@ -86,8 +105,10 @@ class StripeApi:
             except stripe.RateLimitError as exc:
                 delay = retry_delay(exc.headers, attempt)
                 if waited + delay > self.rate_limit_wait:
-                    raise StripeApiError(f"Stripe is rate limiting us (429 on GET {path}, {attempt} times, "
-                                         f"{waited:.0f}s waited); try again later") from None
+                    raise StripeApiError(
+                        f"Stripe is rate limiting us (429 on GET {path}, {attempt} times, "
+                        f"{waited:.0f}s waited); try again later"
+                    ) from None
                 log.warning("Stripe rate limit (429) on GET %s; retrying in %.1fs", path, delay)
                 self._sleep(delay)
                 waited += delay

@@ -1,6 +1,7 @@
 """The commands that read Stripe's API to heal what webhooks missed: `backfill`, `reconcile events` and
 `reconcile subscriptions`. Thin, as the rest of consumer/cli.py (whose group they join): the work is in
 consumer.backfill, consumer.reconcile and consumer.drift."""
+
 from __future__ import annotations
 
 import json
@@ -21,36 +22,68 @@ from consumer.handlers import Policy
 from consumer.stripe_api import StripeApi, StripeApiError
 from models.db import database_proxy
 
-timeout_option = click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600),
-                              help="seconds to wait for each answer from Stripe")
+timeout_option = click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="seconds to wait for each answer from Stripe",
+)
 
 
 @click.command()
 @click.option("--since", required=True, help="72h, 30m, 3d (before now), or a time: 2026-03-16T11:00:00Z, epoch s")
 @click.option("--until", default=None, help="the window's end, in the same forms [now]")
-@click.option("--types", default=None, help=f"comma-separated event types (at most 20) [the {len(HANDLED_TYPES)} "
-              "we handle]; events of other types are listed and counted, never queued")
+@click.option(
+    "--types",
+    default=None,
+    help=f"comma-separated event types (at most 20) [the {len(HANDLED_TYPES)} "
+    "we handle]; events of other types are listed and counted, never queued",
+)
 @click.option("--dry-run", is_flag=True, help="say what would be queued; queue nothing, keep no cursor")
 @click.option("--restart", is_flag=True, help="start at --since even if an interrupted run left a cursor")
-@click.option("--progress-every", default=100, show_default=True, type=click.IntRange(1, None),
-              help="without a terminal: a progress line every N events")
+@click.option(
+    "--progress-every",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, None),
+    help="without a terminal: a progress line every N events",
+)
 @timeout_option
 @json_option
 @operation
-def backfill(settings: Settings, client: redis.Redis, since: str, until: str | None, types: str | None,
-             dry_run: bool, restart: bool, progress_every: int, timeout: float, as_json: bool) -> None:
+def backfill(
+    settings: Settings,
+    client: redis.Redis,
+    since: str,
+    until: str | None,
+    types: str | None,
+    dry_run: bool,
+    restart: bool,
+    progress_every: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Queue, oldest first, the events of a window that we do not have, from Stripe's Events API (Stripe keeps 30
     days). Already queued or applied events are skipped; an interrupted run resumes where it stopped."""
     now = int(time.time())
     try:
-        window = Window(parse_moment(since, now), parse_moment(until, now) if until else now,
-                        tuple(t.strip() for t in types.split(",") if t.strip()) if types else HANDLED_TYPES)
+        window = Window(
+            parse_moment(since, now),
+            parse_moment(until, now) if until else now,
+            tuple(t.strip() for t in types.split(",") if t.strip()) if types else HANDLED_TYPES,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     api = StripeApi.from_settings(settings, timeout=timeout)
     progress = BarProgress() if sys.stderr.isatty() and not as_json else LineProgress(progress_every, dry_run)
-    job = Backfill(api, Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds), Cursor(client, settings.keys),
-                   window, progress)
+    job = Backfill(
+        api,
+        Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds),
+        Cursor(client, settings.keys),
+        window,
+        progress,
+    )
     try:
         counts = job.run(dry_run=dry_run, restart=restart)
     except (KeyboardInterrupt, StripeApiError, redis.RedisError) as exc:
@@ -71,15 +104,27 @@ def backfill(settings: Settings, client: redis.Redis, since: str, until: str | N
 
 def _show_counts(counts: Counts, window: Window, dry_run: bool, as_json: bool, interrupted: bool = False) -> None:
     if as_json:
-        click.echo(json.dumps({
-            "since": iso(from_epoch(window.since)), "until": iso(from_epoch(window.until)), "types": list(window.types),
-            "dry_run": dry_run, "interrupted": interrupted, **vars(counts)}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "since": iso(from_epoch(window.since)),
+                    "until": iso(from_epoch(window.until)),
+                    "types": list(window.types),
+                    "dry_run": dry_run,
+                    "interrupted": interrupted,
+                    **vars(counts),
+                },
+                indent=2,
+            )
+        )
         return
     verb = "would queue" if dry_run else "queued"
-    click.echo(f"{'so far: ' if interrupted else ''}listed {counts.listed} events created "
-               f"{iso(from_epoch(window.since))} to {iso(from_epoch(window.until))}: {verb} {counts.queued}, "
-               f"already had {counts.already_had}, other types {counts.other_types}"
-               + (f", handled by the interrupted run resumed {counts.before_cursor}" if counts.before_cursor else ""))
+    click.echo(
+        f"{'so far: ' if interrupted else ''}listed {counts.listed} events created "
+        f"{iso(from_epoch(window.since))} to {iso(from_epoch(window.until))}: {verb} {counts.queued}, "
+        f"already had {counts.already_had}, other types {counts.other_types}"
+        + (f", handled by the interrupted run resumed {counts.before_cursor}" if counts.before_cursor else "")
+    )
 
 
 class LineProgress(Progress):
@@ -95,8 +140,11 @@ class LineProgress(Progress):
             click.echo(f"listed {count} events", err=True)
 
     def resuming(self, position: tuple[int, str]) -> None:
-        click.echo(f"resuming after {position[1]} (created {iso(from_epoch(position[0]))}), where an interrupted "
-                   "run stopped; --restart to start over", err=True)
+        click.echo(
+            f"resuming after {position[1]} (created {iso(from_epoch(position[0]))}), where an interrupted "
+            "run stopped; --restart to start over",
+            err=True,
+        )
 
     def queueing(self, total: int) -> None:
         self.total = total
@@ -105,8 +153,11 @@ class LineProgress(Progress):
     def advanced(self, counts: Counts) -> None:
         done = counts.queued + counts.already_had + counts.other_types
         if done % self.every == 0 or done == self.total:
-            click.echo(f"{done}/{self.total}: {self.verb} {counts.queued}, already had {counts.already_had}, "
-                       f"other types {counts.other_types}", err=True)
+            click.echo(
+                f"{done}/{self.total}: {self.verb} {counts.queued}, already had {counts.already_had}, "
+                f"other types {counts.other_types}",
+                err=True,
+            )
 
     def close(self) -> None:
         pass
@@ -153,14 +204,22 @@ def reconcile_events(settings: Settings, client: redis.Redis, timeout: float, as
     from consumer.reconcile import Reconciler
 
     api = StripeApi.from_settings(settings, timeout=timeout)
-    reconciler = Reconciler(api, Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds), client,
-                            settings.keys, settings.reconcile_interval_seconds, owner="cli")
+    reconciler = Reconciler(
+        api,
+        Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds),
+        client,
+        settings.keys,
+        settings.reconcile_interval_seconds,
+        owner="cli",
+    )
     counts = {found.value: n for found, n in reconciler.run().items()}
     if as_json:
         click.echo(json.dumps(counts, indent=2))
     else:
-        click.echo(f"events whose webhooks failed: queued {counts[Found.QUEUED.value]}, already had "
-                   f"{counts[Found.ALREADY_HAD.value]}")
+        click.echo(
+            f"events whose webhooks failed: queued {counts[Found.QUEUED.value]}, already had "
+            f"{counts[Found.ALREADY_HAD.value]}"
+        )
 
 
 @reconcile.command("subscriptions")
@@ -169,23 +228,45 @@ def reconcile_events(settings: Settings, client: redis.Redis, timeout: float, as
 @timeout_option
 @json_option
 @operation
-def reconcile_subscriptions(settings: Settings, client: redis.Redis, fix: bool, communities: tuple[str, ...],
-                            timeout: float, as_json: bool) -> None:
+def reconcile_subscriptions(
+    settings: Settings, client: redis.Redis, fix: bool, communities: tuple[str, ...], timeout: float, as_json: bool
+) -> None:
     """Each known community's subscription as Stripe has it now against our row: tier, status, period."""
     api = StripeApi.from_settings(settings, timeout=timeout)
-    report = drift.check_subscriptions(api, database_proxy.obj, client, settings.keys, Policy.from_settings(settings),
-                                       fix=fix, communities=communities)
+    report = drift.check_subscriptions(
+        api, database_proxy.obj, client, settings.keys, Policy.from_settings(settings), fix=fix, communities=communities
+    )
     if as_json:
         click.echo(drift.as_json(report))
         return
-    rows = [{"community": d.community_id, "subscription": d.subscription_id, "field": field,
-             "ours": _or_dash(values["ours"]), "stripe": _or_dash(values["stripe"])}
-            for d in report for field, values in d.differences.items()]
-    rows += [{"community": d.community_id, "subscription": d.subscription_id, "field": "-", "ours": "-",
-              "stripe": d.problem} for d in report if d.problem]
+    rows = [
+        {
+            "community": d.community_id,
+            "subscription": d.subscription_id,
+            "field": field,
+            "ours": _or_dash(values["ours"]),
+            "stripe": _or_dash(values["stripe"]),
+        }
+        for d in report
+        for field, values in d.differences.items()
+    ]
+    rows += [
+        {"community": d.community_id, "subscription": d.subscription_id, "field": "-", "ours": "-", "stripe": d.problem}
+        for d in report
+        if d.problem
+    ]
     if rows:
-        print_table(rows, [("COMMUNITY", "community"), ("SUBSCRIPTION", "subscription"), ("FIELD", "field"),
-                      ("OURS", "ours"), ("STRIPE", "stripe")], empty="")
+        print_table(
+            rows,
+            [
+                ("COMMUNITY", "community"),
+                ("SUBSCRIPTION", "subscription"),
+                ("FIELD", "field"),
+                ("OURS", "ours"),
+                ("STRIPE", "stripe"),
+            ],
+            empty="",
+        )
     differing = sum(1 for d in report if d.differences)
     problems = sum(1 for d in report if d.problem)
     if not differing:

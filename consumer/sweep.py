@@ -2,6 +2,7 @@
 answer is already right at read time; this writes it down, audits it and drops the cached answer.
 Running consumers do it every SWEEP_EVERY_SECONDS, one at a time (a Redis lock), and drop the deferred events
 no checkout has claimed within deferred.MAX_AGE on the same pass."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,20 +25,25 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY_SECONDS = 30
 
 
-def end_expired_grace(db: peewee.Database, client: redis.Redis | None, keys: Keys,
-                      now: dt.datetime | None = None) -> list[str]:
+def end_expired_grace(
+    db: peewee.Database, client: redis.Redis | None, keys: Keys, now: dt.datetime | None = None
+) -> list[str]:
     """Write `unpaid` for every subscription whose grace has ended, and drop their cached entitlements (with
     a client); returns their communities."""
     now = now or utcnow()
     with write_transaction(db):
-        query = Subscription.select().where((Subscription.status == Status.PAST_DUE)
-                                            & (Subscription.grace_until <= now))
+        query = Subscription.select().where(
+            (Subscription.status == Status.PAST_DUE) & (Subscription.grace_until <= now)
+        )
         if is_postgres(db):
             query = query.for_update()
         ended = list(query)
         for sub in ended:
-            AuditLog.create(event_type="grace_period_ended", community_id=sub.community_id,
-                            event_data=json.dumps({"grace_until": iso(sub.grace_until), "tier": sub.tier}))
+            AuditLog.create(
+                event_type="grace_period_ended",
+                community_id=sub.community_id,
+                event_data=json.dumps({"grace_until": iso(sub.grace_until), "tier": sub.tier}),
+            )
             sub.status, sub.updated_at = Status.UNPAID, utcnow()
             sub.save()
     if ended and client is not None:
@@ -58,6 +64,10 @@ def sweep_if_ours(db: peewee.Database, client: redis.Redis, keys: Keys, owner: s
     ended = end_expired_grace(db, client, keys)
     dropped = deferred.drop_expired(db)
     if dropped:
-        log.warning("dropped %d deferred events no checkout linked within %d days (audit rows keep them): %s",
-                    len(dropped), deferred.MAX_AGE.days, ", ".join(dropped[:20]))
+        log.warning(
+            "dropped %d deferred events no checkout linked within %d days (audit rows keep them): %s",
+            len(dropped),
+            deferred.MAX_AGE.days,
+            ", ".join(dropped[:20]),
+        )
     return ended

@@ -13,6 +13,7 @@ a failover: OOM, READONLY, UNBLOCKED, LOADING, MASTERDOWN, MISCONF, NOREPLICAS, 
 unexpected one (WRONGTYPE, say) are counted in billing_redis_errors_total and retried with capped backoff;
 a lost stream or group (NOGROUP) is recreated. When Redis is full the worker keeps acknowledging (see
 EventStream.settle) and trims at every tick, which is what lets Redis get out of being full."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,9 +88,18 @@ class Timing:
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: peewee.Database, client: redis.Redis, name: str,
-                 batch_size: int = 500, block_ms: int = 2000, deadline_ms: int | None = None,
-                 reconciler: ReconcilerThread | None = None, stream: EventStream | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        db: peewee.Database,
+        client: redis.Redis,
+        name: str,
+        batch_size: int = 500,
+        block_ms: int = 2000,
+        deadline_ms: int | None = None,
+        reconciler: ReconcilerThread | None = None,
+        stream: EventStream | None = None,
+    ):
         self.db = db
         self.reconciler = reconciler  # lists and queues from Stripe in a thread of its own (None: off)
         self.client = client
@@ -119,8 +129,12 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
-        log.info("consumer %s starting (deadline %d ms, claim idle %d ms)", self.name,
-                 self.timing.deadline_ms, self.timing.claim_idle_ms)
+        log.info(
+            "consumer %s starting (deadline %d ms, claim idle %d ms)",
+            self.name,
+            self.timing.deadline_ms,
+            self.timing.claim_idle_ms,
+        )
         self._retrying(self.stream.ensure_group, "creating the group")
         if self.reconciler:
             self.reconciler.start()
@@ -130,8 +144,7 @@ class Worker:
                 if time.monotonic() >= self._next_tick:
                     self._tick()
                 wait_ms = max(1, min(self.block_ms, int((self._next_tick - time.monotonic()) * 1000)))
-                entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms),
-                                         "reading new entries")
+                entries = self._retrying(lambda: self.stream.read_new(self.batch_size, wait_ms), "reading new entries")
                 if entries:
                     self.process(entries)
                 elif entries is not None:  # nothing new: idle, and healthy
@@ -145,8 +158,9 @@ class Worker:
         """Entries delivered to this consumer name before a crash or restart come first."""
         cursor = "0"
         while not self.stopping.is_set():
-            entries = self._retrying(lambda: self.stream.read_own_pending(cursor, self.batch_size),
-                                     "reading our pending entries")
+            entries = self._retrying(
+                lambda: self.stream.read_own_pending(cursor, self.batch_size), "reading our pending entries"
+            )
             if not entries:
                 return
             log.info("resuming %d pending entries", len(entries))
@@ -155,13 +169,16 @@ class Worker:
 
     def _tick(self) -> None:
         self._next_tick = time.monotonic() + self.timing.tick_ms / 1000
-        retries = self._retrying(lambda: self.stream.retry_own(self.timing.retry_due, self.batch_size),
-                                 "claiming our entries due for a retry")
+        retries = self._retrying(
+            lambda: self.stream.retry_own(self.timing.retry_due, self.batch_size),
+            "claiming our entries due for a retry",
+        )
         if retries:
             log.info("retrying %d of our own pending entries", len(retries))
             self.process(retries)
-        reclaimed = self._retrying(lambda: self.stream.reclaim_idle(self.timing.claim_idle_ms, self.batch_size),
-                                   "reclaiming idle entries")
+        reclaimed = self._retrying(
+            lambda: self.stream.reclaim_idle(self.timing.claim_idle_ms, self.batch_size), "reclaiming idle entries"
+        )
         if reclaimed:
             metrics.RECLAIMED.inc(len(reclaimed))
             log.warning("reclaimed %d entries idle over %d ms", len(reclaimed), self.timing.claim_idle_ms)
@@ -171,8 +188,9 @@ class Worker:
             self._sweep()
         if time.monotonic() >= self._next_trim or self._trim_eagerly:
             self._next_trim = time.monotonic() + TRIM_EVERY_SECONDS
-            trimmed = self._retrying(lambda: self.stream.trim(self.retention_ms, int(time.time() * 1000)),
-                                     "trimming the stream")
+            trimmed = self._retrying(
+                lambda: self.stream.trim(self.retention_ms, int(time.time() * 1000)), "trimming the stream"
+            )
             if trimmed:
                 log.info("trimmed %d acknowledged entries older than the retention window", trimmed)
             elif trimmed == 0 and not self._memory_short:
@@ -207,8 +225,12 @@ class Worker:
         except BatchDeadlineExceeded:
             metrics.DEADLINES_MISSED.inc()
             self.batch_size = max(1, self.batch_size // 2)
-            log.warning("batch of %d missed its %d ms deadline; rolled back, batch size now %d",
-                        len(entries), self.timing.deadline_ms, self.batch_size)
+            log.warning(
+                "batch of %d missed its %d ms deadline; rolled back, batch size now %d",
+                len(entries),
+                self.timing.deadline_ms,
+                self.batch_size,
+            )
             return
         except OUTAGE_ERRORS as exc:
             metrics.DB_ERRORS.inc()
@@ -244,6 +266,7 @@ class Worker:
 
     def _await_recovery(self) -> None:
         """Pause, with capped backoff, until both Redis and the database answer (or we are stopped)."""
+
         def probe() -> bool:
             self.client.ping()
             self.db.execute_sql("SELECT 1")
@@ -273,8 +296,9 @@ class Worker:
                 return result
             except GroupMissing:
                 metrics.REDIS_FAILURES.inc()
-                log.warning("%s: stream or group missing (Redis restarted empty, or failed over?); recreating them",
-                            what)
+                log.warning(
+                    "%s: stream or group missing (Redis restarted empty, or failed over?); recreating them", what
+                )
                 try:
                     if self.stream.ensure_group():
                         continue  # recreated: try again at once
@@ -316,14 +340,29 @@ def _log_batch(outcomes: list[EntryOutcome], seconds: float) -> None:
     """One INFO line per batch (its outcomes counted, its time); a line per event at DEBUG, and at WARNING for
     the events that failed."""
     counts = Counter(outcome.outcome for outcome in outcomes)
-    log.info("batch of %d in %.0f ms: %s", len(outcomes), seconds * 1000,
-             ", ".join(f"{count} {name}" for name, count in sorted(counts.items())))
+    log.info(
+        "batch of %d in %.0f ms: %s",
+        len(outcomes),
+        seconds * 1000,
+        ", ".join(f"{count} {name}" for name, count in sorted(counts.items())),
+    )
     for outcome in outcomes:
         failed = outcome.outcome in FAILED_OUTCOMES
         level = logging.WARNING if failed else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "%s %s %s -> %s%s", outcome.entry.entry_id, outcome.entry.event_id,
-                    outcome.entry.event_type, outcome.outcome, f" ({outcome.error})" if outcome.error else "",
-                    extra={"entry_id": outcome.entry.entry_id, "event_id": outcome.entry.event_id,
-                           "event_type": outcome.entry.event_type, "outcome": outcome.outcome,
-                           "community_id": outcome.community_id})
+            log.log(
+                level,
+                "%s %s %s -> %s%s",
+                outcome.entry.entry_id,
+                outcome.entry.event_id,
+                outcome.entry.event_type,
+                outcome.outcome,
+                f" ({outcome.error})" if outcome.error else "",
+                extra={
+                    "entry_id": outcome.entry.entry_id,
+                    "event_id": outcome.entry.event_id,
+                    "event_type": outcome.entry.event_type,
+                    "outcome": outcome.outcome,
+                    "community_id": outcome.community_id,
+                },
+            )

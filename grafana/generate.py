@@ -51,6 +51,7 @@ Steps = list[tuple[str, float | None]]  # (color, value from which it applies); 
 
 # --- building blocks -------------------------------------------------------------------------------------
 
+
 def red_from(red: float, yellow: float | None = None) -> Steps:
     """Green, then yellow from `yellow` (if given), then red from `red`."""
     return [("green", None)] + ([("yellow", yellow)] if yellow is not None else []) + [("red", red)]
@@ -61,8 +62,11 @@ def query(expr: str, legend: str) -> Dataquery:
 
 
 def thresholds(steps: Steps) -> dash.ThresholdsConfig:
-    return dash.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(
-        [Threshold(value=value, color=color) for color, value in steps])
+    return (
+        dash.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=value, color=color) for color, value in steps])
+    )
 
 
 def color(name: str) -> list[DynamicConfigValue]:
@@ -75,17 +79,38 @@ def _with_queries(panel, queries: list[Dataquery]):
     return panel
 
 
-def graph(title: str, description: str, unit: str, *queries: Dataquery, steps: Steps | None = None,
-          colors: dict[str, str] | None = None, stacked: bool = False, width: int = 8,
-          min_val: float | None = 0, max_val: float | None = None) -> timeseries.Panel:
+def graph(
+    title: str,
+    description: str,
+    unit: str,
+    *queries: Dataquery,
+    steps: Steps | None = None,
+    colors: dict[str, str] | None = None,
+    stacked: bool = False,
+    width: int = 8,
+    min_val: float | None = 0,
+    max_val: float | None = None,
+) -> timeseries.Panel:
     """A time series panel; `steps` draws dashed threshold lines, `colors` pins series (regexp → color)."""
     panel = (
-        timeseries.Panel().title(title).description(description).datasource(DATASOURCE)
-        .unit(unit).span(width).height(8).fill_opacity(10).line_width(1)
-        .legend(common_builders.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
-                .placement(common.LegendPlacement.BOTTOM).show_legend(True))
-        .tooltip(common_builders.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
-                 .sort(common.SortOrder.DESCENDING))
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(8)
+        .fill_opacity(10)
+        .line_width(1)
+        .legend(
+            common_builders.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .tooltip(
+            common_builders.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
+        )
     )
     if min_val is not None:
         panel.min(min_val)
@@ -95,14 +120,16 @@ def graph(title: str, description: str, unit: str, *queries: Dataquery, steps: S
         panel.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL)).fill_opacity(40)
     if steps:
         panel.thresholds(thresholds(steps)).thresholds_style(
-            common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED))
+            common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
+        )
     for pattern, name in (colors or {}).items():
         panel.override_by_regexp(pattern, color(name))
     return _with_queries(panel, list(queries))
 
 
-def latency(title: str, description: str, histogram: str, job: str, steps: Steps, by: str | None = None,
-            width: int = 6) -> timeseries.Panel:
+def latency(
+    title: str, description: str, histogram: str, job: str, steps: Steps, by: str | None = None, width: int = 6
+) -> timeseries.Panel:
     """p50 and p99 of a histogram over all instances of a job (a pair per value of label `by`, if given),
     shown in ms (the unit scales seconds)."""
     labels, legend = (f"le, {by}", f"{{{{{by}}}}} ") if by else ("le", "")
@@ -110,15 +137,23 @@ def latency(title: str, description: str, histogram: str, job: str, steps: Steps
     def quantile(q: float) -> Dataquery:
         expr = f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket{{{job}}}[{RATE}])))"
         return query(expr, f"{legend}p{round(q * 100)}")
+
     return graph(title, description, units.Seconds, quantile(0.5), quantile(0.99), steps=steps, width=width)
 
 
 def single(title: str, description: str, unit: str, q: Dataquery, steps: Steps, width: int = 6) -> stat.Panel:
     """A big number colored by its thresholds, with the recent trend behind it."""
     panel = (
-        stat.Panel().title(title).description(description).datasource(DATASOURCE)
-        .unit(unit).span(width).height(8).thresholds(thresholds(steps))
-        .color_mode(common.BigValueColorMode.BACKGROUND).graph_mode(common.BigValueGraphMode.AREA)
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(8)
+        .thresholds(thresholds(steps))
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .graph_mode(common.BigValueGraphMode.AREA)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
     )
     return _with_queries(panel, [q])
@@ -126,23 +161,27 @@ def single(title: str, description: str, unit: str, q: Dataquery, steps: Steps, 
 
 # --- the dashboard ---------------------------------------------------------------------------------------
 
+
 def receiver_panels():
     yield graph(
         "Webhook answers by status",
         "Answers to Stripe per second, by HTTP status. Red (503) means Redis refused or missed the XADD: the "
         "event was not queued and Stripe will retry it. Check Redis (`redis-cli ping`, the receiver's `/readyz`, "
         "`maxmemory-policy noeviction`). Orange (400) is bad signatures or unreadable events: see "
-        "\"Signature failures by reason\". Yellow (413) is a body over 1 MiB.",
+        '"Signature failures by reason". Yellow (413) is a body over 1 MiB.',
         units.RequestsPerSecond,
         query(f"sum by (status) (rate(billing_webhook_requests_total{{{RECEIVER}}}[{RATE}]))", "{{status}}"),
-        colors={"^2..$": "green", "^400$": "orange", "^413$": "yellow", "^5..$": "red"}, width=6,
+        colors={"^2..$": "green", "^400$": "orange", "^413$": "yellow", "^5..$": "red"},
+        width=6,
     )
     yield latency(
         "Webhook ack latency",
         "Time from Stripe's request to our answer (p50, p99): the signature check and the enqueue script. "
         "Red is p99 over 1 s; Stripe gives up on a slow answer and retries. Slow acks almost always mean a slow "
         "Redis: check its latency (`redis-cli --latency`) and whether it is swapping or fsyncing every write.",
-        "billing_webhook_request_duration_seconds", RECEIVER, red_from(1, 0.25),
+        "billing_webhook_request_duration_seconds",
+        RECEIVER,
+        red_from(1, 0.25),
     )
     yield graph(
         "Signature failures by reason",
@@ -150,9 +189,9 @@ def receiver_panels():
         "sustained rate) with `mismatch` means STRIPE_WEBHOOK_SECRET does not match the endpoint's secret "
         "(after a roll, list both, comma-separated); `expired` means a clock is off or old requests are replayed.",
         units.RequestsPerSecond,
-        query(f"sum by (reason) (rate(billing_webhook_signature_failures_total{{{RECEIVER}}}[{RATE}]))",
-              "{{reason}}"),
-        steps=red_from(0.1), width=6,
+        query(f"sum by (reason) (rate(billing_webhook_signature_failures_total{{{RECEIVER}}}[{RATE}]))", "{{reason}}"),
+        steps=red_from(0.1),
+        width=6,
     )
     yield graph(
         "Duplicate deliveries",
@@ -176,7 +215,8 @@ def backlog_panels():
         units.Short,
         query(f"max(billing_stream_length{{{CONSUMER}}})", "stream length"),
         query(f"max(billing_group_lag{{{CONSUMER}}})", "group lag"),
-        steps=red_from(1000), width=6,
+        steps=red_from(1000),
+        width=6,
     )
     yield graph(
         "Pending entries",
@@ -185,7 +225,8 @@ def backlog_panels():
         "shows which.",
         units.Short,
         query(f"max(billing_pending_entries{{{CONSUMER}}})", "pending"),
-        steps=red_from(100, 10), width=6,
+        steps=red_from(100, 10),
+        width=6,
     )
     yield graph(
         "Oldest pending entry age",
@@ -194,7 +235,8 @@ def backlog_panels():
         "pending`, then `python -m consumer claim --idle 60000 --to NAME` to a live consumer.",
         units.Seconds,
         query(f"max(billing_oldest_pending_age_seconds{{{CONSUMER}}})", "oldest pending"),
-        steps=red_from(600, 120), width=6,
+        steps=red_from(600, 120),
+        width=6,
     )
     yield single(
         "Dead letters",
@@ -215,33 +257,42 @@ def consumer_panels():
         "(a handler raised; retried with backoff) and `dead` (gave up after "
         "MAX_DELIVERIES): `python -m consumer pending` and `python -m consumer dead list` show the errors.",
         units.OpsPerSecond,
-        query(f"sum by (event_type, outcome) (rate(billing_events_total{{{CONSUMER}}}[{RATE}]))",
-              "{{event_type}} {{outcome}}"),
-        colors={" failed$": "orange", " dead$": "red"}, stacked=True, width=12,
+        query(
+            f"sum by (event_type, outcome) (rate(billing_events_total{{{CONSUMER}}}[{RATE}]))",
+            "{{event_type}} {{outcome}}",
+        ),
+        colors={" failed$": "orange", " dead$": "red"},
+        stacked=True,
+        width=12,
     )
     yield latency(
         "Event processing latency",
         "Time to apply one event inside its batch (p50, p99). Red is p99 over 5 s: the database is slow or "
         "locked. A batch past its deadline (CLAIM_IDLE_MS/2) is rolled back and retried smaller, so check the "
         "database before anything else.",
-        "billing_event_processing_seconds", CONSUMER, red_from(5, 1),
+        "billing_event_processing_seconds",
+        CONSUMER,
+        red_from(5, 1),
     )
     yield latency(
         "End-to-end latency",
         "From the stream entry's id time (the receiver's XADD) to the commit (p50, p99): how long a customer "
-        "waits for a change. Red is p99 over 60 s: a backlog or retries; see \"Stream length and group lag\" and "
+        'waits for a change. Red is p99 over 60 s: a backlog or retries; see "Stream length and group lag" and '
         "`python -m consumer stats`.",
-        "billing_event_end_to_end_seconds", CONSUMER, red_from(60, 10),
+        "billing_event_end_to_end_seconds",
+        CONSUMER,
+        red_from(60, 10),
     )
     yield graph(
         "Time since each consumer's last success",
         "Seconds since each consumer last completed a read/apply cycle; an idle healthy consumer stays near 0. "
-        "Red (over 3 min) means that consumer is stuck: the database is down (see \"Database errors\"), or a "
+        'Red (over 3 min) means that consumer is stuck: the database is down (see "Database errors"), or a '
         "batch keeps running past its deadline. `python -m consumer stats` shows its pending entries and "
         "idle time.",
         units.Seconds,
         query(f"time() - billing_consumer_last_success_timestamp_seconds{{{CONSUMER}}}", "{{instance}}"),
-        steps=red_from(180, 60), width=8,
+        steps=red_from(180, 60),
+        width=8,
     )
     yield graph(
         "Database errors",
@@ -250,7 +301,8 @@ def consumer_panels():
         "DATABASE_URL answers (`python -m models migrate` connects and is idempotent).",
         units.OpsPerSecond,
         query(f"sum by (instance) (rate(billing_db_errors_total{{{CONSUMER}}}[{RATE}]))", "{{instance}}"),
-        steps=red_from(0.01), width=8,
+        steps=red_from(0.01),
+        width=8,
     )
     yield graph(
         "Reclaimed entries",
@@ -259,7 +311,8 @@ def consumer_panels():
         "batch outlives CLAIM_IDLE_MS. `python -m consumer stats` and the consumers' logs.",
         units.OpsPerSecond,
         query(f"sum by (instance) (rate(billing_reclaimed_total{{{CONSUMER}}}[{RATE}]))", "{{instance}}"),
-        steps=red_from(0.1), width=8,
+        steps=red_from(0.1),
+        width=8,
     )
     yield graph(
         "Reconciled from Stripe",
@@ -271,7 +324,8 @@ def consumer_panels():
         "Stripe's dashboard). `error`: a pass failed; the consumers' log says why (a wrong key, Stripe unreachable).",
         units.Short,
         query(f"sum by (result) (increase(billing_reconciled_events_total{{{CONSUMER}}}[15m]))", "{{result}}"),
-        colors={"^queued$": "red", "^already_had$": "green", "^error$": "orange"}, width=12,
+        colors={"^queued$": "red", "^already_had$": "green", "^error$": "orange"},
+        width=12,
     )
 
 
@@ -284,16 +338,23 @@ def api_panels():
         "401, a missing or wrong API_TOKEN; 403, a caller off loopback while API_TOKEN is not set. 404 on "
         "`subscription` is a community with no subscription, 400 a malformed community id.",
         units.RequestsPerSecond,
-        query(f"sum by (endpoint, status) (rate(billing_api_requests_total{{{RECEIVER}}}[{RATE}]))",
-              "{{endpoint}} {{status}}"),
-        colors={" 2..$": "green", " 40[13]$": "orange", " 5..$": "red"}, width=12,
+        query(
+            f"sum by (endpoint, status) (rate(billing_api_requests_total{{{RECEIVER}}}[{RATE}]))",
+            "{{endpoint}} {{status}}",
+        ),
+        colors={" 2..$": "green", " 40[13]$": "orange", " 5..$": "red"},
+        width=12,
     )
     yield latency(
         "API latency by endpoint",
         "Time to answer a /v1 request (p50, p99), by route. A cached answer takes about a millisecond, one from "
         "the database a few. Red is p99 over 0.5 s: a slow database (entitlements read it on every cache miss) "
-        "or a slow Redis; see \"Entitlement cache hit ratio\" and \"Database errors\".",
-        "billing_api_request_duration_seconds", RECEIVER, red_from(0.5, 0.1), by="endpoint", width=12,
+        'or a slow Redis; see "Entitlement cache hit ratio" and "Database errors".',
+        "billing_api_request_duration_seconds",
+        RECEIVER,
+        red_from(0.5, 0.1),
+        by="endpoint",
+        width=12,
     )
     yield graph(
         "Entitlement cache hit ratio",
@@ -301,9 +362,14 @@ def api_panels():
         "that community's answer) and when Redis is down (answers come from the database). Red (under 50 %) "
         "for long: check Redis and ENTITLEMENT_TTL_SECONDS.",
         units.PercentUnit,
-        query(f'sum(rate(billing_entitlement_cache_requests_total{{{RECEIVER},result="hit"}}[{RATE}]))'
-              f" / sum(rate(billing_entitlement_cache_requests_total{{{RECEIVER}}}[{RATE}]))", "hit ratio"),
-        steps=[("red", None), ("yellow", 0.5), ("green", 0.8)], max_val=1, width=12,
+        query(
+            f'sum(rate(billing_entitlement_cache_requests_total{{{RECEIVER},result="hit"}}[{RATE}]))'
+            f" / sum(rate(billing_entitlement_cache_requests_total{{{RECEIVER}}}[{RATE}]))",
+            "hit ratio",
+        ),
+        steps=[("red", None), ("yellow", 0.5), ("green", 0.8)],
+        max_val=1,
+        width=12,
     )
     yield single(
         "Scrape targets up",
@@ -312,33 +378,56 @@ def api_panels():
         "blank. Start them (`python -m receiver serve`, `python -m consumer`).",
         units.Short,
         query('sum by (job) (up{job=~"$receiver_job|$consumer_job"})', "{{job}}"),
-        [("red", None), ("green", 1)], width=12,
+        [("red", None), ("green", 1)],
+        width=12,
     )
 
 
 def variables():
     """The data source, then each job and its instances (all by default)."""
-    yield (dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
-           .current(PROVISIONED_DATASOURCE))
+    yield (
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus").current(PROVISIONED_DATASOURCE)
+    )
     for side, metric in (("receiver", "billing_webhook_requests_total"), ("consumer", "billing_events_total")):
         job = f"label_values({metric}, job)"
-        yield (dash.QueryVariable(f"{side}_job").label(f"{side.capitalize()} job").datasource(DATASOURCE)
-               .query(job).definition(job).refresh(VariableRefresh.ON_DASHBOARD_LOAD)
-               .sort(VariableSort.ALPHABETICAL_ASC)
-               .current(VariableOption(selected=True, text=f"billing-{side}", value=f"billing-{side}")))
+        yield (
+            dash.QueryVariable(f"{side}_job")
+            .label(f"{side.capitalize()} job")
+            .datasource(DATASOURCE)
+            .query(job)
+            .definition(job)
+            .refresh(VariableRefresh.ON_DASHBOARD_LOAD)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .current(VariableOption(selected=True, text=f"billing-{side}", value=f"billing-{side}"))
+        )
         instances = f'label_values(up{{job="${side}_job"}}, instance)'  # up: a target that is down is listed too
-        yield (dash.QueryVariable(f"{side}_instance").label(f"{side.capitalize()} instances").datasource(DATASOURCE)
-               .query(instances).definition(instances).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-               .sort(VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True).all_value(".*")
-               .current(VariableOption(selected=True, text=["All"], value=["$__all"])))
+        yield (
+            dash.QueryVariable(f"{side}_instance")
+            .label(f"{side.capitalize()} instances")
+            .datasource(DATASOURCE)
+            .query(instances)
+            .definition(instances)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .current(VariableOption(selected=True, text=["All"], value=["$__all"]))
+        )
 
 
 def overview() -> dash.Dashboard:
     board = (
-        dash.Dashboard("Billing webhooks — overview").uid("billing-overview")
-        .description("Stripe webhooks in, Redis Stream, consumers, database, entitlements API. "
-                     "Generated by grafana/generate.py; edit that, not this.")
-        .tags(["billing", "generated"]).time("now-6h", "now").refresh("30s").timezone("browser")
+        dash.Dashboard("Billing webhooks — overview")
+        .uid("billing-overview")
+        .description(
+            "Stripe webhooks in, Redis Stream, consumers, database, entitlements API. "
+            "Generated by grafana/generate.py; edit that, not this."
+        )
+        .tags(["billing", "generated"])
+        .time("now-6h", "now")
+        .refresh("30s")
+        .timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
     )
     for variable in variables():
@@ -367,9 +456,10 @@ def requires(board: dict) -> list[dict]:
     this is, the data source plugin, and each panel plugin used. No `__inputs`: the data source is the
     ${datasource} variable, and an `__inputs` placeholder would stay unresolved under file provisioning."""
     types = sorted({panel["type"] for panel in board["panels"] if panel["type"] != "row"})
-    return ([{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "12.0.0"},
-             {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}]
-            + [{"type": "panel", "id": kind, "name": PANEL_NAMES.get(kind, kind), "version": ""} for kind in types])
+    return [
+        {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "12.0.0"},
+        {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+    ] + [{"type": "panel", "id": kind, "name": PANEL_NAMES.get(kind, kind), "version": ""} for kind in types]
 
 
 def render(build) -> str:

@@ -1,4 +1,5 @@
 """Real services for the tests and the benchmarks: redis-server, PostgreSQL and our own processes. Not shipped."""
+
 from harness.processes import REPO, SECRET, Process, default_sigint, service_env, start_receiver
 from harness.services import (
     PostgresServer,
@@ -10,6 +11,16 @@ from harness.services import (
 )
 
 __all__ = [
-    "REPO", "SECRET", "PostgresServer", "Process", "RedisServer", "default_sigint", "free_port",
-    "postgres_reachable", "postgres_schema", "service_env", "start_receiver", "wait_for",
+    "REPO",
+    "SECRET",
+    "PostgresServer",
+    "Process",
+    "RedisServer",
+    "default_sigint",
+    "free_port",
+    "postgres_reachable",
+    "postgres_schema",
+    "service_env",
+    "start_receiver",
+    "wait_for",
 ]

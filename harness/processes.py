@@ -1,4 +1,5 @@
 """Our own commands as child processes, with the environment the tests and benchmarks give them."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,14 @@ SECRET = "whsec_test_secret_for_the_suite"
 def service_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
     """The environment our processes run with in a test or a benchmark."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "STRIPE_", "PROMETHEUS_"))}
-    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, STRIPE_WEBHOOK_SECRET=SECRET,
-               METRICS_PORT="0", PYTHONUNBUFFERED="1",
-               PYTHONFAULTHANDLER="1")  # a child that crashes in C code says where, in its stderr
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        STRIPE_WEBHOOK_SECRET=SECRET,
+        METRICS_PORT="0",
+        PYTHONUNBUFFERED="1",
+        PYTHONFAULTHANDLER="1",
+    )  # a child that crashes in C code says where, in its stderr
     env.update(extra)
     return env
 
@@ -38,9 +44,15 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log_dir: str):
         self.log_path = os.path.join(log_dir, f"{args[0]}-{uuid.uuid4().hex[:6]}.log")
         self.log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=REPO,
-                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=default_sigint)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            env=env,
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_sigint,
+        )
 
     def output(self) -> str:
         if not self.log.closed:
@@ -70,6 +82,8 @@ def start_receiver(env: dict[str, str], log_dir: str, workers: int | None = 2) -
     args = ["receiver", "serve", "--bind", f"127.0.0.1:{port}"] + (["--workers", str(workers)] if workers else [])
     proc = Process(args, env, log_dir)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200,
-             what=f"receiver on {port}: {proc.output()[-2000:]}")
+    wait_for(
+        lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200,
+        what=f"receiver on {port}: {proc.output()[-2000:]}",
+    )
     return proc, base

@@ -1,4 +1,5 @@
 """Real services: a redis-server per need, a PostgreSQL schema per test or a PostgreSQL server of one's own."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,23 @@ class RedisServer:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def start(self) -> "RedisServer":
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.fsync,
-                "--logfile", os.path.join(self.dir, "redis.log")]
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.fsync,
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
+        ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), what=f"redis-server on {self.port}")
         return self
@@ -128,8 +143,19 @@ class PostgresServer:
 
     def start(self) -> "PostgresServer":
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres([str(self.bin / "pg_ctl"), "-D", self.data, "-o", options, "-l",
-                           os.path.join(self.dir, "log"), "-w", "start"])
+        self._as_postgres(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                self.data,
+                "-o",
+                options,
+                "-l",
+                os.path.join(self.dir, "log"),
+                "-w",
+                "start",
+            ]
+        )
         return self
 
     def stop(self) -> None:

@@ -1,4 +1,5 @@
 """`python -m models migrate`: create or upgrade the schema (idempotent); `python -m models status`: its version."""
+
 from __future__ import annotations
 
 import sys
@@ -32,8 +33,11 @@ def migrate_command() -> None:
         click.echo(f"created: {', '.join(report.created)}")
     for applied in report.applied:
         click.echo(f"applied step {applied.step.version}: {applied.step.name}")
-    click.echo(f"schema now at version {report.version}" if report.applied
-               else f"schema up to date at version {report.version}")
+    click.echo(
+        f"schema now at version {report.version}"
+        if report.applied
+        else f"schema up to date at version {report.version}"
+    )
 
 
 @cli.command("status")

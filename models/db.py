@@ -1,4 +1,5 @@
 """Opening the database named by DATABASE_URL, and the one transaction shape every writer uses."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,10 @@ def open_database(url: str) -> peewee.Database:
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if sqlite3.sqlite_version_info < (3, 35):
-            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old: the consumer needs 3.35 or newer "
-                               "(INSERT ... RETURNING); use a newer Python or PostgreSQL")
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old: the consumer needs 3.35 or newer "
+                "(INSERT ... RETURNING); use a newer Python or PostgreSQL"
+            )
         db = connect(url, pragmas=SQLITE_PRAGMAS, returning_clause=True)
     else:
         # Short connect timeout: an outage should be noticed, not waited on.
@@ -86,8 +89,9 @@ def transaction_bounds(remaining_ms: int | None) -> dict[str, int]:
     return {
         "statement_timeout": remaining_ms,
         "lock_timeout": max(1, remaining_ms // 2),
-        "idle_in_transaction_session_timeout":
-            min(IDLE_IN_TRANSACTION_MAX_MS, max(IDLE_IN_TRANSACTION_MIN_MS, remaining_ms // 4)),
+        "idle_in_transaction_session_timeout": min(
+            IDLE_IN_TRANSACTION_MAX_MS, max(IDLE_IN_TRANSACTION_MIN_MS, remaining_ms // 4)
+        ),
     }
 
 
@@ -99,5 +103,7 @@ def bound_transaction(db: peewee.Database, deadline: float | None) -> None:
         return
     remaining_ms = None if deadline is None else int((deadline - time.monotonic()) * 1000)
     bounds = transaction_bounds(remaining_ms)
-    db.execute_sql("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in bounds),
-                   [value for name, ms in bounds.items() for value in (name, str(ms))])
+    db.execute_sql(
+        "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in bounds),
+        [value for name, ms in bounds.items() for value in (name, str(ms))],
+    )

@@ -13,6 +13,7 @@ reads the version the first recorded, and applies nothing twice.
 
 A database at a version newer than the code knows is refused before anything is written: a release must not
 write to a schema made by a later one (a column it does not know may be NOT NULL, or mean something)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,10 @@ class SchemaTooNewError(Exception):
     """The database has had steps this code does not know."""
 
     def __init__(self, version: int, latest: int):
-        super().__init__(f"the database schema is at version {version}, newer than this release knows "
-                         f"(version {latest}): run a release that knows it")
+        super().__init__(
+            f"the database schema is at version {version}, newer than this release knows "
+            f"(version {latest}): run a release that knows it"
+        )
         self.version = version
         self.latest = latest
 
@@ -87,6 +90,7 @@ class SchemaVersion(peewee.Model):
 # The steps, oldest first. A released step is never edited (databases have it recorded as applied); a change is
 # a new step. A step works on the `db` it is given, never through models/tables.py, which describes the latest
 # schema, not the one the step starts from.
+
 
 def baseline(db: peewee.Database) -> list[str]:
     """Version 1, the schema when migrations became versioned (tables_v1), from ANY database the unversioned
@@ -112,9 +116,7 @@ def baseline(db: peewee.Database) -> list[str]:
     return created
 
 
-STEPS: tuple[Step, ...] = (
-    Step(1, "baseline", baseline),
-)
+STEPS: tuple[Step, ...] = (Step(1, "baseline", baseline),)
 
 
 def migrate(db: peewee.Database, steps: Sequence[Step] = STEPS) -> MigrationReport:
@@ -159,8 +161,7 @@ def _exclusive(db: peewee.Database) -> Iterator[None]:
     """A transaction that no other migration runs alongside."""
     if is_postgres(db):
         with db.atomic():
-            db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(coalesce(current_schema(), '')))",
-                           (LOCK_CLASS,))
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s, hashtext(coalesce(current_schema(), '')))", (LOCK_CLASS,))
             yield
     else:
         with db.atomic("IMMEDIATE"):

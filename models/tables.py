@@ -1,4 +1,5 @@
 """The three tables. Times are stored as naive UTC datetimes; `last_event_created` as Stripe's epoch seconds."""
+
 from __future__ import annotations
 
 import enum

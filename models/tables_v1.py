@@ -1,6 +1,7 @@
 """The tables at schema version 1, which migration step 1 creates: a frozen copy of `models/tables.py` as it was
 when migrations became versioned. Never edit them: later steps change the schema from here, so step 1 must create
 what it always created, whatever `tables.py` has become."""
+
 from __future__ import annotations
 
 import peewee
@@ -69,4 +70,3 @@ class AuditLog(_Table):
 
 
 TABLES = (Subscription, WebhookEvent, AuditLog, DeferredEvent)
-

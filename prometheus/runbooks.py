@@ -16,6 +16,7 @@ and, to move the default itself (the rules and their unit tests, which spell the
 Python's standard library only, so it runs wherever Prometheus's files are prepared. The same with sed, for
 a base with no '|', '&' or '\\' in it: sed 's|^\\( *runbook_url: \\)[^#]*|\\1NEW_BASE|' prometheus/alerts.yml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ class RunbookError(Exception):
 def check_base(base: str) -> str:
     parts = urllib.parse.urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment or any(c.isspace() for c in base):
-        raise RunbookError(f"runbook base {base!r}: give an absolute http(s) URL without '#' (each alert "
-                           "appends #its-name), e.g. https://wiki.example.com/billing/runbook")
+        raise RunbookError(
+            f"runbook base {base!r}: give an absolute http(s) URL without '#' (each alert "
+            "appends #its-name), e.g. https://wiki.example.com/billing/runbook"
+        )
     return base
 
 
@@ -52,10 +55,15 @@ def rebase(text: str, base: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("base", nargs="?", default=os.environ.get("RUNBOOK_BASE_URL"),
-                        help="the runbook's URL, without '#' (default: $RUNBOOK_BASE_URL)")
-    parser.add_argument("files", nargs="*", type=pathlib.Path, default=[ALERTS],
-                        help="rule files (default: prometheus/alerts.yml)")
+    parser.add_argument(
+        "base",
+        nargs="?",
+        default=os.environ.get("RUNBOOK_BASE_URL"),
+        help="the runbook's URL, without '#' (default: $RUNBOOK_BASE_URL)",
+    )
+    parser.add_argument(
+        "files", nargs="*", type=pathlib.Path, default=[ALERTS], help="rule files (default: prometheus/alerts.yml)"
+    )
     parser.add_argument("--in-place", action="store_true", help="rewrite the files instead of printing one")
     args = parser.parse_args(argv)
     if not args.base:

@@ -1,4 +1,5 @@
 """The receiver: a Flask app that takes Stripe's signed webhooks and queues them on a Redis Stream."""
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(metrics.bp)
     # POST /webhooks/stripe is answered in front of Flask (see receiver/webhooks.py); the rest is Flask's.
-    app.wsgi_app = webhooks.WebhookRoute(app.wsgi_app, settings, GroupCommit(app.extensions["event_queue"]),
-                                         MAX_BODY_BYTES)
+    app.wsgi_app = webhooks.WebhookRoute(
+        app.wsgi_app, settings, GroupCommit(app.extensions["event_queue"]), MAX_BODY_BYTES
+    )
     if not settings.api_token:
         log.warning(api.LOOPBACK_ONLY)
 

@@ -1,4 +1,5 @@
 """`python -m receiver serve | send`."""
+
 from __future__ import annotations
 
 import http.client
@@ -29,10 +30,19 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--bind", default=None, help="HOST:PORT to listen on [0.0.0.0:$PORT, or gunicorn's config]")
-@click.option("--workers", default=None, type=click.IntRange(1, 64),
-              help="gunicorn worker processes [$WEB_CONCURRENCY, or gunicorn's config, else 2]")
-@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="a gunicorn.conf.py [./gunicorn.conf.py if there is one]")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="gunicorn worker processes [$WEB_CONCURRENCY, or gunicorn's config, else 2]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="a gunicorn.conf.py [./gunicorn.conf.py if there is one]",
+)
 @click.option("--no-access-log", is_flag=True, help="log no line per request")
 def serve(bind: str | None, workers: int | None, config_file: str | None, no_access_log: bool) -> None:
     """Run the receiver under gunicorn (GUNICORN_CMD_ARGS and a gunicorn.conf.py are honoured too)."""
@@ -43,8 +53,9 @@ def serve(bind: str | None, workers: int | None, config_file: str | None, no_acc
 
 @cli.command()
 @click.argument("event_type", type=click.Choice(EVENT_TYPES))
-@click.option("--community", default=None,
-              help="metadata community_id (omit to send one without, like `stripe trigger`)")
+@click.option(
+    "--community", default=None, help="metadata community_id (omit to send one without, like `stripe trigger`)"
+)
 @click.option("--tier", default="premium", show_default=True, help="metadata tier")
 @click.option("--api-version", default="current", show_default=True, type=click.Choice(API_VERSIONS))
 @click.option("--url", default=None, help="webhook URL [http://localhost:$PORT/webhooks/stripe]")

@@ -4,6 +4,7 @@ Those are nearly all the receiver's requests, and formatting and writing a line 
 verifying and queueing the event (bench/receiver_load.py). They are counted in
 billing_webhook_requests_total{status="200"} and listed in Stripe's dashboard; every other request (a webhook
 refused with 400, 413 or 503, the API, health checks, /metrics) is logged as gunicorn logs it."""
+
 from __future__ import annotations
 
 from gunicorn.glogging import Logger

@@ -1,4 +1,5 @@
 """GET /v1/communities/<id>/subscription and /entitlements: what a community has and may use."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,14 +25,17 @@ bp = Blueprint("api", __name__, url_prefix="/v1")
 class AnyId(BaseConverter):
     """Whatever stands between /communities/ and the last path step, '/' and newlines too, so that every
     id the rule refuses is answered 400 with the rule (werkzeug's own converters stop at '/' or '\\n': 404)."""
+
     regex = r"[^/][\s\S]*?"
     part_isolating = False
 
 
 # Before the routes: a blueprint's deferred steps run in order when the app registers it.
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("anyid", AnyId))
-LOOPBACK_ONLY = ("API_TOKEN is not set, so /v1 answers loopback clients only (127.0.0.0/8, ::1). Behind a reverse "
-                 "proxy on the same host every client looks local: set API_TOKEN there.")
+LOOPBACK_ONLY = (
+    "API_TOKEN is not set, so /v1 answers loopback clients only (127.0.0.0/8, ::1). Behind a reverse "
+    "proxy on the same host every client looks local: set API_TOKEN there."
+)
 
 
 def is_loopback(address: str | None) -> bool:
@@ -74,8 +78,10 @@ def require_token():
     if not token:
         if is_loopback(request.remote_addr):
             return None
-        return jsonify(error="forbidden: /v1 answers only loopback clients while API_TOKEN is not set; "
-                             "set API_TOKEN and send Authorization: Bearer <API_TOKEN>"), 403
+        return jsonify(
+            error="forbidden: /v1 answers only loopback clients while API_TOKEN is not set; "
+            "set API_TOKEN and send Authorization: Bearer <API_TOKEN>"
+        ), 403
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return None
@@ -89,8 +95,7 @@ def database_unavailable(exc: peewee.DatabaseError):
     """The database is down, or has no tables yet (`python -m models migrate`): 503, never a 500, and
     the cause in the log only (it names hosts and ports)."""
     settings = current_app.config["SETTINGS"]
-    log.warning("/v1: database unavailable: %s: %s", type(exc).__name__,
-                scrub(str(exc).strip(), settings.database_url))
+    log.warning("/v1: database unavailable: %s: %s", type(exc).__name__, scrub(str(exc).strip(), settings.database_url))
     response = jsonify(error="database unavailable; retry later")
     response.headers["Retry-After"] = "5"
     return response, 503
@@ -124,7 +129,8 @@ def community_entitlements(community_id: str):
     # Not utcnow(), which drops the microseconds: a TTL counted from up to a second ago would keep an
     # in-grace answer cached up to a second past grace_until.
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    answer = entitlements(community_id, Subscription.get_or_none(Subscription.community_id == community_id),
-                          settings.tiers, now)
+    answer = entitlements(
+        community_id, Subscription.get_or_none(Subscription.community_id == community_id), settings.tiers, now
+    )
     cache.put(community_id, answer, generation, cache_ttl(answer, settings.entitlement_ttl_seconds, now))
     return jsonify({**answer, "source": "database"})

@@ -4,6 +4,7 @@ Swagger UI's JavaScript and CSS come from the flask-swagger-ui package (its dist
 build), served by this app under /docs/assets/: the page loads nothing from another host, so it works on
 a machine with no way out and leaks no visit to a CDN. The page has no inline script (the start-up code
 is /docs/assets/init.js), so a strict Content-Security-Policy in front of it needs no exception."""
+
 from __future__ import annotations
 
 import html

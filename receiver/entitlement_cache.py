@@ -8,6 +8,7 @@ invalidates with DEL alone, which works on any key and which Redis never refuses
 Any Redis error makes the cache step aside (the API answers from the database): an unreachable Redis for a
 second, so requests do not queue behind its timeouts; an error reply (WRONGTYPE, a full or read-only Redis)
 for this request only. A cached value that is not a JSON object is a miss, and is replaced."""
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,7 @@ class EntitlementCache:
         if token is None or ttl_seconds <= 0:
             return
         try:
-            self._put(keys=self.keys.entitlements(community_id),
-                      args=[token, json.dumps(answer), ttl_seconds])
+            self._put(keys=self.keys.entitlements(community_id), args=[token, json.dumps(answer), ttl_seconds])
         except redis.RedisError as exc:
             self._step_aside(exc)
 

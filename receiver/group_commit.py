@@ -9,6 +9,7 @@ while it waits for Redis queue up behind it, and when its answer is back, the fi
 round trip with all of them. Under no load a batch is one event and costs what a plain enqueue costs; under load
 batches grow by themselves, with no timer and no added wait. Each request still gets its own answer (its entry
 id, a duplicate, or the error that makes it a 503), and only after Redis answered for its entry."""
+
 from __future__ import annotations
 
 import _thread

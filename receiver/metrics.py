@@ -5,6 +5,7 @@ Under `python -m receiver serve` every gunicorn worker is its own process: recei
 PROMETHEUS_MULTIPROC_DIR in the environment before any worker imports this module, so each worker
 keeps its values in files there, and whichever worker answers /metrics sums them all. Without that
 variable (the Flask test client, a bare WSGI server) the process's own registry is served."""
+
 from __future__ import annotations
 
 import os
@@ -25,23 +26,31 @@ from billing.vocabulary import HANDLED_TYPES, Receipt
 
 REQUESTS = Counter("billing_webhook_requests", "Webhook requests answered, by HTTP status", ["status"])
 REQUEST_SECONDS = Histogram(
-    "billing_webhook_request_duration_seconds", "Time to answer a webhook request (every outcome)",
+    "billing_webhook_request_duration_seconds",
+    "Time to answer a webhook request (every outcome)",
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-EVENTS = Counter("billing_webhook_events", "Verified events, by type and result (queued, duplicate)",
-                 ["event_type", "result"])
+EVENTS = Counter(
+    "billing_webhook_events", "Verified events, by type and result (queued, duplicate)", ["event_type", "result"]
+)
 SIGNATURE_FAILURES = Counter("billing_webhook_signature_failures", "Rejected signatures, by reason", ["reason"])
 ENQUEUE_FAILURES = Counter("billing_webhook_enqueue_failures", "Events not queued because Redis failed (503)")
-CACHE_REQUESTS = Counter("billing_entitlement_cache_requests", "Entitlement reads, by cache result (hit, miss)",
-                         ["result"])
+CACHE_REQUESTS = Counter(
+    "billing_entitlement_cache_requests", "Entitlement reads, by cache result (hit, miss)", ["result"]
+)
 # /v1, by route name (never the community id, so the series stay few): the API's routes, and `unmatched`
 # for a /v1 path that names none of them (404, or 405 for a method they do not take).
 API_ENDPOINTS = ("subscription", "entitlements")
 API_UNMATCHED = "unmatched"
-API_REQUESTS = Counter("billing_api_requests", "/v1 requests answered, by route and HTTP status (every outcome: "
-                       "401, 403, 400, 404 and 503 too)", ["endpoint", "status"])
+API_REQUESTS = Counter(
+    "billing_api_requests",
+    "/v1 requests answered, by route and HTTP status (every outcome: 401, 403, 400, 404 and 503 too)",
+    ["endpoint", "status"],
+)
 API_REQUEST_SECONDS = Histogram(
-    "billing_api_request_duration_seconds", "Time to answer a /v1 request (every outcome), by route", ["endpoint"],
+    "billing_api_request_duration_seconds",
+    "Time to answer a /v1 request (every outcome), by route",
+    ["endpoint"],
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 

@@ -1,4 +1,5 @@
 """`python -m receiver send`: build a realistic signed Stripe event and POST it, as `stripe trigger` would."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,11 @@ def stable_ids(community: str | None) -> dict[str, str]:
     if community is None:
         return {}
     digest = hashlib.sha256(f"community:{community}".encode()).hexdigest()
-    return {"customer_id": f"cus_{digest[:14]}", "subscription_id": f"sub_{digest[14:38]}",
-            "price_id": f"price_{digest[38:62]}"}
+    return {
+        "customer_id": f"cus_{digest[:14]}",
+        "subscription_id": f"sub_{digest[14:38]}",
+        "price_id": f"price_{digest[38:62]}",
+    }
 
 
 def send(url: str, secret: str, event_type: str, community: str | None, tier: str | None, api_version: str):

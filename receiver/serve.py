@@ -11,6 +11,7 @@ machine; sharing one would mix their counts), and removed when the server stops.
 decides how to keep values when it is first imported, so PROMETHEUS_MULTIPROC_DIR has to be in the
 environment by then: serve() sets it before the workers are forked, and the workers first import
 prometheus_client when they load the app (create_app imports the blueprints; no preload_app)."""
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,15 @@ DEFAULT_THREADS = 16
 
 
 class ReceiverServer(Application):
-    def __init__(self, settings: Settings, bind: str | None, workers: int | None, metrics_dir: str,
-                 config_file: str | None = None, access_log: bool = True):
+    def __init__(
+        self,
+        settings: Settings,
+        bind: str | None,
+        workers: int | None,
+        metrics_dir: str,
+        config_file: str | None = None,
+        access_log: bool = True,
+    ):
         self.settings = settings
         self.metrics_dir = metrics_dir
         self.config_file = config_file
@@ -100,15 +108,22 @@ def prepare_metrics_dir() -> str:
     """Create this server's multiprocess directory and point prometheus_client at it. An inherited
     PROMETHEUS_MULTIPROC_DIR is replaced: it may be another server's."""
     if "prometheus_client" in sys.modules:
-        raise RuntimeError("prometheus_client was imported before the receiver set PROMETHEUS_MULTIPROC_DIR: "
-                           "its metrics would not be summed across gunicorn workers")
+        raise RuntimeError(
+            "prometheus_client was imported before the receiver set PROMETHEUS_MULTIPROC_DIR: "
+            "its metrics would not be summed across gunicorn workers"
+        )
     path = tempfile.mkdtemp(prefix="billing-receiver-metrics-")  # new and empty, readable by us alone
     os.environ[MULTIPROC_ENV] = path
     return path
 
 
-def serve(settings: Settings, bind: str | None = None, workers: int | None = None, config_file: str | None = None,
-          access_log: bool = True) -> None:
+def serve(
+    settings: Settings,
+    bind: str | None = None,
+    workers: int | None = None,
+    config_file: str | None = None,
+    access_log: bool = True,
+) -> None:
     metrics_dir = prepare_metrics_dir()
     master = os.getpid()
     try:

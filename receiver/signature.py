@@ -1,4 +1,5 @@
 """Stripe-Signature verification against every configured secret (several while a secret is rolled)."""
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,9 @@ class SignatureRejected(Exception):
         self.message = message
 
 
-def verify(payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int,
-           now: float | None = None) -> None:
+def verify(
+    payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int, now: float | None = None
+) -> None:
     """Return if any secret verifies `header` for `payload` within `tolerance` seconds, else raise.
 
     Why a signature fails is decided here, from the header's parts and its timestamp, not from the wording of

@@ -1,4 +1,5 @@
 """Signing a payload the way Stripe does, for `python -m receiver send` and for tests."""
+
 from __future__ import annotations
 
 import hashlib

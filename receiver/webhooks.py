@@ -5,6 +5,7 @@ Stripe's POSTs are nearly all the receiver's traffic, and Flask's request contex
 objects cost more CPU per request than the verification and the enqueue together (bench/receiver_load.py;
 the profile is in the README's Speed section). Every other path and method goes on to Flask unchanged, so a
 GET here is Flask's 405. The answers are the ones Flask gave: the same statuses, JSON bodies and metrics."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,14 @@ from receiver.signature import SignatureRejected, verify
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/stripe"
-_STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 405: "405 METHOD NOT ALLOWED",
-                 413: "413 REQUEST ENTITY TOO LARGE",
-                 500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
+_STATUS_LINES = {
+    200: "200 OK",
+    400: "400 BAD REQUEST",
+    405: "405 METHOD NOT ALLOWED",
+    413: "413 REQUEST ENTITY TOO LARGE",
+    500: "500 INTERNAL SERVER ERROR",
+    503: "503 SERVICE UNAVAILABLE",
+}
 TOO_LARGE = "The data value transmitted exceeds the capacity limit."  # werkzeug's words, as before
 NOT_ALLOWED = "The method is not allowed for the requested URL."
 Answer = tuple[int, dict, list[tuple[str, str]]]
@@ -62,8 +68,12 @@ class WebhookRoute:
         if payload is None:
             return 413, {"error": TOO_LARGE}, []
         try:
-            verify(payload, environ.get("HTTP_STRIPE_SIGNATURE"), self.settings.webhook_secrets,
-                   self.settings.webhook_tolerance)
+            verify(
+                payload,
+                environ.get("HTTP_STRIPE_SIGNATURE"),
+                self.settings.webhook_secrets,
+                self.settings.webhook_tolerance,
+            )
         except SignatureRejected as exc:
             SIGNATURE_FAILURES.labels(exc.reason).inc()
             return 400, {"error": exc.message, "reason": exc.reason}, []
@@ -75,8 +85,12 @@ class WebhookRoute:
         try:
             entry_id = self.queue.enqueue(event_id, event_type, event_created(event), payload)
         except redis.RedisError as exc:
-            log.warning("enqueue failed for %s: %s", event_id, scrub(str(exc), self.settings.redis_url),
-                        extra={"event_id": event_id, "event_type": event_type})
+            log.warning(
+                "enqueue failed for %s: %s",
+                event_id,
+                scrub(str(exc), self.settings.redis_url),
+                extra={"event_id": event_id, "event_type": event_type},
+            )
             ENQUEUE_FAILURES.inc()
             return 503, {"error": "event queue unavailable; not stored, retry later"}, [("Retry-After", "5")]
         status = Receipt.QUEUED if entry_id else Receipt.DUPLICATE
@@ -99,8 +113,10 @@ class WebhookRoute:
             return None if len(payload) > self.max_body_bytes else payload
         return stream.read(length) if length else b""
 
+
 def _respond(start_response: Callable, status: int, body: dict, headers: list[tuple[str, str]]) -> list[bytes]:
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()  # as Flask's jsonify
-    start_response(_STATUS_LINES[status], [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-                                           *headers])
+    start_response(
+        _STATUS_LINES[status], [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers]
+    )
     return [data]

@@ -6,6 +6,7 @@ hold them all. Here every blocking read and write on a client socket gives up af
 (Stripe sends a whole event in milliseconds), which closes that connection and frees its thread; with
 `threads` well above the number of such clients, a real webhook always finds a free one. Against a flood,
 put a buffering proxy (nginx, a load balancer) in front, as for any gunicorn app."""
+
 from __future__ import annotations
 
 import socket

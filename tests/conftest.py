@@ -1,6 +1,7 @@
 """The services every folder's tests use: the suite's redis-server (and one of a test's own), a database on
 SQLite and PostgreSQL, the settings that join them, and the receiver's app where no database is needed (the
 receiver tests and the receiver fuzzer). Each folder's conftest.py holds the fixtures only its tests use."""
+
 from __future__ import annotations
 
 import dataclasses

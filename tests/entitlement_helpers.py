@@ -1,4 +1,5 @@
 """The contract's tier matrix as the tests expect it: each tier's members and features."""
+
 from __future__ import annotations
 
 CONTRACT_TIERS = [
@@ -11,6 +12,8 @@ CONTRACT_TIERS = [
 ]
 TIER_NAMES = [name for name, _, _ in CONTRACT_TIERS]
 STARTER = CONTRACT_TIERS[0][2]
+
+
 def expected_tier(name: str) -> tuple[int | None, list[str]]:
     """(max_members, every feature of this tier and all below it)."""
     features = []
@@ -19,5 +22,3 @@ def expected_tier(name: str) -> tuple[int | None, list[str]]:
         if tier == name:
             return max_members, features
     raise KeyError(name)
-
-

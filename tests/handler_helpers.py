@@ -1,5 +1,6 @@
 """Applying events through consumer.batch.apply_batch in tests: realistic events for community c1 (both
 API shapes, via `ev`), one batch per call, and what the database then holds."""
+
 import json
 import time
 
@@ -25,13 +26,27 @@ def run_batch(db, entries, already=()):
 
 def entry_for(event, payload=None):
     ms = int(time.time() * 1000)
-    return Entry(entry_id=f"{ms}-0", event_id=event["id"], event_type=event["type"], created=event_created(event),
-                 payload=payload if payload is not None else json.dumps(event).encode(), received_at_ms=ms)
+    return Entry(
+        entry_id=f"{ms}-0",
+        event_id=event["id"],
+        event_type=event["type"],
+        created=event_created(event),
+        payload=payload if payload is not None else json.dumps(event).encode(),
+        received_at_ms=ms,
+    )
 
 
 def ev(event_type, api, community_id="c1", **kw):
-    kw = {"created": T0, "customer_id": "cus_1", "subscription_id": "sub_1", "price_id": "price_1",
-          "period_start": P_START, "period_end": P_END, "tier": "premium", **kw}
+    kw = {
+        "created": T0,
+        "customer_id": "cus_1",
+        "subscription_id": "sub_1",
+        "price_id": "price_1",
+        "period_start": P_START,
+        "period_end": P_END,
+        "tier": "premium",
+        **kw,
+    }
     return build_event(event_type, community_id, api_version=api, **kw)
 
 

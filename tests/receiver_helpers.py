@@ -1,4 +1,5 @@
 """Small helpers shared by the receiver tests (not fixtures: those live in each test file)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ def event_bytes(event_type: str = "invoice.paid", community: str | None = "42", 
 
 def entries(client: redis.Redis, key: str = STREAM) -> list[dict[str, bytes]]:
     """The stream's entries, oldest first, as {field: raw bytes} with the entry id under "_id"."""
-    return [{"_id": entry_id, **{k.decode(): v for k, v in fields.items()}}
-            for entry_id, fields in client.xrange(key)]
+    return [{"_id": entry_id, **{k.decode(): v for k, v in fields.items()}} for entry_id, fields in client.xrange(key)]
 
 
 def redis_client(url: str) -> redis.Redis:

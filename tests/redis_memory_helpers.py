@@ -1,4 +1,5 @@
 """Driving a real redis-server to its maxmemory, as a full Redis in production."""
+
 from __future__ import annotations
 
 import redis
@@ -21,5 +22,3 @@ def fill_until_refused(client: redis.Redis, headroom: int = 2 * 1024 * 1024) -> 
 
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
-
-

@@ -1,5 +1,6 @@
 """Stripe's side of the suite: request headers signed with the suite's secret, and the 50 events captured from
 other projects' suites (../shared/fixtures/peer_events/), byte for byte."""
+
 from __future__ import annotations
 
 from harness import REPO, SECRET

@@ -1,5 +1,6 @@
 """The packages' one-way doors, read from the source: which of our packages each module imports (anywhere in it,
 at the top or inside a function), and no import cycle between our modules."""
+
 from __future__ import annotations
 
 import ast
@@ -55,8 +56,11 @@ def test_each_package_imports_only_what_it_may(package):
 
 
 def test_no_import_cycle_between_our_modules():
-    paths = {module: path for package in ("billing", "models", "receiver", "consumer")
-             for module, path in modules(package).items()}
+    paths = {
+        module: path
+        for package in ("billing", "models", "receiver", "consumer")
+        for module, path in modules(package).items()
+    }
     graph = {module: imports_of(path, set(paths)) & set(paths) - {module} for module, path in paths.items()}
     cycles, state = [], {}
 
@@ -64,7 +68,7 @@ def test_no_import_cycle_between_our_modules():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(trail[trail.index(nxt):] + [nxt])
+                cycles.append(trail[trail.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = "done"

@@ -1,5 +1,6 @@
 """billing_build_info{version, python} 1 on the receiver's and a consumer's /metrics: which release (the
 installed package's version) and which Python each target runs, one sample per target."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -13,8 +14,9 @@ from models.db import database_proxy
 from receiver import create_app
 from tests.consumer_metrics_helpers import scrape
 
-EXPECTED = [({"version": importlib.metadata.version("stripe-billing-pipeline"), "python": platform.python_version()},
-             1.0)]
+EXPECTED = [
+    ({"version": importlib.metadata.version("stripe-billing-pipeline"), "python": platform.python_version()}, 1.0)
+]
 
 
 def build_info(samples: dict) -> list[tuple[dict, float]]:
@@ -36,8 +38,11 @@ def test_the_receiver_says_which_release_it_runs(redis_url, sqlite_url):
 
 def test_a_consumer_says_which_release_it_runs(redis_url, sqlite_url, tmp_path):
     port = free_port()
-    proc = Process(["consumer", "run", "--name", "build-info", "--block-ms", "200"],
-                   service_env(redis_url, sqlite_url, METRICS_PORT=str(port)), str(tmp_path))
+    proc = Process(
+        ["consumer", "run", "--name", "build-info", "--block-ms", "200"],
+        service_env(redis_url, sqlite_url, METRICS_PORT=str(port)),
+        str(tmp_path),
+    )
     try:
         samples = wait_for(lambda: scrape(port), what=f"consumer metrics on {port}: {proc.output()[-2000:]}")
         assert build_info(samples) == EXPECTED

@@ -1,4 +1,5 @@
 """Settings.from_env: every value checked at start-up, every error naming its variable."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,7 +61,10 @@ def test_empty_environment_gives_the_documented_defaults():
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.database_url == "sqlite:///var/billing.db"
     assert (settings.stream_key, settings.consumer_group, settings.dead_letter_key) == (
-        "stripe:events", "billing", "stripe:events:dead")
+        "stripe:events",
+        "billing",
+        "stripe:events:dead",
+    )
     assert settings.key_prefix == "billing"
     assert (settings.max_deliveries, settings.claim_idle_ms) == (5, 60_000)
     assert (settings.grace_period_hours, settings.entitlement_ttl_seconds) == (24, 300)
@@ -75,17 +79,19 @@ def test_blank_values_fall_back_to_defaults():
 
 
 def test_good_values_are_parsed():
-    settings = Settings.from_env({
-        "STRIPE_WEBHOOK_SECRET": " whsec_old , whsec_new ,",
-        "STRIPE_WEBHOOK_TOLERANCE": "0",
-        "STRIPE_PRICE_TIERS": "price_a=premium, price_b = elite",
-        "REDIS_URL": "redis://cache:6380/2",
-        "DATABASE_URL": "postgresql://billing@db/billing",
-        "MAX_DELIVERIES": "3",
-        "GRACE_PERIOD_HOURS": "1.5",
-        "METRICS_PORT": "0",
-        "PORT": "8080",
-    })
+    settings = Settings.from_env(
+        {
+            "STRIPE_WEBHOOK_SECRET": " whsec_old , whsec_new ,",
+            "STRIPE_WEBHOOK_TOLERANCE": "0",
+            "STRIPE_PRICE_TIERS": "price_a=premium, price_b = elite",
+            "REDIS_URL": "redis://cache:6380/2",
+            "DATABASE_URL": "postgresql://billing@db/billing",
+            "MAX_DELIVERIES": "3",
+            "GRACE_PERIOD_HOURS": "1.5",
+            "METRICS_PORT": "0",
+            "PORT": "8080",
+        }
+    )
     assert settings.webhook_secrets == ("whsec_old", "whsec_new")
     assert settings.webhook_tolerance == 0
     assert dict(settings.price_tiers) == {"price_a": "premium", "price_b": "elite"}
@@ -100,7 +106,10 @@ def test_key_prefix_names_the_deployment_keys():
     settings = Settings.from_env({"KEY_PREFIX": " acme:prod ", "STREAM_KEY": "acme:events"})
     assert settings.key_prefix == "acme:prod"
     assert (settings.keys.prefix, settings.keys.stream, settings.keys.dead_letters) == (
-        "acme:prod", "acme:events", "stripe:events:dead")
+        "acme:prod",
+        "acme:events",
+        "stripe:events:dead",
+    )
 
 
 def test_a_key_prefix_error_says_what_is_wrong():
@@ -111,8 +120,13 @@ def test_a_key_prefix_error_says_what_is_wrong():
 
 
 def test_stripe_api_settings_are_parsed():
-    settings = Settings.from_env({"STRIPE_API_KEY": "rk_live_restricted", "STRIPE_API_BASE": "http://127.0.0.1:12111/",
-                                  "RECONCILE_INTERVAL_SECONDS": "60"})
+    settings = Settings.from_env(
+        {
+            "STRIPE_API_KEY": "rk_live_restricted",
+            "STRIPE_API_BASE": "http://127.0.0.1:12111/",
+            "RECONCILE_INTERVAL_SECONDS": "60",
+        }
+    )
     assert (settings.stripe_api_key, settings.stripe_api_base) == ("rk_live_restricted", "http://127.0.0.1:12111")
     assert settings.reconcile_interval_seconds == 60 and "rk_live" not in repr(settings)
     settings.require_stripe_api_key()  # does not raise
@@ -167,16 +181,19 @@ def test_a_future_secret_variable_shows_only_a_prefix(value):
     assert shown("STREAM_KEY", "stripe events") == "stripe events"  # a Redis key name is no secret
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
-    ("redis://default:hunter2@host/0", "redis://default:***@host/0"),
-    ("rediss://:p@ss/w#rd@host:6380", "rediss://:***@host:6380"),
-    ("unix://:hunter2@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
-    ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
-    ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
-    ("postgresql://u@h/db", "postgresql://u@h/db"),
-    ("sqlite:///var/billing.db", "sqlite:///var/billing.db"),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://default:hunter2@host/0", "redis://default:***@host/0"),
+        ("rediss://:p@ss/w#rd@host:6380", "rediss://:***@host:6380"),
+        ("unix://:hunter2@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("sqlite:///var/billing.db", "sqlite:///var/billing.db"),
+    ],
+)
 def test_redact_url(url, expected):
     from billing.config import redact_url
 
@@ -193,8 +210,12 @@ def test_scrub_takes_a_password_out_of_any_message():
 
 
 def test_settings_repr_shows_no_secret():
-    settings = Settings(webhook_secrets=("whsec_abcdefgh12345",), api_token="tok3n_value_secret",
-                        redis_url="redis://:hunter2@h/0", database_url="postgresql://u:pw0rd_s3cret@h/db")
+    settings = Settings(
+        webhook_secrets=("whsec_abcdefgh12345",),
+        api_token="tok3n_value_secret",
+        redis_url="redis://:hunter2@h/0",
+        database_url="postgresql://u:pw0rd_s3cret@h/db",
+    )
     text = repr(settings)
     for secret in ["whsec_abcdefgh12345", "tok3n_value_secret", "hunter2", "pw0rd_s3cret"]:
         assert secret not in text

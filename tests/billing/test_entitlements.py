@@ -1,5 +1,6 @@
 """The tier matrix, the effective entitlements of a subscription row at a given moment, how long an answer
 may be cached, and TIERS_FILE. Pure: no Redis, no database (rows are unsaved model instances)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,6 @@ MATRIX = TierMatrix.default()
 NOW = dt.datetime(2026, 3, 16, 11, 3, 41)  # naive UTC, like the stored times
 
 # CONTRACT.md's Domain section, written out here rather than taken from billing/tiers.py.
-
-
 
 
 def sub(tier="premium", status="active", grace_until=None) -> Subscription:
@@ -41,8 +40,13 @@ def test_the_default_matrix_is_the_contracts():
 def test_a_paid_subscription_gets_its_tier_and_every_lower_tiers_features(tier, status):
     max_members, features = expected_tier(tier)
     assert entitlements("c1", sub(tier, status), MATRIX, NOW) == {
-        "community_id": "c1", "tier": tier, "status": status, "max_members": max_members,
-        "features": features, "in_grace_period": False, "grace_until": None,
+        "community_id": "c1",
+        "tier": tier,
+        "status": status,
+        "max_members": max_members,
+        "features": features,
+        "in_grace_period": False,
+        "grace_until": None,
     }
 
 
@@ -56,16 +60,25 @@ def test_higher_tiers_inherit_and_only_enterprise_is_unlimited():
 
 def test_no_subscription_is_the_free_starter_tier():
     assert entitlements("c9", None, MATRIX, NOW) == {
-        "community_id": "c9", "tier": "starter", "status": None, "max_members": 100, "features": STARTER,
-        "in_grace_period": False, "grace_until": None,
+        "community_id": "c9",
+        "tier": "starter",
+        "status": None,
+        "max_members": 100,
+        "features": STARTER,
+        "in_grace_period": False,
+        "grace_until": None,
     }
 
 
 @pytest.mark.parametrize("status", ["canceled", "unpaid"])
 def test_ended_subscriptions_get_starter_but_keep_their_status(status):
     answer = entitlements("c1", sub("elite", status), MATRIX, NOW)
-    assert (answer["tier"], answer["status"], answer["max_members"], answer["features"]) == \
-        ("starter", status, 100, STARTER)
+    assert (answer["tier"], answer["status"], answer["max_members"], answer["features"]) == (
+        "starter",
+        status,
+        100,
+        STARTER,
+    )
     assert (answer["in_grace_period"], answer["grace_until"]) == (False, None)
 
 
@@ -82,8 +95,15 @@ def test_past_due_in_grace_keeps_its_tier(left):
 def test_past_due_past_grace_answers_starter_unpaid_without_writing(ago):
     row = sub("premium", "past_due", grace_until=NOW - ago)  # grace ends at grace_until itself
     answer = entitlements("c1", row, MATRIX, NOW)
-    assert answer == {"community_id": "c1", "tier": "starter", "status": "unpaid", "max_members": 100,
-                      "features": STARTER, "in_grace_period": False, "grace_until": None}
+    assert answer == {
+        "community_id": "c1",
+        "tier": "starter",
+        "status": "unpaid",
+        "max_members": 100,
+        "features": STARTER,
+        "in_grace_period": False,
+        "grace_until": None,
+    }
     assert (row.status, row.tier, row.grace_until) == ("past_due", "premium", NOW - ago)  # left to the sweep
 
 
@@ -98,13 +118,16 @@ def test_iso_times_are_utc_with_a_z():
     assert iso(None) is None
 
 
-@pytest.mark.parametrize("grace_left,expected", [
-    (None, 300),  # no grace: the configured TTL
-    (dt.timedelta(hours=2), 300),  # grace ends after the TTL: still the TTL
-    (dt.timedelta(seconds=10), 10),  # capped at the end of grace
-    (dt.timedelta(seconds=9, milliseconds=500), 9),  # rounded down, never past grace_until
-    (dt.timedelta(milliseconds=400), 0),  # under a second left: not cached at all
-])
+@pytest.mark.parametrize(
+    "grace_left,expected",
+    [
+        (None, 300),  # no grace: the configured TTL
+        (dt.timedelta(hours=2), 300),  # grace ends after the TTL: still the TTL
+        (dt.timedelta(seconds=10), 10),  # capped at the end of grace
+        (dt.timedelta(seconds=9, milliseconds=500), 9),  # rounded down, never past grace_until
+        (dt.timedelta(milliseconds=400), 0),  # under a second left: not cached at all
+    ],
+)
 def test_cache_ttl_never_reaches_past_the_end_of_grace(grace_left, expected):
     if grace_left is None:
         answer = entitlements("c1", sub("premium"), MATRIX, NOW)
@@ -117,11 +140,13 @@ def test_cache_ttl_never_reaches_past_the_end_of_grace(grace_left, expected):
 
 # --- TIERS_FILE --------------------------------------------------------------------------------------------
 
-CUSTOM = {"tiers": [
-    {"name": "free", "max_members": 50, "features": ["chat"]},
-    {"name": "pro", "max_members": 1000, "features": ["api_access", "chat"]},
-    {"name": "unlimited", "max_members": None, "features": ["white_label"]},
-]}
+CUSTOM = {
+    "tiers": [
+        {"name": "free", "max_members": 50, "features": ["chat"]},
+        {"name": "pro", "max_members": 1000, "features": ["api_access", "chat"]},
+        {"name": "unlimited", "max_members": None, "features": ["white_label"]},
+    ]
+}
 CUSTOM_TOML = """
 [[tiers]]
 name = "free"
@@ -152,7 +177,10 @@ def test_a_tiers_file_replaces_the_matrix(tmp_path, name, text):
     assert settings.tiers.names == ("free", "pro", "unlimited")
     answers = {t: entitlements("c1", sub(t), settings.tiers, NOW) for t in settings.tiers.names}
     assert [(a["max_members"], a["features"]) for a in answers.values()] == [
-        (50, ["chat"]), (1000, ["chat", "api_access"]), (None, ["chat", "api_access", "white_label"])]
+        (50, ["chat"]),
+        (1000, ["chat", "api_access"]),
+        (None, ["chat", "api_access", "white_label"]),
+    ]
     for gone in ("premium", "starter", None):  # the default tiers are gone; the free one is now "free"
         answer = entitlements("c1", sub(gone) if gone else None, settings.tiers, NOW)
         assert (answer["tier"], answer["max_members"], answer["features"]) == ("free", 50, ["chat"])

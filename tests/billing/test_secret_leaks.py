@@ -1,5 +1,6 @@
 """No command prints a password, a token or a signing secret in full: config errors, and the errors
 redis-py and psycopg2 raise, as the CLIs (consumer, models, receiver) turn them into one line."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,15 +30,22 @@ def models_cli():
     return cli
 
 
-@pytest.mark.parametrize("redis_url", [
-    f"redis://:{PASSWORD}@127.0.0.1:{{port}}/0",
-    f"redis://default:{PASSWORD}@127.0.0.1:{{port}}/0",
-    # unencoded '/' in the password: urllib takes "hunter2-Z" for the port and says so
-    "redis://:hunter2-Z/q8@127.0.0.1:{port}/0",
-])
+@pytest.mark.parametrize(
+    "redis_url",
+    [
+        f"redis://:{PASSWORD}@127.0.0.1:{{port}}/0",
+        f"redis://default:{PASSWORD}@127.0.0.1:{{port}}/0",
+        # unencoded '/' in the password: urllib takes "hunter2-Z" for the port and says so
+        "redis://:hunter2-Z/q8@127.0.0.1:{port}/0",
+    ],
+)
 def test_consumer_commands_never_print_the_redis_password(tmp_path, redis_url):
-    output = run(consumer_cli(), ["stats"], REDIS_URL=redis_url.format(port=free_port()),
-                 DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
+    output = run(
+        consumer_cli(),
+        ["stats"],
+        REDIS_URL=redis_url.format(port=free_port()),
+        DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+    )
     assert "hunter2" not in output and "q8@" not in output, output
     assert "REDIS_URL" in output or "Redis unreachable at redis://" in output, output
 
@@ -49,8 +57,13 @@ def test_an_unreachable_database_is_named_without_its_password():
 
 
 @pytest.mark.parametrize("cli,args", [(consumer_cli, ["stats"]), (models_cli, ["migrate"])])
-@pytest.mark.parametrize("url", [f"postgresql://billing:{PASSWORD}@127.0.0.1:port/billing",
-                                 "postgresql://billing:hunter2-Z/q8@127.0.0.1:5432/billing"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://billing:{PASSWORD}@127.0.0.1:port/billing",
+        "postgresql://billing:hunter2-Z/q8@127.0.0.1:5432/billing",
+    ],
+)
 def test_a_bad_database_url_is_named_without_its_password(cli, args, url):
     output = run(cli(), args, DATABASE_URL=url)
     assert "DATABASE_URL='postgresql://billing:***@127.0.0.1" in output, output

@@ -1,4 +1,5 @@
 """billing/stripe_events.py: both Stripe API shapes read into BillingFacts. Pure: no database."""
+
 import copy
 import json
 
@@ -23,8 +24,15 @@ SUB_TYPES = ("customer.subscription.updated", "customer.subscription.deleted")
 
 
 def build(event_type, api_version, community_id="c1", **kw):
-    kw = {"created": T0, "customer_id": "cus_1", "subscription_id": "sub_1", "price_id": "price_1",
-          "period_start": P_START, "period_end": P_END, **kw}
+    kw = {
+        "created": T0,
+        "customer_id": "cus_1",
+        "subscription_id": "sub_1",
+        "price_id": "price_1",
+        "period_start": P_START,
+        "period_end": P_END,
+        **kw,
+    }
     return build_event(event_type, community_id, api_version=api_version, **kw)
 
 
@@ -88,8 +96,13 @@ def test_current_shape_period_spans_all_items():
     event = build("customer.subscription.updated", "current")
     items = obj(event)["items"]["data"]
     second = copy.deepcopy(items[0])
-    second.update(id="si_2", price={"id": "price_2"}, plan={"id": "price_2"},
-                  current_period_start=P_START - DAY, current_period_end=P_END + DAY)
+    second.update(
+        id="si_2",
+        price={"id": "price_2"},
+        plan={"id": "price_2"},
+        current_period_start=P_START - DAY,
+        current_period_end=P_END + DAY,
+    )
     items.append(second)
     facts = facts_of(event)
     assert (facts.period_start, facts.period_end) == (P_START - DAY, P_END + DAY)
@@ -103,8 +116,9 @@ def test_legacy_top_level_period_wins_over_items():
 
 
 @pytest.mark.parametrize("api_version", API_VERSIONS)
-@pytest.mark.parametrize("event_type,amount_field", [("invoice.paid", "amount_paid"),
-                                                     ("invoice.payment_failed", "amount_due")])
+@pytest.mark.parametrize(
+    "event_type,amount_field", [("invoice.paid", "amount_paid"), ("invoice.payment_failed", "amount_due")]
+)
 def test_invoice_money(event_type, amount_field, api_version):
     event = build(event_type, api_version, amount=4900, currency="eur", attempt_count=3)
     facts = facts_of(event)
@@ -155,9 +169,11 @@ def _one_off_line(line, api_version, period):
     extra = copy.deepcopy(line)
     extra.update(id="il_oneoff", period=period, subscription=None)
     if api_version == "current":
-        extra["parent"] = {"type": "invoice_item_details", "subscription_item_details": None,
-                           "invoice_item_details": {"invoice_item": "ii_1", "proration": False,
-                                                    "subscription": None}}
+        extra["parent"] = {
+            "type": "invoice_item_details",
+            "subscription_item_details": None,
+            "invoice_item_details": {"invoice_item": "ii_1", "proration": False, "subscription": None},
+        }
         extra["pricing"]["price_details"]["price"] = "price_setup"
     else:
         extra.update(type="invoiceitem", price={"id": "price_setup"}, plan=None, subscription_item=None)
@@ -196,26 +212,30 @@ def test_metadata_values_are_read_as_text():
 
 # --- parse_envelope / unreadable objects ------------------------------------------------------
 
+
 def test_parse_envelope_accepts_bytes_and_text():
     body = json.dumps({"id": "evt_1", "type": "invoice.paid", "data": {}})
     assert parse_envelope(body)["id"] == "evt_1"
     assert parse_envelope(body.encode())["type"] == "invoice.paid"
 
 
-@pytest.mark.parametrize("body,message", [
-    (b"not json", "not JSON"),
-    (b"\xff\xfe\x00garbage", "not JSON"),
-    (b"", "not JSON"),
-    (b"[" * 200_000, "not JSON"),  # deeper than the parser can go: still a ValueError
-    (b'[{"id": "evt_1", "type": "invoice.paid"}]', "not a JSON object"),
-    (b'"evt_1"', "not a JSON object"),
-    (b"null", "not a JSON object"),
-    (b'{"type": "invoice.paid"}', "'id'"),
-    (b'{"id": "", "type": "invoice.paid"}', "'id'"),
-    (b'{"id": 123, "type": "invoice.paid"}', "'id'"),
-    (b'{"id": "evt_1"}', "'type'"),
-    (b'{"id": "evt_1", "type": null}', "'type'"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe\x00garbage", "not JSON"),
+        (b"", "not JSON"),
+        (b"[" * 200_000, "not JSON"),  # deeper than the parser can go: still a ValueError
+        (b'[{"id": "evt_1", "type": "invoice.paid"}]', "not a JSON object"),
+        (b'"evt_1"', "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b'{"type": "invoice.paid"}', "'id'"),
+        (b'{"id": "", "type": "invoice.paid"}', "'id'"),
+        (b'{"id": 123, "type": "invoice.paid"}', "'id'"),
+        (b'{"id": "evt_1"}', "'type'"),
+        (b'{"id": "evt_1", "type": null}', "'type'"),
+    ],
+)
 def test_parse_envelope_errors(body, message):
     with pytest.raises(ValueError, match=message):
         parse_envelope(body)

@@ -1,6 +1,7 @@
 """billing.vocabulary: each word pinned to CONTRACT.md's spelling (written here from the contract, not from the
 code), and each member written as its plain value wherever a string goes: str(), f-strings, JSON, log lines,
 metric labels and database columns."""
+
 from __future__ import annotations
 
 import json
@@ -46,13 +47,16 @@ CONTRACT_EVENT_TYPES = [
 ALL_MEMBERS = [*Status, *EventStatus, *Outcome, *Receipt, *EventType]
 
 
-@pytest.mark.parametrize("enum, words", [
-    (Status, CONTRACT_STATUSES),
-    (EventStatus, CONTRACT_EVENT_STATUSES),
-    (Outcome, CONTRACT_OUTCOMES),
-    (Receipt, CONTRACT_RECEIPTS),
-    (EventType, CONTRACT_EVENT_TYPES),
-])
+@pytest.mark.parametrize(
+    "enum, words",
+    [
+        (Status, CONTRACT_STATUSES),
+        (EventStatus, CONTRACT_EVENT_STATUSES),
+        (Outcome, CONTRACT_OUTCOMES),
+        (Receipt, CONTRACT_RECEIPTS),
+        (EventType, CONTRACT_EVENT_TYPES),
+    ],
+)
 def test_values_are_the_contracts_words(enum, words):
     assert [member.value for member in enum] == words
 
@@ -97,8 +101,7 @@ def test_written_as_its_value(member):
 
 
 def test_log_lines_carry_the_value():
-    record = logging.LogRecord("consumer.worker", logging.INFO, __file__, 1, "%s -> %s", ("evt_1", Outcome.DEAD),
-                               None)
+    record = logging.LogRecord("consumer.worker", logging.INFO, __file__, 1, "%s -> %s", ("evt_1", Outcome.DEAD), None)
     record.outcome = Outcome.DEAD
     assert record.getMessage() == "evt_1 -> dead"
     assert json.loads(JsonFormatter().format(record))["outcome"] == "dead"
@@ -108,8 +111,9 @@ def test_metric_labels_carry_the_value():
     registry = CollectorRegistry()
     counter = Counter("vocabulary_test_events", "test", ["event_type", "outcome"], registry=registry)
     counter.labels(EventType.INVOICE_PAID, Outcome.DUPLICATE).inc()
-    assert b'vocabulary_test_events_total{event_type="invoice.paid",outcome="duplicate"} 1.0' in \
-        generate_latest(registry)
+    assert b'vocabulary_test_events_total{event_type="invoice.paid",outcome="duplicate"} 1.0' in generate_latest(
+        registry
+    )
 
 
 def test_status_columns_store_the_plain_value(db):

@@ -2,6 +2,7 @@
 rules and not from our code. Stories are built so that the newest event decides everything but the period
 (see stories.py), so the model is a table lookup on that event, and the period is the latest one any event of
 the subscription carried (periods only move forward, whatever the order)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,10 @@ def _prices(event: dict) -> list[str]:
     if event["type"].startswith("customer.subscription."):
         return [item["price"]["id"] for item in obj["items"]["data"]]
     if event["type"].startswith("invoice."):
-        return [line.get("price", {}).get("id") or line["pricing"]["price_details"]["price"]
-                for line in obj["lines"]["data"]]
+        return [
+            line.get("price", {}).get("id") or line["pricing"]["price_details"]["price"]
+            for line in obj["lines"]["data"]
+        ]
     return []  # a webhook's checkout session carries no line items
 
 

@@ -10,6 +10,7 @@ failure or a deletion can only be a story's newest event. Three kinds of story:
   events that arrive before the checkout wait for it;
 - `portal`: the plan is changed in Stripe's customer portal: the price moves, the metadata tier does not.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,13 @@ DAY = 86_400
 PRICE_TIERS = {"price_chaos_elite": "elite", "price_chaos_exclusive": "exclusive"}
 TIERS = ("basic", "premium", "exclusive", "elite", "enterprise")
 KINDS = ("metadata", "deferred", "portal")
-FINALS = ("invoice.paid", "customer.subscription.updated", "trialing", "customer.subscription.deleted",
-          "invoice.payment_failed")
+FINALS = (
+    "invoice.paid",
+    "customer.subscription.updated",
+    "trialing",
+    "customer.subscription.deleted",
+    "invoice.payment_failed",
+)
 
 
 @dataclasses.dataclass
@@ -86,12 +92,18 @@ def _story(rng: random.Random, n: int, base: int, size: int) -> Story:
 
 def _event(step: str, kind: str, community: str, tier: str, created: int, period: int, ids: dict) -> dict:
     names_community = kind != "deferred" or step == "checkout"
-    kw = dict(ids, created=created, tier=tier, period_start=1_760_000_000 + period * 30 * DAY,
-              period_end=1_760_000_000 + (period + 1) * 30 * DAY)
+    kw = dict(
+        ids,
+        created=created,
+        tier=tier,
+        period_start=1_760_000_000 + period * 30 * DAY,
+        period_end=1_760_000_000 + (period + 1) * 30 * DAY,
+    )
     if kind == "portal" and step != "checkout":
         # The portal moved the price; the metadata still says the tier of the checkout.
-        kw.update(tier="basic",
-                  price_id="price_chaos_elite" if tier in ("elite", "enterprise") else "price_chaos_exclusive")
+        kw.update(
+            tier="basic", price_id="price_chaos_elite" if tier in ("elite", "enterprise") else "price_chaos_exclusive"
+        )
     event_type = {"checkout": "checkout.session.completed", "trialing": "customer.subscription.updated"}.get(step, step)
     status = {"trialing": "trialing", "customer.subscription.updated": "active"}.get(step)
     if status:

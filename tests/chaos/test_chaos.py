@@ -8,6 +8,7 @@ few seconds. A delivery that is not answered 200 is retried, as Stripe does. At 
 subscription must equal the oracle's, every event must have exactly the effects of one application, nothing is
 pending, and only the poison events are dead letters. CHAOS_COMMUNITIES scales the run (default 1000 stories of
 about 10 events: 10,000 events)."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -89,8 +90,14 @@ def test_nothing_lost_nothing_doubled_under_chaos(database, tmp_path):
     migrate(db)
     db.close()
     redis = RedisServer(appendonly=True).start()
-    env = service_env(redis.url, database_url, CLAIM_IDLE_MS="2000", MAX_DELIVERIES=str(MAX_DELIVERIES),
-                      STRIPE_PRICE_TIERS=",".join(f"{p}={t}" for p, t in PRICE_TIERS.items()), LOG_LEVEL="WARNING")
+    env = service_env(
+        redis.url,
+        database_url,
+        CLAIM_IDLE_MS="2000",
+        MAX_DELIVERIES=str(MAX_DELIVERIES),
+        STRIPE_PRICE_TIERS=",".join(f"{p}={t}" for p, t in PRICE_TIERS.items()),
+        LOG_LEVEL="WARNING",
+    )
     receiver, base = start_receiver(env, str(tmp_path))
     fleet = Fleet(env, str(tmp_path), rng, figures)
     try:
@@ -103,8 +110,12 @@ def test_nothing_lost_nothing_doubled_under_chaos(database, tmp_path):
         chaos.join(timeout=60)
         fleet.steady()
         expected_ids = {e["id"] for e in run.events}
-        wait_for(lambda: _settled(redis, expected_ids), timeout=300, interval=0.5,
-                 what=f"every event applied and acknowledged: {fleet.tail()}")
+        wait_for(
+            lambda: _settled(redis, expected_ids),
+            timeout=300,
+            interval=0.5,
+            what=f"every event applied and acknowledged: {fleet.tail()}",
+        )
     finally:
         fleet.stop()
         receiver.stop()
@@ -166,8 +177,12 @@ class Sender:
         while True:
             try:
                 conn = self._connection()
-                conn.request("POST", "/webhooks/stripe", body, {
-                    "Stripe-Signature": signature_header(body, SECRET), "Content-Type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/webhooks/stripe",
+                    body,
+                    {"Stripe-Signature": signature_header(body, SECRET), "Content-Type": "application/json"},
+                )
                 response = conn.getresponse()
                 response.read()
                 if response.status == 200:
@@ -197,8 +212,9 @@ class Fleet:
         self.retired: list[Process] = []
 
     def _start(self, name: str) -> Process:
-        return Process(["consumer", "run", "--name", name, "--block-ms", "100", "--batch", "50"], self.env,
-                       self.log_dir)
+        return Process(
+            ["consumer", "run", "--name", name, "--block-ms", "100", "--batch", "50"], self.env, self.log_dir
+        )
 
     def kill_one(self) -> None:
         index = self.rng.randrange(len(self.running))
@@ -233,8 +249,15 @@ class Chaos(threading.Thread):
     through the deliveries, the database stopped once at two thirds (PostgreSQL). Runs until told to stop,
     which the test does once the deliveries are done and every scheduled fault has happened."""
 
-    def __init__(self, sender: Sender, redis: RedisServer, pg: PostgresServer | None, fleet: Fleet,
-                 figures: Figures, rng: random.Random):
+    def __init__(
+        self,
+        sender: Sender,
+        redis: RedisServer,
+        pg: PostgresServer | None,
+        fleet: Fleet,
+        figures: Figures,
+        rng: random.Random,
+    ):
         super().__init__(daemon=True)
         self.sender, self.redis, self.pg, self.fleet, self.figures, self.rng = sender, redis, pg, fleet, figures, rng
         self.redis_done, self.db_done = False, pg is None
@@ -273,8 +296,9 @@ def _settled(redis: RedisServer, expected_ids: set[str]) -> bool:
             return False
         db = database_proxy.obj
         try:
-            done = (WebhookEvent.select()
-                    .where(WebhookEvent.status.in_(["processed", "stale", "ignored", "dead"])).count())
+            done = (
+                WebhookEvent.select().where(WebhookEvent.status.in_(["processed", "stale", "ignored", "dead"])).count()
+            )
         finally:
             db.close()
         return done >= len(expected_ids)
@@ -304,9 +328,19 @@ def _check(run: Run, redis: RedisServer, figures: Figures) -> None:
     for story in run.stories:
         want = oracle.expected(story)
         sub = Subscription.get_or_none(Subscription.community_id == story.community_id)
-        got = None if sub is None else oracle.Expected(
-            sub.community_id, sub.stripe_subscription_id, sub.tier, sub.status, sub.grace_until,
-            sub.current_period_start, sub.current_period_end)
+        got = (
+            None
+            if sub is None
+            else oracle.Expected(
+                sub.community_id,
+                sub.stripe_subscription_id,
+                sub.tier,
+                sub.status,
+                sub.grace_until,
+                sub.current_period_start,
+                sub.current_period_end,
+            )
+        )
         if got != want:
             mismatched.append((story.kind, want, got))
     assert not mismatched, f"{len(mismatched)} communities differ from the oracle, e.g. {mismatched[:3]}"

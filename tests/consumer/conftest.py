@@ -1,5 +1,6 @@
 """Fixtures of the consumer tests: each Stripe API shape, the environment of the ops CLI and of a consumer
 process, the receiver's queueing script, and a local stand-in for Stripe's API."""
+
 from __future__ import annotations
 
 import pytest

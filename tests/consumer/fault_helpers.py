@@ -1,4 +1,5 @@
 """Events, queueing and consumer processes for the fault and crash tests."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def enqueue_all(client, events: list[dict]) -> None:
 
 
 def consumer(env, tmp_path, name, **extra) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", "100", "--batch", "20"], {**env, **extra},
-                   str(tmp_path))
+    return Process(
+        ["consumer", "run", "--name", name, "--block-ms", "100", "--batch", "20"], {**env, **extra}, str(tmp_path)
+    )
 
 
 def applied_once(events: list[dict]) -> tuple[int, int]:
@@ -48,5 +50,3 @@ def applied_once(events: list[dict]) -> tuple[int, int]:
 
 def pending(client) -> int:
     return client.xpending(STREAM, GROUP)["pending"]
-
-

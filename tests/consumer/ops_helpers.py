@@ -1,4 +1,5 @@
 """Helpers shared by the ops CLI tests (their fixtures, r and cli_env, are in conftest.py)."""
+
 from __future__ import annotations
 
 import json
@@ -52,12 +53,12 @@ def table(output: str) -> list[dict[str, str]]:
         starts.append(pos)
         pos += len(name.strip())
     rows = []
-    for line in lines[header_at + 1:]:
+    for line in lines[header_at + 1 :]:
         if " entries to " in line:
             break  # the summary line under a claim's table
         cells = {}
         for i, (name, start) in enumerate(zip(names, starts)):
-            aligned = (start == 0 or line[start - 1] == " ") and line[start:start + 1] != " "
+            aligned = (start == 0 or line[start - 1] == " ") and line[start : start + 1] != " "
             assert aligned, f"{name!r} not aligned in:\n{output}"
             end = starts[i + 1] if i + 1 < len(starts) else len(line)
             cells[name] = line[start:end].strip()
@@ -67,8 +68,9 @@ def table(output: str) -> list[dict[str, str]]:
 
 def enqueue(client: redis.Redis, event: dict) -> str:
     """Queue an event exactly as the receiver does; its entry id."""
-    return EventQueue(client, KEYS, 3600).enqueue(event["id"], event["type"], event["created"],
-                                                    json.dumps(event).encode())
+    return EventQueue(client, KEYS, 3600).enqueue(
+        event["id"], event["type"], event["created"], json.dumps(event).encode()
+    )
 
 
 def events(n: int, event_type: str = "invoice.paid", prefix: str = "c") -> list[dict]:
@@ -95,30 +97,49 @@ def age(client: redis.Redis, consumer: str, entry_ids: list[str], idle_ms: int, 
 
 def owners(client: redis.Redis) -> dict[str, str]:
     """Pending entry id -> the consumer holding it."""
-    return {row["message_id"].decode(): row["consumer"].decode()
-            for row in client.xpending_range(STREAM, GROUP, "-", "+", 1000)}
+    return {
+        row["message_id"].decode(): row["consumer"].decode()
+        for row in client.xpending_range(STREAM, GROUP, "-", "+", 1000)
+    }
 
 
-def add_dead_letter(client: redis.Redis, event: dict, error: str = "UnreadableEvent: invoice.paid: data.object is "
-                    "not an object", deliveries: int = 5, first_failed_at: int | None = None,
-                    source_id: str = "1795448100000-0") -> tuple[str, bytes]:
+def add_dead_letter(
+    client: redis.Redis,
+    event: dict,
+    error: str = "UnreadableEvent: invoice.paid: data.object is not an object",
+    deliveries: int = 5,
+    first_failed_at: int | None = None,
+    source_id: str = "1795448100000-0",
+) -> tuple[str, bytes]:
     """A dead letter with the contract's fields, as a consumer writes it; its id and payload."""
     payload = json.dumps(event).encode()
-    entry_id = client.xadd(DEAD, {
-        "event_id": event["id"], "event_type": event["type"], "created": event["created"], "payload": payload,
-        "received_at": int(time.time() * 1000) - 60_000, "error": error, "deliveries": deliveries,
-        "first_failed_at": first_failed_at or int(time.time() * 1000) - 30_000, "source_id": source_id,
-    })
+    entry_id = client.xadd(
+        DEAD,
+        {
+            "event_id": event["id"],
+            "event_type": event["type"],
+            "created": event["created"],
+            "payload": payload,
+            "received_at": int(time.time() * 1000) - 60_000,
+            "error": error,
+            "deliveries": deliveries,
+            "first_failed_at": first_failed_at or int(time.time() * 1000) - 30_000,
+            "source_id": source_id,
+        },
+    )
     return entry_id.decode(), payload
 
 
 def audit_rows(event_type: str) -> list[dict]:
-    return [json.loads(row.event_data)
-            for row in AuditLog.select().where(AuditLog.event_type == event_type).order_by(AuditLog.id)]
+    return [
+        json.loads(row.event_data)
+        for row in AuditLog.select().where(AuditLog.event_type == event_type).order_by(AuditLog.id)
+    ]
 
 
 def start_consumer(redis_url: str, database_url: str, tmp_path, name: str, **env: str) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", "100"],
-                   service_env(redis_url, database_url, **env), str(tmp_path))
-
-
+    return Process(
+        ["consumer", "run", "--name", name, "--block-ms", "100"],
+        service_env(redis_url, database_url, **env),
+        str(tmp_path),
+    )

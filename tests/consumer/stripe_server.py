@@ -3,6 +3,7 @@ with STRIPE_API_BASE): `GET /v1/events` with Stripe's pagination (`limit`, `star
 `has_more`) and filters (`created[gte|gt|lte|lt]`, `types[]`, `type`, `delivery_success`), and
 `GET /v1/subscriptions/<id>`. It answers as Stripe does: newest first, Stripe's error bodies, a 401 for a wrong
 key. A test can make the next requests answer 429 with Retry-After, 500, or slowly (a page that times out)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,8 +111,11 @@ class FakeStripe:
             subscription_id = urllib.parse.unquote(path.rsplit("/", 1)[1])
             found = self.subscriptions.get(subscription_id)
             if found is None:
-                return 404, {}, _error(f"No such subscription: '{subscription_id}'", code="resource_missing",
-                                       param="id")
+                return (
+                    404,
+                    {},
+                    _error(f"No such subscription: '{subscription_id}'", code="resource_missing", param="id"),
+                )
             return 200, {}, found
         return 404, {}, _error(f"Unrecognized request URL (GET: {path}).")
 
@@ -123,8 +127,7 @@ class FakeStripe:
             return 400, {}, _error("Invalid integer: limit", param="limit")
         if not 1 <= limit <= MAX_LIMIT:
             return 400, {}, _error(f"This value must be less than or equal to {MAX_LIMIT}.", param="limit")
-        types = [v for name, values in params.items() if name == "types[]" or name.startswith("types[")
-                 for v in values]
+        types = [v for name, values in params.items() if name == "types[]" or name.startswith("types[") for v in values]
         if types and "type" in one:
             return 400, {}, _error("You may only specify one of these parameters: type, types.", param="types")
         if len(types) > MAX_TYPES:
@@ -136,14 +139,20 @@ class FakeStripe:
 
         def wanted(stored: Stored) -> bool:
             event, created = stored.event, stored.event["created"]
-            return ((not types or event["type"] in types) and one.get("type", event["type"]) == event["type"]
-                    and (delivery is None or stored.delivery_success == (delivery == "true"))
-                    and created >= bounds.get("gte", created) and created > bounds.get("gt", created - 1)
-                    and created <= bounds.get("lte", created) and created < bounds.get("lt", created + 1))
+            return (
+                (not types or event["type"] in types)
+                and one.get("type", event["type"]) == event["type"]
+                and (delivery is None or stored.delivery_success == (delivery == "true"))
+                and created >= bounds.get("gte", created)
+                and created > bounds.get("gt", created - 1)
+                and created <= bounds.get("lte", created)
+                and created < bounds.get("lt", created + 1)
+            )
 
         with self._lock:
-            matching = sorted((s for s in self._events if wanted(s)), key=lambda s: (s.event["created"], s.seq),
-                              reverse=True)
+            matching = sorted(
+                (s for s in self._events if wanted(s)), key=lambda s: (s.event["created"], s.seq), reverse=True
+            )
         ids = [s.event["id"] for s in matching]
         start, end = 0, len(matching)
         if "starting_after" in one:
@@ -155,10 +164,9 @@ class FakeStripe:
                 return 400, {}, _error(f"No such event: '{one['ending_before']}'", param="ending_before")
             end = ids.index(one["ending_before"])
             start = max(0, end - limit)
-        page = matching[start:min(end, start + limit)]
+        page = matching[start : min(end, start + limit)]
         has_more = start + limit < end if "ending_before" not in one else start > 0
-        return 200, {}, {"object": "list", "data": [s.event for s in page], "has_more": has_more,
-                         "url": "/v1/events"}
+        return 200, {}, {"object": "list", "data": [s.event for s in page], "has_more": has_more, "url": "/v1/events"}
 
 
 def _error(message: str, type_: str = "invalid_request_error", **extra: str) -> dict:

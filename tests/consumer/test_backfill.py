@@ -1,6 +1,7 @@
 """`python -m consumer backfill`: the real stripe client lists events from a local server that speaks Stripe's
 list API (tests/consumer/stripe_server.py), and what we do not have is queued, oldest first, through the
 receiver's script."""
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,25 @@ NOW = int(time.time())
 @pytest.fixture
 def stripe_env(redis_url, sqlite_url, fake_stripe):
     """What the CLI reads from the environment, with Stripe's API at the local server."""
-    return {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "STRIPE_API_KEY": API_KEY,
-            "STRIPE_API_BASE": fake_stripe.url}
+    return {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": sqlite_url,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": fake_stripe.url,
+    }
 
 
 def ours(fake_stripe, n: int, start: int = NOW - 3600, step: int = 1, prefix: str = "b") -> list[dict]:
     """`n` events of our types, both API shapes, one community each, added to Stripe in a shuffled order."""
-    events = [build_event(HANDLED_TYPES[i % len(HANDLED_TYPES)], f"{prefix}{i}", created=start + i * step,
-                          api_version=API_VERSIONS[i % 2]) for i in range(n)]
+    events = [
+        build_event(
+            HANDLED_TYPES[i % len(HANDLED_TYPES)],
+            f"{prefix}{i}",
+            created=start + i * step,
+            api_version=API_VERSIONS[i % 2],
+        )
+        for i in range(n)
+    ]
     for event in events[::2] + events[1::2]:  # Stripe's order is by created, not by when we added them
         fake_stripe.add_event(event)
     return events
@@ -93,12 +105,23 @@ def test_events_applied_before_their_dedupe_mark_expired_are_already_had(stripe_
 
 def test_the_window_and_the_types_are_stripes_filters(stripe_env, fake_stripe, r):
     early, inside, late = ours(fake_stripe, 3, start=NOW - 7200, step=3000)
-    other = fake_stripe.add_event({**build_event("invoice.paid", "x"), "type": "customer.created",
-                                   "created": inside["created"]})
-    delivered = fake_stripe.add_event(build_event("invoice.paid", "ok", created=inside["created"]),
-                                      delivery_success=True)  # backfill takes every event, delivered or not
-    result = invoke(stripe_env, "backfill", "--since", str(NOW - 5000), "--until", str(NOW - 1500), "--types",
-                    f"{inside['type']},invoice.paid,customer.created", "--json")
+    other = fake_stripe.add_event(
+        {**build_event("invoice.paid", "x"), "type": "customer.created", "created": inside["created"]}
+    )
+    delivered = fake_stripe.add_event(
+        build_event("invoice.paid", "ok", created=inside["created"]), delivery_success=True
+    )  # backfill takes every event, delivered or not
+    result = invoke(
+        stripe_env,
+        "backfill",
+        "--since",
+        str(NOW - 5000),
+        "--until",
+        str(NOW - 1500),
+        "--types",
+        f"{inside['type']},invoice.paid,customer.created",
+        "--json",
+    )
     counts = json.loads(result.stdout)
     assert (counts["listed"], counts["queued"], counts["other_types"]) == (3, 2, 1)
     assert {e["id"] for e in queued(r)} == {inside["id"], delivered["id"]}  # never `other`, early or late
@@ -200,9 +223,15 @@ def test_ctrl_c_says_how_to_resume_and_a_rerun_does(redis_url, sqlite_url, fake_
     total = 1500
     ours(fake_stripe, total, start=NOW - 3 * 3600, step=5)
     env = service_env(redis_url, sqlite_url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=fake_stripe.url)
-    proc = subprocess.Popen([sys.executable, "-m", "consumer", "backfill", "--since", "4h", "--progress-every", "1"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumer", "backfill", "--since", "4h", "--progress-every", "1"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
     for line in proc.stderr:
         if line.startswith(f"20/{total}:"):
             proc.send_signal(signal.SIGINT)
@@ -212,8 +241,12 @@ def test_ctrl_c_says_how_to_resume_and_a_rerun_does(redis_url, sqlite_url, fake_
     assert "interrupted: run the same command again to resume after evt_" in err and "so far: listed 1500" in out
     done = r.xlen(STREAM)
     assert 20 <= done < total
-    stripe_env = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "STRIPE_API_KEY": API_KEY,
-                  "STRIPE_API_BASE": fake_stripe.url}
+    stripe_env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": sqlite_url,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": fake_stripe.url,
+    }
     rerun = invoke(stripe_env, "backfill", "--since", "4h", "--json")
     counts = json.loads(rerun.stdout)
     assert counts["before_cursor"] + counts["queued"] + counts["already_had"] == total and counts["already_had"] <= 1

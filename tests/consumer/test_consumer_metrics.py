@@ -1,5 +1,6 @@
 """A consumer's /metrics on METRICS_PORT (a real process, real Redis and database): events by outcome,
 timings, the group-wide gauges read from Redis at scrape time, reclaims, and a METRICS_PORT in use."""
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,6 @@ def consumer(env: dict, tmp_path, name: str = "c1", **env_extra: str) -> Process
     return Process(["consumer", "run", "--name", name, "--block-ms", "200"], {**env, **env_extra}, str(tmp_path))
 
 
-
-
-
-
-
-
-
-
 def test_events_by_outcome_timings_and_backlog(metrics_env, queue, r, port, tmp_path):
     start = int(time.time()) - 100
     ids = dict(customer_id="cus_m1", subscription_id="sub_m1")
@@ -61,8 +54,10 @@ def test_events_by_outcome_timings_and_backlog(metrics_env, queue, r, port, tmp_
 
     worker = consumer(metrics_env, tmp_path, MAX_DELIVERIES="2", CLAIM_IDLE_MS="1000")
     try:
-        wait_for(lambda: value(scrape(port), "billing_events_total", event_type="invoice.paid", outcome="dead"),
-                 what=f"the broken event to be dead-lettered: {worker.output()[-2000:]}")
+        wait_for(
+            lambda: value(scrape(port), "billing_events_total", event_type="invoice.paid", outcome="dead"),
+            what=f"the broken event to be dead-lettered: {worker.output()[-2000:]}",
+        )
         wait_for(lambda: value(scrape(port), "billing_pending_entries") == 0, what="nothing pending")
         scraped_at = time.time()
         samples = scrape(port)
@@ -70,10 +65,14 @@ def test_events_by_outcome_timings_and_backlog(metrics_env, queue, r, port, tmp_
         worker.stop()
 
     assert events_by(samples) == {
-        ("checkout.session.completed", "processed"): 1, ("invoice.paid", "processed"): 1,
-        ("customer.subscription.updated", "stale"): 1, ("customer.created", "ignored"): 1,
+        ("checkout.session.completed", "processed"): 1,
+        ("invoice.paid", "processed"): 1,
+        ("customer.subscription.updated", "stale"): 1,
+        ("customer.created", "ignored"): 1,
         ("checkout.session.completed", "duplicate"): 1,
-        ("invoice.paid", "failed"): 1, ("invoice.paid", "dead"): 1}
+        ("invoice.paid", "failed"): 1,
+        ("invoice.paid", "dead"): 1,
+    }
     applied = sum(events_by(samples).values())
     assert value(samples, "billing_event_processing_seconds_count") == applied
     assert value(samples, "billing_event_end_to_end_seconds_count") == applied
@@ -125,8 +124,9 @@ def test_scrape_succeeds_while_redis_is_down(own_redis, db, database_url, port, 
     try:
         wait_for(lambda: value(scrape(port), "billing_redis_up") == 1, what="a first scrape")
         own_redis.kill()
-        samples = wait_for(lambda: scrape_when(port, lambda s: value(s, "billing_redis_up") == 0),
-                           what="a scrape without Redis")
+        samples = wait_for(
+            lambda: scrape_when(port, lambda s: value(s, "billing_redis_up") == 0), what="a scrape without Redis"
+        )
         assert value(samples, "billing_stream_length") is None  # not a made-up 0
         assert value(samples, "billing_reclaimed_total") == 0  # the process's own metrics are still there
     finally:
@@ -144,7 +144,8 @@ def test_metrics_port_in_use_is_one_clear_error(metrics_env, port, tmp_path):
     output = worker.output()
     assert "Traceback" not in output
     assert output.strip().splitlines()[-1] == (
-        f"Error: METRICS_PORT={port}: cannot serve /metrics: Address already in use")
+        f"Error: METRICS_PORT={port}: cannot serve /metrics: Address already in use"
+    )
 
 
 def test_metrics_port_zero_serves_nothing(metrics_env, port, queue, tmp_path):

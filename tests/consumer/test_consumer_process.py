@@ -1,5 +1,6 @@
 """The consumer as a real process: crashes (SIGKILL at the worst moments), SIGTERM, failing events,
 several consumers at once, and the whole pipeline from `receiver send` to the database."""
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,18 @@ def lifecycle(community: str, start: int, api_version: str = "current") -> list[
         build_event("checkout.session.completed", community, tier="basic", created=start, **ids),
         build_event("invoice.paid", community, tier="basic", created=start + 1, **ids),
         build_event("invoice.payment_failed", community, tier="basic", created=start + 2, **ids),
-        build_event("customer.subscription.updated", community, tier="elite", status="active", created=start + 3,
-                    **ids),
+        build_event(
+            "customer.subscription.updated", community, tier="elite", status="active", created=start + 3, **ids
+        ),
         # The invoice's subscription metadata mirrors the subscription's, which the update moved to elite.
         build_event("invoice.paid", community, tier="elite", created=start + 4, **ids),
     ]
 
 
 def consumer(env: dict, tmp_path, name: str = "c1", *extra: str, **env_extra: str) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", "200", *extra], {**env, **env_extra},
-                   str(tmp_path))
+    return Process(
+        ["consumer", "run", "--name", name, "--block-ms", "200", *extra], {**env, **env_extra}, str(tmp_path)
+    )
 
 
 def pending(client) -> int:
@@ -151,8 +154,10 @@ def test_a_failing_event_is_recorded_and_left_pending_while_others_go_on(consume
         enqueue(queue, event)
 
     worker = consumer(consumer_env, tmp_path, "c1")
-    wait_for(lambda: WebhookEvent.select().where(WebhookEvent.status == "processed").count() == len(good),
-             what="the good events to be processed")
+    wait_for(
+        lambda: WebhookEvent.select().where(WebhookEvent.status == "processed").count() == len(good),
+        what="the good events to be processed",
+    )
     worker.stop()
     failed = WebhookEvent.get(WebhookEvent.stripe_event_id == bad["id"])
     assert failed.status == "failed" and "data.object is not an object" in failed.error_message
@@ -166,8 +171,11 @@ def test_two_consumers_apply_every_event_exactly_once(consumer_env, queue, redis
     workers = [consumer(consumer_env, tmp_path, name, "--batch", "10") for name in ("c1", "c2")]
     for event in events:
         enqueue(queue, event)
-    wait_for(lambda: WebhookEvent.select().count() == len(events) and pending(redis_server.client()) == 0,
-             timeout=60, what="all events applied by two consumers")
+    wait_for(
+        lambda: WebhookEvent.select().count() == len(events) and pending(redis_server.client()) == 0,
+        timeout=60,
+        what="all events applied by two consumers",
+    )
     for worker in workers:
         worker.stop()
     assert WebhookEvent.select().where(WebhookEvent.status != "processed").count() == 0
@@ -181,13 +189,30 @@ def test_the_whole_pipeline_from_send_to_the_database(consumer_env, redis_server
     try:
         for event_type in ("checkout.session.completed", "invoice.payment_failed"):
             sent = subprocess.run(
-                [sys.executable, "-m", "receiver", "send", event_type, "--community", "42", "--tier", "premium",
-                 "--url", f"{base}/webhooks/stripe"],
-                env=consumer_env, cwd=REPO, capture_output=True, text=True, timeout=30)
+                [
+                    sys.executable,
+                    "-m",
+                    "receiver",
+                    "send",
+                    event_type,
+                    "--community",
+                    "42",
+                    "--tier",
+                    "premium",
+                    "--url",
+                    f"{base}/webhooks/stripe",
+                ],
+                env=consumer_env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert sent.returncode == 0 and '"status":"queued"' in sent.stdout, sent.stdout + sent.stderr
-        sub = wait_for(lambda: Subscription.get_or_none((Subscription.community_id == "42")
-                                                         & (Subscription.status == "past_due")),
-                       what="community 42 to be past due")
+        sub = wait_for(
+            lambda: Subscription.get_or_none((Subscription.community_id == "42") & (Subscription.status == "past_due")),
+            what="community 42 to be past due",
+        )
         assert sub.tier == "premium" and sub.grace_until is not None
 
         # Every captured peer event is accepted and recorded; none fails the consumer.
@@ -198,8 +223,12 @@ def test_the_whole_pipeline_from_send_to_the_database(consumer_env, redis_server
             distinct.add(json.loads(body)["id"])
             request = urllib.request.Request(f"{base}/webhooks/stripe", data=body, headers=sign(body), method="POST")
             assert urllib.request.urlopen(request, timeout=5).status == 200
-        wait_for(lambda: WebhookEvent.select().where(WebhookEvent.stripe_event_id.in_(list(distinct))).count()
-                 == len(distinct), what="every peer event to be recorded")
+        wait_for(
+            lambda: (
+                WebhookEvent.select().where(WebhookEvent.stripe_event_id.in_(list(distinct))).count() == len(distinct)
+            ),
+            what="every peer event to be recorded",
+        )
         statuses = {row.status for row in WebhookEvent.select().where(WebhookEvent.stripe_event_id.in_(list(distinct)))}
         assert statuses <= {"processed", "ignored", "stale", "deferred"}
         wait_for(lambda: pending(redis_server.client()) == 0, what="nothing left pending")

@@ -2,6 +2,7 @@
 Stripe's dashboard resends the very same event. The resend is queued (not answered `duplicate` for
 DEDUPE_TTL_SECONDS) and applied, taking over the event's `dead` row. Real Redis, a real consumer process, the
 receiver's Flask app."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ from tests.consumer.ops_helpers import (
 )
 from tests.stripe_helpers import sign
 
-BLOCK = ("CREATE TRIGGER block_community BEFORE INSERT ON subscriptions WHEN NEW.community_id = 'resent' "
-         "BEGIN SELECT RAISE(ABORT, 'subscriptions: community resent is blocked'); END")
+BLOCK = (
+    "CREATE TRIGGER block_community BEFORE INSERT ON subscriptions WHEN NEW.community_id = 'resent' "
+    "BEGIN SELECT RAISE(ABORT, 'subscriptions: community resent is blocked'); END"
+)
 
 
 @pytest.fixture
@@ -43,11 +46,13 @@ def post(receiver, body: bytes) -> dict:
     return response.get_json()
 
 
-def test_after_dead_drop_a_resend_of_the_same_event_is_queued_and_applied(receiver, redis_server, redis_url,
-                                                                         sqlite_url, tmp_path):
+def test_after_dead_drop_a_resend_of_the_same_event_is_queued_and_applied(
+    receiver, redis_server, redis_url, sqlite_url, tmp_path
+):
     client = redis_server.client()
-    event = build_event("checkout.session.completed", "resent", tier="elite", customer_id="cus_resent",
-                        subscription_id="sub_resent")
+    event = build_event(
+        "checkout.session.completed", "resent", tier="elite", customer_id="cus_resent", subscription_id="sub_resent"
+    )
     body = json.dumps(event).encode()  # Stripe resends these very bytes
     database_proxy.obj.execute_sql(BLOCK)  # what makes it fail: a fault in our database, fixed below
     assert post(receiver, body)["status"] == "queued"
@@ -67,8 +72,10 @@ def test_after_dead_drop_a_resend_of_the_same_event_is_queued_and_applied(receiv
         assert audit_rows("ops_dead_drop")[0]["event_ids"] == [event["id"]]
 
         assert post(receiver, body)["status"] == "queued"  # Stripe's 'Resend'
-        wait_for(lambda: WebhookEvent.get(WebhookEvent.stripe_event_id == event["id"]).status == "processed",
-                 what=f"the resend to be applied: {worker.output()[-2000:]}")
+        wait_for(
+            lambda: WebhookEvent.get(WebhookEvent.stripe_event_id == event["id"]).status == "processed",
+            what=f"the resend to be applied: {worker.output()[-2000:]}",
+        )
         sub = Subscription.get(Subscription.community_id == "resent")
         assert (sub.tier, sub.status, sub.stripe_subscription_id) == ("elite", "active", "sub_resent")
         wait_for(lambda: client.get(KEYS.seen(event["id"])) == b"processed", what="the resend settled")

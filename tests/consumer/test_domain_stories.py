@@ -2,6 +2,7 @@
 deliveries, portal plan changes, first invoices that fail, bank debits that settle days later, and ids that
 arrive before the checkout that explains them. Full Stripe events in both API shapes, on SQLite and
 PostgreSQL, applied one batch per delivery as the consumer would."""
+
 import json
 import threading
 
@@ -38,6 +39,7 @@ def effective(community_id="c1"):
 
 # --- tiers -------------------------------------------------------------------------------------------
 
+
 def test_a_checkout_without_a_tier_keeps_the_subscriptions_known_tier(db, api):
     """Item 5: the integration keeps its tier on the subscription; the session says none."""
     assert apply(db, ev("customer.subscription.updated", api, created=T0, tier="exclusive")) == ["processed"]
@@ -48,8 +50,9 @@ def test_a_checkout_without_a_tier_keeps_the_subscriptions_known_tier(db, api):
 def test_a_new_subscription_without_a_tier_starts_on_basic(db, api):
     checkout(db, api, tier="elite")
     assert apply(db, ev("customer.subscription.deleted", api, created=T0 + 10)) == ["processed"]
-    assert apply(db, ev("checkout.session.completed", api, created=T0 + 20, tier=None, subscription_id="sub_2")) \
-        == ["processed"]
+    assert apply(db, ev("checkout.session.completed", api, created=T0 + 20, tier=None, subscription_id="sub_2")) == [
+        "processed"
+    ]
     assert (row().tier, row().status, row().stripe_subscription_id) == ("basic", "active", "sub_2")
 
 
@@ -72,18 +75,31 @@ def test_invoice_paid_resolves_the_tier_too(db, api):
 
 # --- order across subscriptions ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("order", ["old deletion first", "new checkout first"])
 def test_an_old_subscriptions_late_deletion_never_ends_the_new_one(db, api, order):
     """Item 6: the community moves from sub_1 to sub_2; sub_1's deletion is the newest event of all."""
     checkout(db, api, created=T0, tier="basic")
     old_deleted = ev("customer.subscription.deleted", api, created=T0 + 300)
-    new = [ev("checkout.session.completed", api, created=T0 + 100, subscription_id="sub_2", tier="premium"),
-           ev("invoice.paid", api, created=T0 + 101, subscription_id="sub_2", tier="premium",
-              period_start=P_START + 30 * DAY, period_end=P_END + 30 * DAY)]
+    new = [
+        ev("checkout.session.completed", api, created=T0 + 100, subscription_id="sub_2", tier="premium"),
+        ev(
+            "invoice.paid",
+            api,
+            created=T0 + 101,
+            subscription_id="sub_2",
+            tier="premium",
+            period_start=P_START + 30 * DAY,
+            period_end=P_END + 30 * DAY,
+        ),
+    ]
     deliveries = [old_deleted, *new] if order == "old deletion first" else [*new, old_deleted]
     outcomes = [apply(db, event)[0] for event in deliveries]
-    assert outcomes == (["processed", "processed", "processed"] if order == "old deletion first"
-                        else ["processed", "processed", "ignored"])
+    assert outcomes == (
+        ["processed", "processed", "processed"]
+        if order == "old deletion first"
+        else ["processed", "processed", "ignored"]
+    )
     sub = row()
     assert (sub.stripe_subscription_id, sub.status, sub.tier) == ("sub_2", "active", "premium")
     assert sub.current_period_end == from_epoch(P_END + 30 * DAY)
@@ -102,11 +118,14 @@ def test_a_late_checkout_of_the_replaced_subscription_is_ignored(db, api):
 
 # --- events before their community is known ----------------------------------------------------------
 
+
 def test_events_before_the_checkout_are_deferred_then_applied_in_order(db, api):
     """Item 7: community_id only on the checkout session; the subscription was deleted before it arrived."""
-    early = [ev("customer.subscription.updated", api, community_id=None, created=T0 + 2, tier=None),
-             ev("customer.subscription.deleted", api, community_id=None, created=T0 + 50, tier=None),
-             ev("invoice.paid", api, community_id=None, created=T0 + 1, tier=None)]
+    early = [
+        ev("customer.subscription.updated", api, community_id=None, created=T0 + 2, tier=None),
+        ev("customer.subscription.deleted", api, community_id=None, created=T0 + 50, tier=None),
+        ev("invoice.paid", api, community_id=None, created=T0 + 1, tier=None),
+    ]
     for event in early:
         assert apply(db, event) == ["deferred"]
         assert webhook(event).status == "deferred"
@@ -117,8 +136,12 @@ def test_events_before_the_checkout_are_deferred_then_applied_in_order(db, api):
     assert [webhook(e).status for e in early] == ["processed", "processed", "processed"]
     assert [webhook(e).community_id for e in early] == ["c1", "c1", "c1"]
     assert DeferredEvent.select().count() == 0
-    assert [kind for kind, _ in audits()] == ["subscription_created", "payment_succeeded", "subscription_updated",
-                                              "subscription_canceled"]
+    assert [kind for kind, _ in audits()] == [
+        "subscription_created",
+        "payment_succeeded",
+        "subscription_updated",
+        "subscription_canceled",
+    ]
 
 
 def test_a_deferred_event_is_a_duplicate_when_delivered_again(db, api):
@@ -141,6 +164,7 @@ def test_deferred_events_older_than_30_days_are_dropped_with_an_audit_row(db, ap
 
 
 # --- first payments ----------------------------------------------------------------------------------
+
 
 def test_a_subscription_whose_first_invoice_fails_gets_no_grace(db, api):
     """Item 8: Stripe's `incomplete`: nothing was ever paid, so no paid features for 24 h."""
@@ -188,6 +212,7 @@ def test_a_bank_debit_settled_by_invoice_paid(db, api):
 
 # --- periods, trials, same-second races --------------------------------------------------------------
 
+
 def test_the_period_survives_an_invoice_paid_older_than_the_checkout(db, api):
     """Item 10: the first invoice is paid before the checkout session completes; delivered after it."""
     checkout(db, api, created=T0 + 5)
@@ -199,8 +224,13 @@ def test_the_period_survives_an_invoice_paid_older_than_the_checkout(db, api):
 
 def test_periods_only_move_forward(db, api):
     checkout(db, api)
-    newer = ev("customer.subscription.updated", api, created=T0 + 10, period_start=P_START + 30 * DAY,
-               period_end=P_END + 30 * DAY)
+    newer = ev(
+        "customer.subscription.updated",
+        api,
+        created=T0 + 10,
+        period_start=P_START + 30 * DAY,
+        period_end=P_END + 30 * DAY,
+    )
     older_period = ev("invoice.paid", api, created=T0 + 20)  # newer event, but the earlier period
     assert apply(db, newer) == ["processed"] and apply(db, older_period) == ["processed"]
     assert row().current_period_end == from_epoch(P_END + 30 * DAY)
@@ -245,6 +275,7 @@ def test_a_failure_of_another_invoice_in_the_same_second_still_counts(db, api):
 
 # --- community ids -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("community_id", ["a/b", "with space", "gen:42", "ünïcode", "x" * 129, "tab\tinside"])
 def test_a_community_id_breaking_the_rule_is_a_handler_failure(db, api, community_id):
     """Item 12: one rule on SQLite and PostgreSQL; the event reaches the dead letters, never a row."""
@@ -263,6 +294,7 @@ def test_a_community_id_within_the_rule_is_stored(db, api, community_id):
 
 # --- redelivery and concurrency ----------------------------------------------------------------------
 
+
 def test_a_redelivery_recognised_as_applied_names_its_community(db, api):
     """Item 4: the crash came between the commit and the cache drop; the redelivery drops it."""
     event = ev("customer.subscription.deleted", api)
@@ -276,8 +308,10 @@ def test_concurrent_first_events_of_new_communities_are_all_applied(db, api):
     """Item 15: two consumers create the same new communities at once (on PostgreSQL both inserts run; on
     SQLite the write lock serialises them): an upsert, never `failed`."""
     communities = [f"new-{n}" for n in range(40)]
-    batches = {name: [entry_for(ev("invoice.paid", api, community_id=c, subscription_id=f"sub_{c}"))
-                      for c in communities] for name in ("a", "b")}
+    batches = {
+        name: [entry_for(ev("invoice.paid", api, community_id=c, subscription_id=f"sub_{c}")) for c in communities]
+        for name in ("a", "b")
+    }
     start, outcomes = threading.Barrier(2), {}
 
     def consume(name):

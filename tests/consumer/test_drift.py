@@ -1,6 +1,7 @@
 """`python -m consumer reconcile subscriptions [--fix]`: each community's row against its subscription as Stripe
 (tests/consumer/stripe_server.py) has it now; --fix applies Stripe's state through the handler, once, with
 audit rows."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def drifted(db, api, fake_stripe, r):
         apply(db, ev("checkout.session.completed", api, community, tier="basic", **ids[community]))
     in_sync = ev("customer.subscription.updated", api, "d2", tier="premium", **ids["d2"])
     apply(db, in_sync)
-    fake_stripe.subscriptions["sub_d1"] = subscription(api, "d1", tier="elite", status="past_due",
-                                                       period_start=P_END, period_end=P_END + 30 * DAY, **ids["d1"])
+    fake_stripe.subscriptions["sub_d1"] = subscription(
+        api, "d1", tier="elite", status="past_due", period_start=P_END, period_end=P_END + 30 * DAY, **ids["d1"]
+    )
     fake_stripe.subscriptions["sub_d2"] = in_sync["data"]["object"]
     fake_stripe.subscriptions["sub_d4"] = subscription(api, "d4", tier="basic", status="canceled", **ids["d4"])
     for community in ids:
@@ -56,14 +58,23 @@ def test_the_report_shows_each_difference_and_changes_nothing(stripe_cli_env, dr
     assert result.exit_code == 0, result.output
     report = {d["community_id"]: d for d in json.loads(result.stdout)}
     assert report["d1"]["differences"] == {
-        "tier": {"ours": "basic", "stripe": "elite"}, "status": {"ours": "active", "stripe": "past_due"},
+        "tier": {"ours": "basic", "stripe": "elite"},
+        "status": {"ours": "active", "stripe": "past_due"},
         "current_period_start": {"ours": None, "stripe": iso(from_epoch(P_END))},
-        "current_period_end": {"ours": None, "stripe": iso(from_epoch(P_END + 30 * DAY))}}
-    assert report["d2"] == {"community_id": "d2", "subscription_id": "sub_d2", "differences": {}, "fixed": False,
-                            "problem": None}
+        "current_period_end": {"ours": None, "stripe": iso(from_epoch(P_END + 30 * DAY))},
+    }
+    assert report["d2"] == {
+        "community_id": "d2",
+        "subscription_id": "sub_d2",
+        "differences": {},
+        "fixed": False,
+        "problem": None,
+    }
     assert report["d3"]["problem"] == "Stripe has no such subscription" and not report["d3"]["differences"]
     assert {k: v["stripe"] for k, v in report["d4"]["differences"].items() if k in ("tier", "status")} == {
-        "tier": "starter", "status": "canceled"}
+        "tier": "starter",
+        "status": "canceled",
+    }
     assert not any(d["fixed"] for d in report.values())
     assert (row("d1").tier, row("d1").status, row("d4").status) == ("basic", "active", "active")
     assert AuditLog.select().count() == audits_before  # the handler's rows were rolled back with the rest
@@ -102,8 +113,9 @@ def test_only_the_communities_asked_for(stripe_cli_env, drifted, fake_stripe):
 
 def test_a_subscription_naming_another_community_is_not_fixed(stripe_cli_env, db, api, fake_stripe):
     apply(db, ev("checkout.session.completed", api, "m1", subscription_id="sub_m1", created=T0))
-    fake_stripe.subscriptions["sub_m1"] = subscription(api, "someone-else", subscription_id="sub_m1",
-                                                       period_start=P_START)
+    fake_stripe.subscriptions["sub_m1"] = subscription(
+        api, "someone-else", subscription_id="sub_m1", period_start=P_START
+    )
     [drift] = json.loads(invoke(stripe_cli_env, "reconcile", "subscriptions", "--fix", "--json").stdout)
     assert drift["problem"] == "Stripe's metadata names community 'someone-else': not fixed automatically"
     assert not drift["fixed"] and row("m1").current_period_start is None

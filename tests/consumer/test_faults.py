@@ -1,6 +1,7 @@
 """Faults the consumer survives, with real processes: SIGKILLed consumers, Redis killed and restarted
 (with and without its append-only file), a PostgreSQL server stopped under a running consumer,
 handlers that keep failing, and a stream that must stay bounded."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,6 @@ from tests.consumer.fault_helpers import DEAD, GROUP, STREAM, applied_once, cons
 FAST = {"CLAIM_IDLE_MS": "1000", "MAX_DELIVERIES": "3"}
 
 
-
-
-
-
-
-
-
-
-
-
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_server, redis_url, db, database_url, tmp_path):
     """Two consumers; one is SIGKILLed again and again mid-stream and restarted under a new name,
     so only reclaiming (XAUTOCLAIM after CLAIM_IDLE_MS) can finish what it held."""
@@ -44,13 +35,18 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_server, redis
         for round_ in range(5):
             victim = consumer(env, tmp_path, f"victim-{round_}", LOG_LEVEL="WARNING")
             before = WebhookEvent.select().count()
-            wait_for(lambda: WebhookEvent.select().count() > before + 10 or WebhookEvent.select().count() == 400,
-                     what="progress before the kill")
+            wait_for(
+                lambda: WebhookEvent.select().count() > before + 10 or WebhookEvent.select().count() == 400,
+                what="progress before the kill",
+            )
             victim.signal(signal.SIGKILL)
             victim.wait()
             kills += 1
-        wait_for(lambda: WebhookEvent.select().count() == 400 and pending(client) == 0, timeout=60,
-                 what="every event applied and acknowledged")
+        wait_for(
+            lambda: WebhookEvent.select().count() == 400 and pending(client) == 0,
+            timeout=60,
+            what="every event applied and acknowledged",
+        )
     finally:
         steady.stop()
     lost, doubled = applied_once(events)
@@ -60,7 +56,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_server, redis
 
 
 def test_a_failing_event_goes_to_the_dead_letter_stream_without_blocking_others(
-        redis_server, redis_url, db, database_url, tmp_path):
+    redis_server, redis_url, db, database_url, tmp_path
+):
     env = service_env(redis_url, database_url, **FAST)
     client = redis_server.client()
     broken = build_event("invoice.paid", "d1")

@@ -3,6 +3,7 @@ partition in production), on real PostgreSQL. Its row locks must not stall the o
 the frozen transaction within seconds, another consumer takes its entries over and applies them once,
 events of other communities keep flowing meanwhile, and the frozen consumer, once resumed, finds its
 session gone, reconnects and carries on."""
+
 from __future__ import annotations
 
 import signal
@@ -55,8 +56,9 @@ def process_state(pid: int) -> str:
 
 def all_processed(events: list[dict]) -> bool:
     ids = [e["id"] for e in events]
-    return WebhookEvent.select().where(WebhookEvent.stripe_event_id.in_(ids),
-                                       WebhookEvent.status == "processed").count() == len(ids)
+    return WebhookEvent.select().where(
+        WebhookEvent.stripe_event_id.in_(ids), WebhookEvent.status == "processed"
+    ).count() == len(ids)
 
 
 @pytest.mark.skipif("postgresql" not in DATABASES, reason="PostgreSQL is not reachable (TEST_PG_URL)")
@@ -83,12 +85,16 @@ def test_a_frozen_consumer_does_not_stall_the_others(redis_server, redis_url, pg
         while not all_processed(held):
             assert time.monotonic() - frozen_at < FROZEN_APPLIED_WITHIN_S, (
                 f"the frozen consumer's entries were not applied within {FROZEN_APPLIED_WITHIN_S}s:\n"
-                f"{takeover.output()[-3000:]}")
+                f"{takeover.output()[-3000:]}"
+            )
             pair = events_for(2, f"u{run}-{len(unrelated)}-")
             sent = time.monotonic()
             enqueue_all(client, pair)
-            wait_for(lambda: all_processed(pair), timeout=UNRELATED_WITHIN_S,
-                     what=f"events of other communities to be applied: {takeover.output()[-3000:]}")
+            wait_for(
+                lambda: all_processed(pair),
+                timeout=UNRELATED_WITHIN_S,
+                what=f"events of other communities to be applied: {takeover.output()[-3000:]}",
+            )
             latencies.append(time.monotonic() - sent)
             unrelated += pair
         taken_over_after = time.monotonic() - frozen_at
@@ -98,8 +104,10 @@ def test_a_frozen_consumer_does_not_stall_the_others(redis_server, redis_url, pg
 
         # Resumed: its transaction is gone; it must notice, reconnect and go on, not exit, not redo anything.
         frozen.signal(signal.SIGCONT)
-        wait_for(lambda: "answer again; resuming" in frozen.output(), what=f"the resumed consumer to reconnect: "
-                 f"{frozen.output()[-3000:]}")
+        wait_for(
+            lambda: "answer again; resuming" in frozen.output(),
+            what=f"the resumed consumer to reconnect: {frozen.output()[-3000:]}",
+        )
         assert frozen.popen.poll() is None, frozen.output()
         takeover.stop()
         assert takeover.popen.returncode == 0, takeover.output()
@@ -121,17 +129,25 @@ def test_a_frozen_consumer_does_not_stall_the_others(redis_server, redis_url, pg
     assert WebhookEvent.select().count() == len(everything)
     assert {r.status for r in WebhookEvent.select()} == {"processed"}
     assert client.xlen(DEAD) == 0
-    print(f"\nfigures: frozen batch applied by the takeover {taken_over_after:.1f}s after the freeze "
-          f"(server ends idle transactions after {FROZEN_IDLE_LIMIT_S:.0f}s); {len(latencies)} pairs of other "
-          f"communities' events meanwhile, latency max {max(latencies):.2f}s, "
-          f"median {sorted(latencies)[len(latencies) // 2]:.2f}s")
+    print(
+        f"\nfigures: frozen batch applied by the takeover {taken_over_after:.1f}s after the freeze "
+        f"(server ends idle transactions after {FROZEN_IDLE_LIMIT_S:.0f}s); {len(latencies)} pairs of other "
+        f"communities' events meanwhile, latency max {max(latencies):.2f}s, "
+        f"median {sorted(latencies)[len(latencies) // 2]:.2f}s"
+    )
 
 
 def test_the_bounds_follow_the_batch_deadline():
-    assert transaction_bounds(30_000) == {"statement_timeout": 30_000, "lock_timeout": 15_000,
-                                          "idle_in_transaction_session_timeout": 5_000}
-    assert transaction_bounds(2_000) == {"statement_timeout": 2_000, "lock_timeout": 1_000,
-                                         "idle_in_transaction_session_timeout": 1_000}
+    assert transaction_bounds(30_000) == {
+        "statement_timeout": 30_000,
+        "lock_timeout": 15_000,
+        "idle_in_transaction_session_timeout": 5_000,
+    }
+    assert transaction_bounds(2_000) == {
+        "statement_timeout": 2_000,
+        "lock_timeout": 1_000,
+        "idle_in_transaction_session_timeout": 1_000,
+    }
     assert transaction_bounds(8_000)["idle_in_transaction_session_timeout"] == 2_000
     # A deadline already passed still sets real limits (0 would mean none at all).
     assert min(transaction_bounds(-5).values()) >= 1

@@ -1,5 +1,6 @@
 """consumer.handlers through consumer.batch.apply_batch, on the real databases (sqlite and PostgreSQL),
 with realistic events in both Stripe API shapes."""
+
 import copy
 import json
 import time
@@ -44,8 +45,13 @@ def test_checkout_creates_the_subscription(db, api, tier, expected):
     outcomes = run_batch(db, [entry_for(event)])
     assert [(o.outcome, o.community_id) for o in outcomes] == [("processed", "c1")]
     sub = row()
-    assert (sub.stripe_customer_id, sub.stripe_subscription_id, sub.tier, sub.status, sub.grace_until) == \
-        ("cus_1", "sub_1", expected, "active", None)
+    assert (sub.stripe_customer_id, sub.stripe_subscription_id, sub.tier, sub.status, sub.grace_until) == (
+        "cus_1",
+        "sub_1",
+        expected,
+        "active",
+        None,
+    )
     assert sub.last_event_created == T0
     [(kind, data)] = audits()
     assert kind == "subscription_created" and data["tier"] == expected and data["subscription_id"] == "sub_1"
@@ -55,8 +61,9 @@ def test_checkout_creates_the_subscription(db, api, tier, expected):
     assert hook.processed_at is not None
 
 
-@pytest.mark.parametrize("event_type", ["checkout.session.completed", "invoice.paid",
-                                        "customer.subscription.updated"])  # status active
+@pytest.mark.parametrize(
+    "event_type", ["checkout.session.completed", "invoice.paid", "customer.subscription.updated"]
+)  # status active
 def test_active_clears_grace(db, api, event_type):
     past_due(db, api)
     assert apply(db, ev(event_type, api, created=T0 + 60, tier="elite")) == ["processed"]
@@ -81,8 +88,12 @@ def test_invoice_paid(db, api):
 def test_invoice_paid_before_checkout_creates_the_row(db, api):
     assert apply(db, ev("invoice.paid", api)) == ["processed"]
     sub = row()
-    assert (sub.tier, sub.status, sub.stripe_subscription_id, sub.stripe_customer_id) == \
-        ("premium", "active", "sub_1", "cus_1")
+    assert (sub.tier, sub.status, sub.stripe_subscription_id, sub.stripe_customer_id) == (
+        "premium",
+        "active",
+        "sub_1",
+        "cus_1",
+    )
     assert sub.current_period_end == from_epoch(P_END)
     assert [kind for kind, _ in audits()] == ["payment_succeeded"]
 
@@ -104,9 +115,18 @@ def test_payment_failed_starts_grace_once(db, api):
     assert audits()[-1][1]["attempt_count"] == 2
 
 
-@pytest.mark.parametrize("stripe_status,expected", [
-    ("active", "active"), ("trialing", "trialing"), ("past_due", "past_due"), ("unpaid", "unpaid"),
-    ("incomplete", "unpaid"), ("incomplete_expired", "unpaid"), ("paused", "unpaid")])
+@pytest.mark.parametrize(
+    "stripe_status,expected",
+    [
+        ("active", "active"),
+        ("trialing", "trialing"),
+        ("past_due", "past_due"),
+        ("unpaid", "unpaid"),
+        ("incomplete", "unpaid"),
+        ("incomplete_expired", "unpaid"),
+        ("paused", "unpaid"),
+    ],
+)
 def test_subscription_updated(db, api, stripe_status, expected):
     checkout(db, api)
     event = ev("customer.subscription.updated", api, created=T0 + 60, tier="elite", status=stripe_status)
@@ -161,8 +181,10 @@ def test_subscription_deleted(db, api):
     assert audits()[-1][0] == "subscription_canceled"
 
 
-@pytest.mark.parametrize("event_type", ["customer.subscription.deleted", "customer.subscription.updated",
-                                        "invoice.paid", "invoice.payment_failed"])
+@pytest.mark.parametrize(
+    "event_type",
+    ["customer.subscription.deleted", "customer.subscription.updated", "invoice.paid", "invoice.payment_failed"],
+)
 def test_an_old_subscriptions_events_are_ignored(db, api, event_type):
     checkout(db, api, tier="premium", subscription_id="sub_new")
     before, n_audits = snapshot(), len(audits())
@@ -192,9 +214,15 @@ def test_a_one_off_invoice_is_ignored(db, api):
     assert row().status == "canceled"
 
 
-@pytest.mark.parametrize("event_type,expected", [
-    ("invoice.paid", "active"), ("invoice.payment_failed", "past_due"),
-    ("customer.subscription.updated", "active"), ("customer.subscription.deleted", "canceled")])
+@pytest.mark.parametrize(
+    "event_type,expected",
+    [
+        ("invoice.paid", "active"),
+        ("invoice.payment_failed", "past_due"),
+        ("customer.subscription.updated", "active"),
+        ("customer.subscription.deleted", "canceled"),
+    ],
+)
 def test_found_by_stored_subscription_id(db, api, event_type, expected):
     checkout(db, api, tier="exclusive")
     event = ev(event_type, api, community_id=None, tier=None, created=T0 + 5)
@@ -207,8 +235,14 @@ def test_found_by_stored_subscription_id(db, api, event_type, expected):
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_stale_event_changes_nothing(db, api, event_type):
     checkout(db, api, created=T0 + 100)
-    later = ev("customer.subscription.updated", api, created=T0 + 101, tier="basic",
-               period_start=P_START + 30 * DAY, period_end=P_END + 30 * DAY)
+    later = ev(
+        "customer.subscription.updated",
+        api,
+        created=T0 + 101,
+        tier="basic",
+        period_start=P_START + 30 * DAY,
+        period_end=P_END + 30 * DAY,
+    )
     assert apply(db, later) == ["processed"]
     before, n_audits = snapshot(), len(audits())
     event = ev(event_type, api, created=T0, tier="elite", status="past_due")
@@ -223,11 +257,15 @@ def _patched(event, event_type=None, **obj):
     return event
 
 
-IGNORED = {"unknown type": lambda api: _patched(ev("invoice.paid", api), "invoice.upcoming"),
-           "payment mode": lambda api: _patched(ev("checkout.session.completed", api),
-                                                mode="payment", subscription=None),
-           **{f"{t} without community": (lambda api, t=t: ev(t, api, community_id=None, subscription_id="sub_x"))
-              for t in EVENT_TYPES if t.startswith("checkout.")}}
+IGNORED = {
+    "unknown type": lambda api: _patched(ev("invoice.paid", api), "invoice.upcoming"),
+    "payment mode": lambda api: _patched(ev("checkout.session.completed", api), mode="payment", subscription=None),
+    **{
+        f"{t} without community": (lambda api, t=t: ev(t, api, community_id=None, subscription_id="sub_x"))
+        for t in EVENT_TYPES
+        if t.startswith("checkout.")
+    },
+}
 
 
 @pytest.mark.parametrize("make", IGNORED.values(), ids=IGNORED.keys())
@@ -284,8 +322,14 @@ def test_the_last_allowed_failure_makes_the_event_dead(db, api):
 
 def test_a_deadline_rolls_the_whole_batch_back(db, api):
     with pytest.raises(BatchDeadlineExceeded):
-        apply_batch(db, [entry_for(ev("checkout.session.completed", api))], PriorState(), POLICY,
-                    max_deliveries=5, deadline=time.monotonic() - 1)
+        apply_batch(
+            db,
+            [entry_for(ev("checkout.session.completed", api))],
+            PriorState(),
+            POLICY,
+            max_deliveries=5,
+            deadline=time.monotonic() - 1,
+        )
     assert WebhookEvent.select().count() == 0 and row() is None
 
 
@@ -309,6 +353,7 @@ def test_a_failed_event_is_retried_when_readable(db, api):
 
 # --- the peer corpus ----------------------------------------------------------------------------
 
+
 def test_peer_events(db):
     peers = load_peer_events()
     ids = []
@@ -316,8 +361,12 @@ def test_peer_events(db):
         event = json.loads(raw)
         outcomes = run_batch(db, [entry_for(event, payload=raw)])
         assert len(outcomes) == 1 and outcomes[0].outcome in (
-            "processed", "ignored", "stale", "deferred", "duplicate"), \
-            (name, outcomes)
+            "processed",
+            "ignored",
+            "stale",
+            "deferred",
+            "duplicate",
+        ), (name, outcomes)
         ids.append(event["id"])
     statuses = dict(WebhookEvent.select(WebhookEvent.stripe_event_id, WebhookEvent.status).tuples())
     assert set(statuses) == set(ids)
@@ -348,6 +397,14 @@ def test_peer_events(db):
 @pytest.mark.parametrize("created", [b"1e400", b"inf", b"-inf", b"nan", b"9" * 500, b"soon"])
 def test_an_entry_with_an_unusable_created_field_is_read(created):
     """Entries are written by our receiver, but `dead retry` or an operator's XADD can carry anything."""
-    entry = Entry.from_fields("1700000000000-0", {b"event_id": b"evt_1", b"event_type": b"invoice.paid",
-                                                  b"created": created, b"payload": b"{}", b"received_at": b"1"})
+    entry = Entry.from_fields(
+        "1700000000000-0",
+        {
+            b"event_id": b"evt_1",
+            b"event_type": b"invoice.paid",
+            b"created": created,
+            b"payload": b"{}",
+            b"received_at": b"1",
+        },
+    )
     assert (entry.event_id, entry.created) == ("evt_1", 0)

@@ -1,5 +1,6 @@
 """`python -m consumer claim`: moving stuck entries to a consumer of the operator's choosing, audited, and the
 3 a.m. story end to end (an entry stuck on a dead consumer, claimed for a live one, applied)."""
+
 from __future__ import annotations
 
 import getpass
@@ -40,8 +41,9 @@ def ids(r):
 
 
 def deliveries(r) -> dict[str, int]:
-    return {row["message_id"].decode(): row["times_delivered"]
-            for row in r.xpending_range(STREAM, GROUP, "-", "+", 1000)}
+    return {
+        row["message_id"].decode(): row["times_delivered"] for row in r.xpending_range(STREAM, GROUP, "-", "+", 1000)
+    }
 
 
 def test_claim_by_id_moves_the_entries_and_audits_who_did_it(cli_env, r, ids):
@@ -108,7 +110,8 @@ def test_claim_needs_ids_or_idle_but_not_both(cli_env, r, ids):
 
 
 def test_an_entry_stuck_on_a_dead_consumer_is_claimed_for_a_live_one_and_applied(
-        cli_env, r, redis_url, database_url, tmp_path):
+    cli_env, r, redis_url, database_url, tmp_path
+):
     """3 a.m.: dead-worker read an event and vanished (it had crashed on it before, so it was delivered three
     times). Automatic reclaim is far off (CLAIM_IDLE_MS ten minutes), so the operator moves it to `live`."""
     settings = {"CLAIM_IDLE_MS": "600000"}  # the operator's shell has the consumers' settings
@@ -120,17 +123,23 @@ def test_an_entry_stuck_on_a_dead_consumer_is_claimed_for_a_live_one_and_applied
 
     live = start_consumer(redis_url, database_url, tmp_path, "live", **settings)
     try:
-        wait_for(lambda: b"live" in [c["name"] for c in r.xinfo_consumers(STREAM, GROUP)],
-                 what="the live consumer to join the group")
+        wait_for(
+            lambda: b"live" in [c["name"] for c in r.xinfo_consumers(STREAM, GROUP)],
+            what="the live consumer to join the group",
+        )
         stuck = json.loads(invoke({**cli_env, **settings}, "pending", "--json").output)
         assert [(row["entry_id"], row["consumer"]) for row in stuck] == [(entry_id, "dead-worker")]
 
         result = invoke({**cli_env, **settings}, "claim", entry_id, "--to", "live")
         assert result.exit_code == 0, result.output
         # "applies it within a few seconds" (README): its next tick (5 s at most), not a backoff of 20 s
-        wait_for(lambda: WebhookEvent.get_or_none((WebhookEvent.stripe_event_id == event["id"])
-                                                  & (WebhookEvent.status == "processed")),
-                 timeout=12, what=f"the claimed event to be applied: {live.output()[-2000:]}")
+        wait_for(
+            lambda: WebhookEvent.get_or_none(
+                (WebhookEvent.stripe_event_id == event["id"]) & (WebhookEvent.status == "processed")
+            ),
+            timeout=12,
+            what=f"the claimed event to be applied: {live.output()[-2000:]}",
+        )
         wait_for(lambda: r.xpending(STREAM, GROUP)["pending"] == 0, what="nothing left pending")
     finally:
         live.stop()

@@ -1,5 +1,6 @@
 """The ops commands that look: `stats` and `pending`, and how every command fails (one line, no traceback)
 when Redis or the group is not there. Run in this process through click, and as `python -m consumer`."""
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,17 @@ def busy(r):
     """One entry received two hours ago and four since; dead-worker holds two, other one, two are undelivered;
     one dead letter."""
     old = build_event("invoice.paid", "old")
-    old_id = r.xadd(STREAM, {"event_id": old["id"], "event_type": old["type"], "created": old["created"],
-                                  "payload": json.dumps(old), "received_at": int(time.time() * 1000) - TWO_HOURS_MS},
-                         id=f"{int(time.time() * 1000) - TWO_HOURS_MS}-0").decode()
+    old_id = r.xadd(
+        STREAM,
+        {
+            "event_id": old["id"],
+            "event_type": old["type"],
+            "created": old["created"],
+            "payload": json.dumps(old),
+            "received_at": int(time.time() * 1000) - TWO_HOURS_MS,
+        },
+        id=f"{int(time.time() * 1000) - TWO_HOURS_MS}-0",
+    ).decode()
     ids = [old_id] + [enqueue(r, event) for event in events(4)]
     r.xgroup_create(STREAM, GROUP, id="0")
     assert deliver(r, "dead-worker", 2) == ids[:2]
@@ -148,14 +157,29 @@ def test_pending_json(redis_env, held):
     assert set(row) == {"entry_id", "event_id", "event_type", "consumer", "idle_ms", "deliveries"}
     entry_id, event = held[0]
     assert (row["entry_id"], row["event_id"], row["event_type"], row["consumer"], row["deliveries"]) == (
-        entry_id, event["id"], "invoice.paid", "dead-worker", 3)
+        entry_id,
+        event["id"],
+        "invoice.paid",
+        "dead-worker",
+        3,
+    )
     assert 300_000 <= row["idle_ms"] < 330_000
 
 
-UNREACHABLE_COMMANDS = [["stats"], ["stats", "--json"], ["pending"], ["pending", "--json"],
-                        ["claim", "1-0", "--to", "x"], ["claim", "--idle", "0", "--to", "x"], ["dead", "list"],
-                        ["dead", "list", "--json"], ["dead", "retry", "1-0"], ["dead", "retry", "--all"],
-                        ["dead", "drop", "1-0"], ["consumers", "prune"]]
+UNREACHABLE_COMMANDS = [
+    ["stats"],
+    ["stats", "--json"],
+    ["pending"],
+    ["pending", "--json"],
+    ["claim", "1-0", "--to", "x"],
+    ["claim", "--idle", "0", "--to", "x"],
+    ["dead", "list"],
+    ["dead", "list", "--json"],
+    ["dead", "retry", "1-0"],
+    ["dead", "retry", "--all"],
+    ["dead", "drop", "1-0"],
+    ["consumers", "prune"],
+]
 
 
 @pytest.mark.parametrize("command", UNREACHABLE_COMMANDS, ids=" ".join)
@@ -175,22 +199,31 @@ def test_redis_that_accepts_but_never_answers_is_unreachable_too(tmp_path):
     with socket.socket() as silent:  # the kernel completes the connection; nobody ever replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        env = {"REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
-               "DATABASE_URL": f"sqlite:///{tmp_path}/b.db"}
+        env = {
+            "REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/b.db",
+        }
         assert "Redis unreachable" in one_line_error(invoke(env, "pending"))
 
 
 def test_python_m_consumer_stats_is_the_entry_point(redis_env, busy, redis_url):
-    run = subprocess.run([sys.executable, "-m", "consumer", "stats", "--json"], cwd=REPO, capture_output=True,
-                         text=True, timeout=30, env=service_env(redis_url, redis_env["DATABASE_URL"]))
+    run = subprocess.run(
+        [sys.executable, "-m", "consumer", "stats", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=service_env(redis_url, redis_env["DATABASE_URL"]),
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["pending"] == 3
 
 
 def test_python_m_consumer_stats_with_redis_down_exits_non_zero_without_traceback(tmp_path):
     env = service_env(f"redis://127.0.0.1:{free_port()}/0", f"sqlite:///{tmp_path}/b.db")
-    run = subprocess.run([sys.executable, "-m", "consumer", "stats"], cwd=REPO, capture_output=True, text=True,
-                         timeout=30, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "consumer", "stats"], cwd=REPO, capture_output=True, text=True, timeout=30, env=env
+    )
     assert run.returncode == 1
     assert run.stdout == "" and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Redis unreachable" in run.stderr, run.stderr

@@ -1,5 +1,6 @@
 """`python -m consumer dead list | retry | drop` and `consumers prune`: what they show, what they change,
 the audit row each change leaves, and that a dead letter is never lost when the audit cannot be written."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,8 +50,9 @@ def test_dead_list_table_and_json(r, redis_url, tmp_path):
     assert invoke(cli_env, "dead", "list").output.strip() == "no dead letters"
     event = broken_event()
     failed_at = int(dt.datetime(2026, 11, 23, 3, 1, 12, 345000, tzinfo=dt.timezone.utc).timestamp() * 1000)
-    entry_id, _payload = add_dead_letter(r, event, error=LONG_ERROR, deliveries=5, first_failed_at=failed_at,
-                                         source_id="1795448400000-3")
+    entry_id, _payload = add_dead_letter(
+        r, event, error=LONG_ERROR, deliveries=5, first_failed_at=failed_at, source_id="1795448400000-3"
+    )
 
     (row,) = table(invoke(cli_env, "dead", "list").output)
     assert (row["ENTRY"], row["EVENT"], row["TYPE"], row["DELIVERIES"]) == (entry_id, event["id"], "invoice.paid", "5")
@@ -58,12 +60,20 @@ def test_dead_list_table_and_json(r, redis_url, tmp_path):
     assert row["ERROR"] == LONG_ERROR[:80]  # one screen line; --json has all of it
 
     (listed,) = json.loads(invoke(cli_env, "dead", "list", "--json").output)
-    assert listed == {"entry_id": entry_id, "event_id": event["id"], "event_type": "invoice.paid", "error": LONG_ERROR,
-                      "deliveries": 5, "first_failed_at": failed_at, "source_id": "1795448400000-3"}
+    assert listed == {
+        "entry_id": entry_id,
+        "event_id": event["id"],
+        "event_type": "invoice.paid",
+        "error": LONG_ERROR,
+        "deliveries": 5,
+        "first_failed_at": failed_at,
+        "source_id": "1795448400000-3",
+    }
 
 
-def test_a_failing_event_is_dead_lettered_and_retry_puts_it_back_unchanged(cli_env, r, redis_url, database_url,
-                                                                          tmp_path):
+def test_a_failing_event_is_dead_lettered_and_retry_puts_it_back_unchanged(
+    cli_env, r, redis_url, database_url, tmp_path
+):
     event = broken_event("c1")
     source_id = enqueue(r, event)
     worker = start_consumer(redis_url, database_url, tmp_path, "w1", MAX_DELIVERIES="2", CLAIM_IDLE_MS="400")
@@ -75,7 +85,11 @@ def test_a_failing_event_is_dead_lettered_and_retry_puts_it_back_unchanged(cli_e
     assert WebhookEvent.get(WebhookEvent.stripe_event_id == event["id"]).status == "dead"
     (dead,) = json.loads(invoke(cli_env, "dead", "list", "--json").output)
     assert (dead["event_id"], dead["event_type"], dead["deliveries"], dead["source_id"]) == (
-        event["id"], "invoice.paid", 2, source_id)
+        event["id"],
+        "invoice.paid",
+        2,
+        source_id,
+    )
     assert "data.object" in dead["error"] and dead["first_failed_at"] > 0
 
     result = invoke(cli_env, "dead", "retry", dead["entry_id"])
@@ -86,8 +100,12 @@ def test_a_failing_event_is_dead_lettered_and_retry_puts_it_back_unchanged(cli_e
     assert fields(r, STREAM, new_id) == fields(r, STREAM, source_id)  # the contract's five fields
     assert fields(r, STREAM, new_id)["payload"] == json.dumps(event).encode()  # byte for byte
     (audit,) = audit_rows("ops_dead_retry")
-    assert audit == {"who": getpass.getuser(), "entries": [dead["entry_id"]], "new_entries": [new_id.decode()],
-                     "event_ids": [event["id"]]}
+    assert audit == {
+        "who": getpass.getuser(),
+        "entries": [dead["entry_id"]],
+        "new_entries": [new_id.decode()],
+        "event_ids": [event["id"]],
+    }
 
 
 def test_a_retried_dead_letter_is_applied_by_a_running_consumer(cli_env, r, redis_url, database_url, tmp_path):
@@ -99,8 +117,10 @@ def test_a_retried_dead_letter_is_applied_by_a_running_consumer(cli_env, r, redi
     try:
         wait_for(lambda: r.xinfo_consumers(STREAM, GROUP), what="the consumer to join the group")
         assert invoke(cli_env, "dead", "retry", entry_id).exit_code == 0
-        wait_for(lambda: WebhookEvent.get(WebhookEvent.stripe_event_id == event["id"]).status == "processed",
-                 what=f"the retried event to be applied: {live.output()[-2000:]}")
+        wait_for(
+            lambda: WebhookEvent.get(WebhookEvent.stripe_event_id == event["id"]).status == "processed",
+            what=f"the retried event to be applied: {live.output()[-2000:]}",
+        )
         wait_for(lambda: r.xpending(STREAM, GROUP)["pending"] == 0, what="it to be acknowledged")
     finally:
         live.stop()
@@ -151,8 +171,12 @@ def test_dead_drop_keeps_the_payload_in_the_audit_row(cli_env, r, letters):
     assert [row["ENTRY"] for row in table(result.output)] == [entry_id]
     assert [i.decode() for i, _ in r.xrange(DEAD)] == [i for i, _, _ in rest]
     (audit,) = audit_rows("ops_dead_drop")
-    assert audit == {"who": getpass.getuser(), "entries": [entry_id], "event_ids": [event["id"]],
-                     "payloads": [payload.decode()]}
+    assert audit == {
+        "who": getpass.getuser(),
+        "entries": [entry_id],
+        "event_ids": [event["id"]],
+        "payloads": [payload.decode()],
+    }
 
 
 def test_dropping_several_dead_letters_needs_yes(cli_env, r, letters):

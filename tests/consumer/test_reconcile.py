@@ -1,6 +1,7 @@
 """Reconciliation: consumers with STRIPE_API_KEY list the events whose webhooks failed (tests/consumer/stripe_server.py
 stands in for Stripe) and queue what we do not have, one consumer per interval, without ever holding up event
 processing; errors are counted, never raised."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ from tests.consumer.stripe_server import API_KEY
 NOW = int(time.time())
 
 
-def reconciler(fake_stripe, r, owner: str = "c1", interval: int = 300, base: str | None = None,
-               **api_options) -> Reconciler:
+def reconciler(
+    fake_stripe, r, owner: str = "c1", interval: int = 300, base: str | None = None, **api_options
+) -> Reconciler:
     api = StripeApi(API_KEY, base or fake_stripe.url, **{"network_retries": 0, **api_options})
     return Reconciler(api, Enqueuer(r, KEYS, 3600), r, KEYS, interval, owner)
 
@@ -44,8 +46,10 @@ def queued_ids(r) -> list[str]:
 
 
 def test_a_pass_queues_the_failed_deliveries_we_do_not_have(fake_stripe, r, sqlite_url):
-    failed = [fake_stripe.add_event(build_event(t, f"r{i}", created=NOW - 3600 + i, api_version=API_VERSIONS[i % 2]))
-              for i, t in enumerate(HANDLED_TYPES)]
+    failed = [
+        fake_stripe.add_event(build_event(t, f"r{i}", created=NOW - 3600 + i, api_version=API_VERSIONS[i % 2]))
+        for i, t in enumerate(HANDLED_TYPES)
+    ]
     had = failed[2]
     r.set(KEYS.seen(had["id"]), "processed")
     fake_stripe.add_event(build_event("invoice.paid", "ok", created=NOW - 60), delivery_success=True)
@@ -97,8 +101,12 @@ def test_errors_are_counted_and_never_raised(fault, fake_stripe, r, redis_url, s
 
 def test_reconcile_events_runs_a_pass_now(redis_url, sqlite_url, fake_stripe, r):
     fake_stripe.add_event(build_event("invoice.paid", "n1", created=NOW - 120))
-    env = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "STRIPE_API_KEY": API_KEY,
-           "STRIPE_API_BASE": fake_stripe.url}
+    env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": sqlite_url,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": fake_stripe.url,
+    }
     assert "queued 1, already had 0" in invoke(env, "reconcile", "events").stdout
     assert json.loads(invoke(env, "reconcile", "events", "--json").stdout)["already_had"] == 1
 
@@ -111,22 +119,31 @@ def test_a_receiver_outage_is_healed_within_one_interval(redis_url, sqlite_url, 
     keyless = start_consumer(redis_url, sqlite_url, tmp_path, "heal-off")
     try:
         for proc in consumers:
-            wait_for(lambda p=proc: "reconciling from Stripe's Events API every 1s" in p.output(),
-                     what="the reconciler to start")
+            wait_for(
+                lambda p=proc: "reconciling from Stripe's Events API every 1s" in p.output(),
+                what="the reconciler to start",
+            )
         wait_for(lambda: len(fake_stripe.event_requests()) >= 2, what="a first pass or two, with nothing to find")
         stories = {}
         for n, api in enumerate(API_VERSIONS):
             ids = {"customer_id": f"cus_heal{n}", "subscription_id": f"sub_heal{n}"}
-            stories[f"heal{n}"] = [build_event("checkout.session.completed", f"heal{n}", tier="basic", api_version=api,
-                                               created=NOW - 120, **ids),
-                                   build_event("customer.subscription.updated", f"heal{n}", tier="elite",
-                                               api_version=api, created=NOW - 90, **ids)]
+            stories[f"heal{n}"] = [
+                build_event(
+                    "checkout.session.completed", f"heal{n}", tier="basic", api_version=api, created=NOW - 120, **ids
+                ),
+                build_event(
+                    "customer.subscription.updated", f"heal{n}", tier="elite", api_version=api, created=NOW - 90, **ids
+                ),
+            ]
         started = time.monotonic()
         for events in stories.values():
             for event in events:
                 fake_stripe.add_event(event)  # its webhook failed: delivery_success=false
-        wait_for(lambda: {s.community_id: s.tier for s in Subscription.select()} == {c: "elite" for c in stories},
-                 timeout=10, what="the missed events to be applied")
+        wait_for(
+            lambda: {s.community_id: s.tier for s in Subscription.select()} == {c: "elite" for c in stories},
+            timeout=10,
+            what="the missed events to be applied",
+        )
         assert time.monotonic() - started < 1 + 2.5  # one interval, plus a batch
         passes = fake_stripe.event_requests()
         assert all(r.params["delivery_success"] == ["false"] for r in passes)
@@ -141,15 +158,24 @@ def test_a_receiver_outage_is_healed_within_one_interval(redis_url, sqlite_url, 
 
 def test_a_hanging_stripe_never_holds_up_events_or_shutdown(redis_url, sqlite_url, fake_stripe, r, tmp_path):
     fake_stripe.slow(30, times=100)  # every request hangs past the reconciler's timeout
-    proc = start_consumer(redis_url, sqlite_url, tmp_path, "patient", STRIPE_API_KEY=API_KEY,
-                          STRIPE_API_BASE=fake_stripe.url, RECONCILE_INTERVAL_SECONDS="1")
+    proc = start_consumer(
+        redis_url,
+        sqlite_url,
+        tmp_path,
+        "patient",
+        STRIPE_API_KEY=API_KEY,
+        STRIPE_API_BASE=fake_stripe.url,
+        RECONCILE_INTERVAL_SECONDS="1",
+    )
     try:
         wait_for(lambda: fake_stripe.requests, what="the reconciler to ask Stripe")
         event = build_event("checkout.session.completed", "meanwhile", tier="premium")
-        EventQueue(r, KEYS, 3600).enqueue(event["id"], event["type"], event["created"],
-                                                 json.dumps(event).encode())
-        wait_for(lambda: Subscription.get_or_none(Subscription.community_id == "meanwhile"), timeout=5,
-                 what="the event to be applied while Stripe hangs")
+        EventQueue(r, KEYS, 3600).enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
+        wait_for(
+            lambda: Subscription.get_or_none(Subscription.community_id == "meanwhile"),
+            timeout=5,
+            what="the event to be applied while Stripe hangs",
+        )
     finally:
         started = time.monotonic()
         proc.stop()

@@ -2,6 +2,7 @@
 noeviction (a consumer already running keeps acknowledging and trimming, one started then comes up), a failover
 (UNBLOCKED, READONLY, then primary again), MASTERDOWN and an unexpected WRONGTYPE; and the batch size growing
 back after missed deadlines."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,19 +53,30 @@ def servers():
 
 
 def checkout(community: str, created: int | None = None) -> dict:
-    return build_event("checkout.session.completed", community, tier="premium", customer_id=f"cus_{community}",
-                       subscription_id=f"sub_{community}", created=created or int(time.time()))
+    return build_event(
+        "checkout.session.completed",
+        community,
+        tier="premium",
+        customer_id=f"cus_{community}",
+        subscription_id=f"sub_{community}",
+        created=created or int(time.time()),
+    )
 
 
 def filler(n: int) -> dict:
     """An event type we do not handle (recorded `ignored`) with a body of 32 KiB: a stream that fills Redis."""
-    return {**build_event("invoice.paid", f"fill{n}"), "id": f"evt_fill_{n:05d}", "type": "customer.created",
-            "padding": "x" * 32 * 1024}
+    return {
+        **build_event("invoice.paid", f"fill{n}"),
+        "id": f"evt_fill_{n:05d}",
+        "type": "customer.created",
+        "padding": "x" * 32 * 1024,
+    }
 
 
 def enqueue(client: redis.Redis, event: dict) -> str:
-    return EventQueue(client, KEYS, 3600).enqueue(event["id"], event["type"], event["created"],
-                                                    json.dumps(event).encode())
+    return EventQueue(client, KEYS, 3600).enqueue(
+        event["id"], event["type"], event["created"], json.dumps(event).encode()
+    )
 
 
 def fill_stream_until_refused(client: redis.Redis, headroom: int = 2 * 1024 * 1024) -> list[dict]:
@@ -86,8 +98,9 @@ def fill_stream_until_refused(client: redis.Redis, headroom: int = 2 * 1024 * 10
 
 def cache_answers(client: redis.Redis, *communities: str) -> None:
     for community in communities:
-        client.set(KEYS.entitlement_answer(community), json.dumps({"community_id": community, "tier": "starter"}),
-                   ex=300)
+        client.set(
+            KEYS.entitlement_answer(community), json.dumps({"community_id": community, "tier": "starter"}), ex=300
+        )
 
 
 def pending(client: redis.Redis) -> int:
@@ -112,8 +125,9 @@ def blocked_in_xreadgroup(client: redis.Redis) -> bool:
 
 
 def start_consumer(env: dict, tmp_path, name: str, block_ms: int = 200) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", str(block_ms), "--batch", "20"], env,
-                   str(tmp_path))
+    return Process(
+        ["consumer", "run", "--name", name, "--block-ms", str(block_ms), "--batch", "20"], env, str(tmp_path)
+    )
 
 
 def errors_counted(port: int) -> float:
@@ -122,13 +136,15 @@ def errors_counted(port: int) -> float:
 
 # --- a full Redis ------------------------------------------------------------------------------------------------
 
+
 def test_a_running_consumer_keeps_acknowledging_and_trimming_when_redis_is_full(servers, sqlite_url, tmp_path):
     server = servers()
     r = server.client()
     port = free_port()
     # CLAIM_IDLE_MS long enough that nothing is reclaimed while the consumer is stopped below; a tick of 5 s.
-    env = service_env(server.url, sqlite_url, CLAIM_IDLE_MS="20000", STREAM_RETENTION_SECONDS="1",
-                      METRICS_PORT=str(port))
+    env = service_env(
+        server.url, sqlite_url, CLAIM_IDLE_MS="20000", STREAM_RETENTION_SECONDS="1", METRICS_PORT=str(port)
+    )
     worker = start_consumer(env, tmp_path, "a")
     try:
         wait_for(lambda: blocked_in_xreadgroup(r), what=f"the consumer waiting for entries: {worker.output()[-2000:]}")
@@ -142,8 +158,11 @@ def test_a_running_consumer_keeps_acknowledging_and_trimming_when_redis_is_full(
             enqueue(r, checkout("refused"))
         worker.signal(signal.SIGCONT)
 
-        wait_for(lambda: applied(*changes, *fillers) and pending(r) == 0, timeout=60,
-                 what=f"every entry applied and acknowledged: {worker.output()[-3000:]}")
+        wait_for(
+            lambda: applied(*changes, *fillers) and pending(r) == 0,
+            timeout=60,
+            what=f"every entry applied and acknowledged: {worker.output()[-3000:]}",
+        )
         assert worker.popen.poll() is None, worker.output()
         # The changed communities' cached answers were dropped all the same (DEL is never refused).
         assert r.exists(*[KEYS.entitlement_answer(f"full{n}") for n in range(3)]) == 0
@@ -155,8 +174,10 @@ def test_a_running_consumer_keeps_acknowledging_and_trimming_when_redis_is_full(
         r.config_set("maxmemory", 0)
         later = checkout("after")
         enqueue(r, later)
-        wait_for(lambda: r.get(KEYS.seen(later["id"])) == b"processed" and pending(r) == 0,
-                 what="a new event applied once memory is freed")
+        wait_for(
+            lambda: r.get(KEYS.seen(later["id"])) == b"processed" and pending(r) == 0,
+            what="a new event applied once memory is freed",
+        )
         assert rows(later) == {later["id"]: "processed"}
     finally:
         worker.signal(signal.SIGCONT)
@@ -177,8 +198,10 @@ def test_a_consumer_started_while_redis_is_full_comes_up_and_acknowledges(server
     env = service_env(server.url, sqlite_url, CLAIM_IDLE_MS="4000", METRICS_PORT=str(port))
     worker = start_consumer(env, tmp_path, "b")
     try:
-        wait_for(lambda: applied(change) and pending(r) == 0 and "b" in consumers(r),
-                 what=f"the entry applied and acknowledged: {worker.output()[-3000:]}")
+        wait_for(
+            lambda: applied(change) and pending(r) == 0 and "b" in consumers(r),
+            what=f"the entry applied and acknowledged: {worker.output()[-3000:]}",
+        )
         assert worker.popen.poll() is None, worker.output()
         assert r.exists(KEYS.entitlement_answer("started")) == 0
         assert errors_counted(port) >= 1  # the settlement refused for memory
@@ -186,8 +209,10 @@ def test_a_consumer_started_while_redis_is_full_comes_up_and_acknowledges(server
         r.config_set("maxmemory", 0)
         later = checkout("later")
         enqueue(r, later)
-        wait_for(lambda: r.get(KEYS.seen(later["id"])) == b"processed" and pending(r) == 0,
-                 what="a new event applied once memory is freed")
+        wait_for(
+            lambda: r.get(KEYS.seen(later["id"])) == b"processed" and pending(r) == 0,
+            what="a new event applied once memory is freed",
+        )
     finally:
         worker.stop()
     assert worker.popen.returncode == 0, worker.output()
@@ -195,6 +220,7 @@ def test_a_consumer_started_while_redis_is_full_comes_up_and_acknowledges(server
 
 
 # --- failover ----------------------------------------------------------------------------------------------------
+
 
 def replicaof(client: redis.Redis, primary: RedisServer | None) -> None:
     if primary is None:
@@ -235,8 +261,11 @@ def test_a_failover_and_back_stops_no_consumer(servers, sqlite_url, tmp_path):
         after = [checkout(f"after{n}") for n in range(3)]
         for event in after:
             enqueue(ra, event)
-        wait_for(lambda: applied(*after) and pending(ra) == 0, timeout=30,
-                 what=f"events after the failover: {worker.output()[-3000:]}")
+        wait_for(
+            lambda: applied(*after) and pending(ra) == 0,
+            timeout=30,
+            what=f"events after the failover: {worker.output()[-3000:]}",
+        )
         assert worker.popen.poll() is None
         assert errors_counted(port) >= 2
     finally:
@@ -246,6 +275,7 @@ def test_a_failover_and_back_stops_no_consumer(servers, sqlite_url, tmp_path):
 
 
 # --- in process: MASTERDOWN, READONLY, WRONGTYPE ----------------------------------------------------------------
+
 
 class Running:
     """A Worker's run loop in a thread; what it raised, if anything."""
@@ -276,19 +306,19 @@ def counted() -> float:
 
 FAULTS = {
     # A replica whose primary is unreachable, told not to serve stale data: every read is MASTERDOWN.
-    "MASTERDOWN": (lambda r: (r.config_set("replica-serve-stale-data", "no"),
-                              r.execute_command("REPLICAOF", "127.0.0.1", 1)),
-                   lambda r: (r.execute_command("REPLICAOF", "NO", "ONE"),
-                              r.config_set("replica-serve-stale-data", "yes")),
-                   logging.WARNING),
+    "MASTERDOWN": (
+        lambda r: (r.config_set("replica-serve-stale-data", "no"), r.execute_command("REPLICAOF", "127.0.0.1", 1)),
+        lambda r: (r.execute_command("REPLICAOF", "NO", "ONE"), r.config_set("replica-serve-stale-data", "yes")),
+        logging.WARNING,
+    ),
     # A replica serving its data: XREADGROUP (a write) is READONLY.
-    "READONLY": (lambda r: r.execute_command("REPLICAOF", "127.0.0.1", 1),
-                 lambda r: r.execute_command("REPLICAOF", "NO", "ONE"),
-                 logging.WARNING),
+    "READONLY": (
+        lambda r: r.execute_command("REPLICAOF", "127.0.0.1", 1),
+        lambda r: r.execute_command("REPLICAOF", "NO", "ONE"),
+        logging.WARNING,
+    ),
     # Something else wrote the failure counts' key with another type: unexpected, logged as an error, retried.
-    "WRONGTYPE": (lambda r: r.set(KEYS.failures, "not a hash"),
-                  lambda r: r.delete(KEYS.failures),
-                  logging.ERROR),
+    "WRONGTYPE": (lambda r: r.set(KEYS.failures, "not a hash"), lambda r: r.delete(KEYS.failures), logging.ERROR),
 }
 
 
@@ -302,8 +332,9 @@ def test_an_error_reply_is_counted_and_retried_never_fatal(servers, db, database
     enqueue(r, event)
     cache_answers(r, "faulty")
     make_fault(r)
-    settings = Settings(webhook_secrets=(SECRET,), redis_url=server.url, database_url=database_url,
-                        claim_idle_ms=1000, metrics_port=0)
+    settings = Settings(
+        webhook_secrets=(SECRET,), redis_url=server.url, database_url=database_url, claim_idle_ms=1000, metrics_port=0
+    )
     before = counted()
     with caplog.at_level(logging.INFO, logger="consumer.worker"):
         running = Running(Worker(settings, db, connect_redis(server.url, timeout=2), "w1", block_ms=100))
@@ -311,8 +342,10 @@ def test_an_error_reply_is_counted_and_retried_never_fatal(servers, db, database
             wait_for(lambda: counted() >= before + 3, what=f"three {reply} replies met")
             assert running.alive(), running.raised
             repair(r)
-            wait_for(lambda: pending(r) == 0 and r.exists(KEYS.entitlement_answer("faulty")) == 0 and applied(event),
-                     what="the event applied and settled after the repair")
+            wait_for(
+                lambda: pending(r) == 0 and r.exists(KEYS.entitlement_answer("faulty")) == 0 and applied(event),
+                what="the event applied and settled after the repair",
+            )
             assert running.alive(), running.raised
         finally:
             running.stop()
@@ -323,6 +356,7 @@ def test_an_error_reply_is_counted_and_retried_never_fatal(servers, db, database
 
 
 # --- the batch size ----------------------------------------------------------------------------------------------
+
 
 def test_the_batch_size_halves_on_missed_deadlines_and_grows_back(settings, db, redis_server, redis_url):
     r = redis_server.client()

@@ -1,5 +1,6 @@
 """Ending expired grace periods: end_expired_grace at a chosen moment, the lock that lets one consumer at a time
 sweep, `python -m consumer sweep`, and a running consumer sweeping by itself."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -65,17 +66,30 @@ def test_expired_grace_becomes_unpaid_audited_and_uncached(db, r, rows):
     before = utcnow()
     assert sorted(end_expired_grace(db, r, KEYS, now=NOW)) == sorted(rows)
     statuses = {s.community_id: s.status for s in Subscription.select()}
-    assert statuses == {"long-over": "unpaid", "just-over": "unpaid", "ends-now": "unpaid", "not-yet": "past_due",
-                        "no-grace": "past_due", "active": "active", "unpaid-grace": "unpaid",
-                        "canceled-grace": "canceled"}
+    assert statuses == {
+        "long-over": "unpaid",
+        "just-over": "unpaid",
+        "ends-now": "unpaid",
+        "not-yet": "past_due",
+        "no-grace": "past_due",
+        "active": "active",
+        "unpaid-grace": "unpaid",
+        "canceled-grace": "canceled",
+    }
     ended = Subscription.select().where(Subscription.community_id.in_(rows))
-    assert {s.community_id: s.tier for s in ended} == {"long-over": "elite", "just-over": "premium",
-                                                     "ends-now": "premium"}  # kept for a later invoice.paid
+    assert {s.community_id: s.tier for s in ended} == {
+        "long-over": "elite",
+        "just-over": "premium",
+        "ends-now": "premium",
+    }  # kept for a later invoice.paid
     assert all(s.updated_at >= before for s in ended)
-    assert sorted(ended_audits()) == sorted([
-        ("long-over", {"grace_until": "2026-03-13T12:00:00Z", "tier": "elite"}),
-        ("just-over", {"grace_until": "2026-03-16T11:59:59Z", "tier": "premium"}),
-        ("ends-now", {"grace_until": "2026-03-16T12:00:00Z", "tier": "premium"})])
+    assert sorted(ended_audits()) == sorted(
+        [
+            ("long-over", {"grace_until": "2026-03-13T12:00:00Z", "tier": "elite"}),
+            ("just-over", {"grace_until": "2026-03-16T11:59:59Z", "tier": "premium"}),
+            ("ends-now", {"grace_until": "2026-03-16T12:00:00Z", "tier": "premium"}),
+        ]
+    )
     for community_id in everyone:
         assert r.exists(KEYS.entitlement_answer(community_id)) == (community_id not in rows), community_id
         assert r.exists(KEYS.entitlement_token(community_id)) == (community_id not in rows), community_id
@@ -129,8 +143,13 @@ def test_sweep_command_drops_deferred_events_no_checkout_claimed_in_30_days(db, 
     now = int(time.time())
     for event_id, age_days in (("evt_old", 31), ("evt_young", 29)):
         WebhookEvent.create(stripe_event_id=event_id, event_type="invoice.paid", status="deferred")
-        DeferredEvent.create(stripe_event_id=event_id, stripe_subscription_id="sub_x", event_type="invoice.paid",
-                             created=now - age_days * 86_400, payload='{"id": "%s"}' % event_id)
+        DeferredEvent.create(
+            stripe_event_id=event_id,
+            stripe_subscription_id="sub_x",
+            event_type="invoice.paid",
+            created=now - age_days * 86_400,
+            payload='{"id": "%s"}' % event_id,
+        )
     result = invoke({"REDIS_URL": redis_url, "DATABASE_URL": database_url}, "sweep")
     assert result.exit_code == 0, result.output
     assert "dropped 1 deferred events older than 30 days: evt_old" in result.output

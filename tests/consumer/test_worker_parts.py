@@ -1,5 +1,6 @@
 """The worker's parts, in-process: its backoff, its clocks, the stream it is given, and its loop's decisions (when
 to reclaim, retry, back off, grow the batch, stop) driven against a real redis-server and SQLite."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,10 @@ def test_the_tick_is_a_quarter_of_the_claim_idle_time_within_bounds(settings, cl
 
 def test_own_entries_are_retried_after_one_two_four_ticks_and_always_before_a_reclaim():
     timing = Timing(claim_idle_ms=10_000, deadline_ms=5_000, tick_ms=1_000)
-    due_after = [min(idle for idle in range(0, 20_000, 100) if timing.retry_due(idle, deliveries))
-                 for deliveries in (1, 2, 3, 4, 10)]
+    due_after = [
+        min(idle for idle in range(0, 20_000, 100) if timing.retry_due(idle, deliveries))
+        for deliveries in (1, 2, 3, 4, 10)
+    ]
     assert due_after == [1_000, 2_000, 4_000, 5_000, 5_000]  # capped at half of CLAIM_IDLE_MS
 
 
@@ -64,6 +67,7 @@ def test_the_worker_reads_from_the_stream_it_is_given(settings, db, redis_url):
 
 
 # --- the loop, in-process against a real redis-server and SQLite ----------------------------------------------------
+
 
 class LoopStream(EventStream):
     """The stream a test gives the worker. It notes what the loop asks of it and, as SIGTERM would, stops the loop
@@ -218,8 +222,10 @@ def test_entries_a_dead_consumer_left_idle_past_claim_idle_ms_are_reclaimed_at_o
     assert stream.calls == ["read_own_pending", "reclaim_idle"]  # on the first tick, before any read of new ones
     assert stream.batches == [tuple(ids)] and counted("billing_reclaimed_total") - before == 3
     assert statuses(*events, *young) == ["processed"] * 3 + [None]
-    assert [row["message_id"].decode() for row in client.xpending_range(
-        settings.keys.stream, settings.consumer_group, "-", "+", 10)] == young_ids  # still alive's
+    assert [
+        row["message_id"].decode()
+        for row in client.xpending_range(settings.keys.stream, settings.consumer_group, "-", "+", 10)
+    ] == young_ids  # still alive's
 
 
 def test_a_failing_entry_is_retried_with_backoff_then_becomes_a_dead_letter_and_the_rest_goes_on(worker_loop):

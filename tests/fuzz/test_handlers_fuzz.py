@@ -3,6 +3,7 @@ handled type (both API shapes, and the peer projects' captures) with fields dele
 arbitrary JSON at arbitrary paths. Whatever the payload, apply_batch returns an outcome for it (never raises),
 the event's webhook_events row says that outcome, a failure leaves no trace of a half-applied effect, and
 every subscription row stays one the API can serve."""
+
 from __future__ import annotations
 
 import copy
@@ -37,11 +38,21 @@ OUTCOMES = {"processed", "ignored", "stale", "deferred", "duplicate", "failed"}
 COMPANION = "c9"  # a well-formed event in the same batch: whatever the fuzzed one does, it is applied
 
 
-def realistic(event_type, api, event_id, created, community_id="c1", subscription_id="sub_1", invoice_id="in_1",
-              **kw):
-    return build_event(event_type, community_id, api_version=api, created=created, event_id=event_id,
-                       customer_id="cus_1", subscription_id=subscription_id, price_id="price_1", invoice_id=invoice_id,
-                       period_start=T0 + DAY, period_end=T0 + 31 * DAY, **kw)
+def realistic(event_type, api, event_id, created, community_id="c1", subscription_id="sub_1", invoice_id="in_1", **kw):
+    return build_event(
+        event_type,
+        community_id,
+        api_version=api,
+        created=created,
+        event_id=event_id,
+        customer_id="cus_1",
+        subscription_id=subscription_id,
+        price_id="price_1",
+        invoice_id=invoice_id,
+        period_start=T0 + DAY,
+        period_end=T0 + 31 * DAY,
+        **kw,
+    )
 
 
 # What the community already has when the fuzzed event arrives: (event type, extra build_event arguments).
@@ -59,8 +70,14 @@ HISTORIES = {
 def entry_of(event: dict, payload: bytes | None = None) -> Entry:
     """The stream entry the receiver would have written for this event."""
     ms = int(time.time() * 1000)
-    return Entry(entry_id=f"{ms}-0", event_id=event["id"], event_type=event["type"], created=event_created(event),
-                 payload=dumps(event) if payload is None else payload, received_at_ms=ms)
+    return Entry(
+        entry_id=f"{ms}-0",
+        event_id=event["id"],
+        event_type=event["type"],
+        created=event_created(event),
+        payload=dumps(event) if payload is None else payload,
+        received_at_ms=ms,
+    )
 
 
 def reset_tables() -> None:
@@ -128,8 +145,9 @@ def check_outcome(outcome, before: dict, after: dict) -> None:
         assert after["subscriptions"] == before["subscriptions"] and after["audit"] == before["audit"]
     elif outcome.outcome == "stale":  # changes nothing but a later period and what is known paid
         lasting = ("current_period_start", "current_period_end", "last_paid_invoice_id", "updated_at")
-        assert [{k: v for k, v in row.items() if k not in lasting} for row in after["subscriptions"]] == \
-            [{k: v for k, v in row.items() if k not in lasting} for row in before["subscriptions"]]
+        assert [{k: v for k, v in row.items() if k not in lasting} for row in after["subscriptions"]] == [
+            {k: v for k, v in row.items() if k not in lasting} for row in before["subscriptions"]
+        ]
         assert after["audit"] == before["audit"]
     if outcome.outcome == "deferred":
         assert DeferredEvent.get_or_none(DeferredEvent.stripe_event_id == outcome.entry.event_id) is not None
@@ -146,8 +164,12 @@ def fuzzed_batches(draw):
     event = draw(mutated_events(max_mutations=5))
     event["id"] = "evt_fuzz_" + draw(TEXT)  # any text the receiver queues: NUL, emoji, spaces, ...
     if draw(st.integers(0, 9)) == 0:  # now and then a type we do not handle, however odd: ignored
-        event["type"] = draw(st.one_of(TEXT.filter(bool), st.sampled_from(["invoice.created", "invoice.paid\x00",
-                                                                           "checkout.session", "x" * 300])))
+        event["type"] = draw(
+            st.one_of(
+                TEXT.filter(bool),
+                st.sampled_from(["invoice.created", "invoice.paid\x00", "checkout.session", "x" * 300]),
+            )
+        )
     with_companion = draw(st.booleans())
     return api, history, event, with_companion
 
@@ -157,16 +179,21 @@ def fuzzed_batches(draw):
 def test_a_fuzzed_event_is_applied_whole_or_not_at_all(db, batch):
     api, history, event, with_companion = batch
     reset_tables()
-    past = [realistic(event_type, api, f"evt_history_{i}", T0 - 600 + i, **kw)
-            for i, (event_type, kw) in enumerate(HISTORIES[history])]
+    past = [
+        realistic(event_type, api, f"evt_history_{i}", T0 - 600 + i, **kw)
+        for i, (event_type, kw) in enumerate(HISTORIES[history])
+    ]
     if past:
         assert {o.outcome for o in apply_one_batch(db, past)} <= {"processed", "deferred"}
     before = state()
 
     batch = [event]
     if with_companion:
-        batch.append(realistic("checkout.session.completed", api, "evt_companion", T0, community_id=COMPANION,
-                               subscription_id="sub_9"))
+        batch.append(
+            realistic(
+                "checkout.session.completed", api, "evt_companion", T0, community_id=COMPANION, subscription_id="sub_9"
+            )
+        )
     outcomes = apply_one_batch(db, batch)
 
     check_outcome(outcomes[0], before, state())
@@ -220,11 +247,26 @@ def test_the_bases_cover_every_handled_type():
     assert all(json.loads(dumps(event)) == event for event in BASE_EVENTS)
 
 
-
 # Stream fields as Redis holds them: the receiver's, or anything someone XADDed by hand (or an older release).
-FIELD_TEXT = st.one_of(TEXT, st.sampled_from(["", "0", "-1", "1e400", "inf", "nan", "1e300", "9" * 30, "1.5",
-                                              "99999999999999999999", "-99999999999999999999"]),
-                       st.integers().map(str))
+FIELD_TEXT = st.one_of(
+    TEXT,
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "1e400",
+            "inf",
+            "nan",
+            "1e300",
+            "9" * 30,
+            "1.5",
+            "99999999999999999999",
+            "-99999999999999999999",
+        ]
+    ),
+    st.integers().map(str),
+)
 
 
 @st.composite

@@ -5,6 +5,7 @@ odd Content-Type and Content-Length headers. The answer is only ever 200, 400 or
 does not answer), never a 500; a correctly signed event is queued exactly once; nothing else reaches the
 stream. Webhooks need no database, so the app gets a throwaway SQLite and the fuzzer runs once, not once per
 database."""
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ HEADER_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0xFF, exclude
 
 # --- bodies ---------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Body:
     data: bytes
@@ -67,11 +69,13 @@ def _json_body(value, kind: str) -> Body:
 
 
 PEER_BYTES = load_peer_events()  # byte for byte, as the other projects' suites captured them
-IDS = st.one_of(TEXT, st.sampled_from(["evt_1", "", " ", "\x00", "\ud800", "evt_\udfff", "é" * 10, "y" * 5000]),
-                json_values(4))
+IDS = st.one_of(
+    TEXT, st.sampled_from(["evt_1", "", " ", "\x00", "\ud800", "evt_\udfff", "é" * 10, "y" * 5000]), json_values(4)
+)
 ENVELOPES = st.builds(
     lambda id_, type_, rest: {**rest, "id": id_, "type": type_},
-    IDS, st.one_of(st.sampled_from([e["type"] for e in BASE_EVENTS] + ["ping", "x" * 300]), IDS),
+    IDS,
+    st.one_of(st.sampled_from([e["type"] for e in BASE_EVENTS] + ["ping", "x" * 300]), IDS),
     st.dictionaries(TEXT, json_values(6), max_size=4),
 )
 
@@ -83,11 +87,29 @@ def garbled(draw) -> Body:
     data = bytearray(draw(st.sampled_from([dumps(e) for e in BASE_EVENTS] + [raw for _n, raw in PEER_BYTES])))
     for _ in range(draw(st.integers(1, 4))):
         at = draw(st.integers(0, len(data)))
-        chunk = draw(st.one_of(st.binary(max_size=6), st.sampled_from(
-            [b"NaN", b"1e400", b"-Infinity", b"\\ud800", b"\\u0000", b"\xff", b"\xed\xa0\x80", b"{", b"]", b'"',
-             b"9" * 5000, b"\xef\xbb\xbf"])))
+        chunk = draw(
+            st.one_of(
+                st.binary(max_size=6),
+                st.sampled_from(
+                    [
+                        b"NaN",
+                        b"1e400",
+                        b"-Infinity",
+                        b"\\ud800",
+                        b"\\u0000",
+                        b"\xff",
+                        b"\xed\xa0\x80",
+                        b"{",
+                        b"]",
+                        b'"',
+                        b"9" * 5000,
+                        b"\xef\xbb\xbf",
+                    ]
+                ),
+            )
+        )
         cut = draw(st.integers(0, 3))
-        data[at:at + cut] = chunk
+        data[at : at + cut] = chunk
     return Body(bytes(data), None, "garbled")
 
 
@@ -95,14 +117,16 @@ BODIES = st.one_of(
     st.binary(max_size=300).map(lambda data: Body(data, None, "bytes")),
     json_values().map(lambda value: _json_body(value, "json")),
     ENVELOPES.map(lambda value: _json_body(value, "envelope")),
-    mutated_events(bases=BASE_EVENTS + [e for _n, e in PEER_EVENTS], max_mutations=4, keep_envelope=False)
-    .map(lambda value: _json_body(value, "mutated event")),
+    mutated_events(bases=BASE_EVENTS + [e for _n, e in PEER_EVENTS], max_mutations=4, keep_envelope=False).map(
+        lambda value: _json_body(value, "mutated event")
+    ),
     st.sampled_from(PEER_BYTES).map(lambda peer: Body(peer[1], _envelope_ok(json.loads(peer[1])), "peer event")),
     garbled(),
 )
 
 
 # --- signatures and headers -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Signing:
@@ -144,43 +168,82 @@ class Signing:
 
 
 HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
-OTHER_ITEMS = st.lists(st.one_of(
-    HEX64.map(lambda h: f"v1={h}"), HEX64.map(lambda h: f"v0={h}"), st.just("v1="),
-    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(["v2", "x", "v1", "scheme"]),
-              st.text("abcdef0123456789=", max_size=70))), max_size=5)
+OTHER_ITEMS = st.lists(
+    st.one_of(
+        HEX64.map(lambda h: f"v1={h}"),
+        HEX64.map(lambda h: f"v0={h}"),
+        st.just("v1="),
+        st.builds(
+            lambda k, v: f"{k}={v}",
+            st.sampled_from(["v2", "x", "v1", "scheme"]),
+            st.text("abcdef0123456789=", max_size=70),
+        ),
+    ),
+    max_size=5,
+)
 CORRECT_SIGNINGS = st.one_of(
     st.builds(Signing, st.just("valid"), st.integers(-(TOLERANCE - 60), 600)),
-    st.builds(Signing, st.just("several"), st.integers(-(TOLERANCE - 60), 60), OTHER_ITEMS.map(tuple),
-              st.integers(0, 10)),
+    st.builds(
+        Signing, st.just("several"), st.integers(-(TOLERANCE - 60), 60), OTHER_ITEMS.map(tuple), st.integers(0, 10)
+    ),
 )
 SIGNINGS = st.one_of(
     CORRECT_SIGNINGS,
     st.builds(Signing, st.just("expired"), st.integers(-(10**9), -(TOLERANCE + 60))),
     st.builds(Signing, st.just("other secret"), st.integers(-100, 100)),
     st.builds(Signing, st.just("other body"), st.integers(-100, 100)),
-    st.builds(Signing, st.just("non-ascii"), st.integers(-100, 100), st.just(()), st.integers(0, 200),
-              st.text(st.characters(min_codepoint=0x80, max_codepoint=0xFF), min_size=1, max_size=3)),
-    st.builds(Signing, st.just("t-text"), st.just(0), st.just(()), st.just(0),
-              HEADER_TEXT.filter(lambda t: "," not in t)),
-    st.builds(Signing, st.just("text"), text=st.one_of(HEADER_TEXT, st.sampled_from(
-        ["", ",", "t=", "t=1,v1=", "v1=" + "a" * 64, "t=" + "9" * 4300 + ",v1=" + "a" * 64, "t=1" * 500]))),
+    st.builds(
+        Signing,
+        st.just("non-ascii"),
+        st.integers(-100, 100),
+        st.just(()),
+        st.integers(0, 200),
+        st.text(st.characters(min_codepoint=0x80, max_codepoint=0xFF), min_size=1, max_size=3),
+    ),
+    st.builds(
+        Signing, st.just("t-text"), st.just(0), st.just(()), st.just(0), HEADER_TEXT.filter(lambda t: "," not in t)
+    ),
+    st.builds(
+        Signing,
+        st.just("text"),
+        text=st.one_of(
+            HEADER_TEXT,
+            st.sampled_from(
+                ["", ",", "t=", "t=1,v1=", "v1=" + "a" * 64, "t=" + "9" * 4300 + ",v1=" + "a" * 64, "t=1" * 500]
+            ),
+        ),
+    ),
     st.just(Signing("missing")),
     st.builds(Signing, st.just("two headers"), text=HEADER_TEXT),
 )
 
 CONTENT_TYPES = st.one_of(
     st.none(),
-    st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", "",
-                     "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=x",
-                     "application/json; charset=latin-1", "*/*"]),
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain",
+            "",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=latin-1",
+            "*/*",
+        ]
+    ),
     HEADER_TEXT,
 )
 # None: the client's own Content-Length (the body's length); else what the environ says instead.
 # "chunked": no Content-Length at all, the server ends the stream (wsgi.input_terminated), as gunicorn does for
 # Transfer-Encoding: chunked.
-CONTENT_LENGTHS = st.one_of(st.none(), st.none(), st.just("chunked"), st.integers(-5, 400).map(str),
-                            st.sampled_from(["", "abc", "1e3", " 12", "+5", "0x10", "99999999999999999999999",
-                                             str(MAX_BODY_BYTES + 1)]))
+CONTENT_LENGTHS = st.one_of(
+    st.none(),
+    st.none(),
+    st.just("chunked"),
+    st.integers(-5, 400).map(str),
+    st.sampled_from(["", "abc", "1e3", " 12", "+5", "0x10", "99999999999999999999999", str(MAX_BODY_BYTES + 1)]),
+)
 
 
 @dataclass(frozen=True)
@@ -244,8 +307,14 @@ def assert_answered(response, r, request: Request) -> None:
 
 @fuzz_settings(max_examples=300)
 @given(REQUESTS)
-@example(Request(Body(b'{"id": "evt_\\u0000", "type": "invoice.paid"}', "evt_\x00", "envelope"), Signing("valid"),
-                 "application/json", None))
+@example(
+    Request(
+        Body(b'{"id": "evt_\\u0000", "type": "invoice.paid"}', "evt_\x00", "envelope"),
+        Signing("valid"),
+        "application/json",
+        None,
+    )
+)
 def test_any_request_is_answered_200_400_or_413_and_only_a_signed_event_is_queued(webhook_client, r, request):
     r.flushdb()
     response = post(webhook_client, request)

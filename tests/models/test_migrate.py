@@ -1,6 +1,7 @@
 """Versioned migrations (`python -m models migrate`): any database an earlier release made is brought to the latest
 version, its rows kept and the steps recorded; a step added later upgrades an existing database in place; a second
 run, or two at once, apply nothing twice; a database newer than the code is refused."""
+
 from __future__ import annotations
 
 import subprocess
@@ -42,8 +43,10 @@ OLD_SCHEMA = [
 def add_subscription_note(db: peewee.Database) -> list[str]:
     """A next step as a maintainer would write it: a nullable column, an index, and a data fix."""
     migrator = SchemaMigrator.from_database(db)
-    run_migrations(migrator.add_column("subscriptions", "note", peewee.CharField(max_length=64, null=True)),
-                   migrator.add_index("subscriptions", ("tier", "note")))
+    run_migrations(
+        migrator.add_column("subscriptions", "note", peewee.CharField(max_length=64, null=True)),
+        migrator.add_index("subscriptions", ("tier", "note")),
+    )
     db.execute_sql("UPDATE subscriptions SET note = tier || ' plan'")
     return ["subscriptions.note", "subscriptions_tier_note"]
 
@@ -61,8 +64,14 @@ def database(database_url):
 
 
 def models_cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "models", *args], cwd=REPO, capture_output=True, text=True,
-                          env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "models", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
 
 
 def recorded(db: peewee.Database) -> list[tuple[int, str]]:
@@ -79,9 +88,14 @@ def rows(db: peewee.Database, table: str, names: list[str]) -> list[tuple]:
 
 def describe(db: peewee.Database) -> dict[str, tuple[set, set]]:
     """Each table's columns (name, type, nullable, primary key) and indexes (columns, unique)."""
-    return {table: ({(c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.get_columns(table)},
-                    {(tuple(i.columns), i.unique) for i in db.get_indexes(table)})
-            for table in db.get_tables() if table != SchemaVersion._meta.table_name}
+    return {
+        table: (
+            {(c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.get_columns(table)},
+            {(tuple(i.columns), i.unique) for i in db.get_indexes(table)},
+        )
+        for table in db.get_tables()
+        if table != SchemaVersion._meta.table_name
+    }
 
 
 def test_migrate_upgrades_an_old_schema_in_place(database_url, database):
@@ -110,15 +124,20 @@ def test_a_database_of_the_release_before_versions_is_taken_over_with_its_rows(d
     # were (tables.py moves on with later steps). It had no schema_version table.
     with database.bind_ctx(tables_v1.TABLES):
         database.create_tables(tables_v1.TABLES)
-        tables_v1.Subscription.create(community_id="42", tier="premium", status="active", last_event_created=7,
-                                      last_paid_invoice_id="in_1")
-        tables_v1.WebhookEvent.create(stripe_event_id="evt_1", event_type="invoice.paid", status="processed",
-                                      community_id="42")
+        tables_v1.Subscription.create(
+            community_id="42", tier="premium", status="active", last_event_created=7, last_paid_invoice_id="in_1"
+        )
+        tables_v1.WebhookEvent.create(
+            stripe_event_id="evt_1", event_type="invoice.paid", status="processed", community_id="42"
+        )
         tables_v1.AuditLog.create(event_type="payment_succeeded", community_id="42", event_data="{}")
-        tables_v1.DeferredEvent.create(stripe_event_id="evt_2", stripe_subscription_id="sub_1",
-                                       event_type="invoice.paid", created=9, payload="{}")
-    before = {model._meta.table_name: rows(database, model._meta.table_name, list(model._meta.columns))
-              for model in tables_v1.TABLES}
+        tables_v1.DeferredEvent.create(
+            stripe_event_id="evt_2", stripe_subscription_id="sub_1", event_type="invoice.paid", created=9, payload="{}"
+        )
+    before = {
+        model._meta.table_name: rows(database, model._meta.table_name, list(model._meta.columns))
+        for model in tables_v1.TABLES
+    }
     assert status(database).version == 0
 
     report = migrate(database)
@@ -164,7 +183,9 @@ def test_a_new_step_upgrades_an_existing_database_and_keeps_its_rows(database):
     assert report.version == NOTE.version
     assert [(a.step, a.created) for a in report.applied] == [(NOTE, ("subscriptions.note", "subscriptions_tier_note"))]
     assert rows(database, "subscriptions", ["community_id", "tier", "status", "note"]) == [
-        ("42", "premium", "active", "premium plan"), ("43", "basic", "past_due", "basic plan")]
+        ("42", "premium", "active", "premium plan"),
+        ("43", "basic", "past_due", "basic plan"),
+    ]
     assert (("tier", "note"), False) in {(tuple(i.columns), i.unique) for i in database.get_indexes("subscriptions")}
     assert recorded(database)[-1] == (NOTE.version, NOTE.name)
     assert migrate(database, STEPS + (NOTE,)).applied == ()
@@ -198,20 +219,27 @@ def test_a_database_newer_than_the_code_is_refused(database_url, database):
 
     result = models_cli(database_url, "migrate")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines() == [f"Error: the database schema is at version {NOTE.version}, newer than this "
-                                          f"release knows (version {LATEST}): run a release that knows it"]
+    assert result.stderr.splitlines() == [
+        f"Error: the database schema is at version {NOTE.version}, newer than this "
+        f"release knows (version {LATEST}): run a release that knows it"
+    ]
     assert describe(database) == schema and recorded(database)[-1] == (NOTE.version, NOTE.name)
 
     result = models_cli(database_url, "status")
     assert (result.returncode, result.stdout) == (
-        0, f"schema at version {NOTE.version}, latest {LATEST}: newer than this release\n"), result.stderr
+        0,
+        f"schema at version {NOTE.version}, latest {LATEST}: newer than this release\n",
+    ), result.stderr
 
 
 def test_status_shows_the_version_and_what_is_left(database_url, database):
     result = models_cli(database_url, "status")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (f"schema at version 0, latest {LATEST}: to apply with `python -m models migrate`: "
-                             + ", ".join(f"{step.version} ({step.name})" for step in STEPS) + "\n")
+    assert result.stdout == (
+        f"schema at version 0, latest {LATEST}: to apply with `python -m models migrate`: "
+        + ", ".join(f"{step.version} ({step.name})" for step in STEPS)
+        + "\n"
+    )
     assert database.get_tables() == []  # status writes nothing
 
     migrate(database)
@@ -230,15 +258,20 @@ def test_two_migrations_at_once_apply_each_step_once(database):
     def until_the_other_waits(db):
         if is_postgres(db):
             other = next(pid for thread, pid in backends.items() if thread != threading.get_ident())
-            wait_for(lambda: db.execute_sql("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' "
-                                            "AND NOT granted", (other,)).fetchone()[0],
-                     timeout=10, what="the other migration to wait for the lock")
+            wait_for(
+                lambda: db.execute_sql(
+                    "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND NOT granted", (other,)
+                ).fetchone()[0],
+                timeout=10,
+                what="the other migration to wait for the lock",
+            )
 
     def counted(step: Step, before=lambda db: None) -> Step:
         def apply(db):
             calls[step.version] += 1
             before(db)
             return step.apply(db)
+
         return Step(step.version, step.name, apply)
 
     steps = (counted(STEPS[0], until_the_other_waits), *map(counted, STEPS[1:]), counted(NOTE))

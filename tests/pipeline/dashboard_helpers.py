@@ -1,4 +1,5 @@
 """Reading the Grafana dashboards as Grafana does: their variables, and queries with the defaults filled in."""
+
 from __future__ import annotations
 
 import re
@@ -6,6 +7,8 @@ import re
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 JOB_VARIABLES = {"receiver_job": "billing-receiver", "consumer_job": "billing-consumer"}  # CONTRACT.md's job names
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")  # $name, ${name}, ${name:format}, [[name]]
+
+
 def variables(dashboard: dict) -> dict[str, dict]:
     return {variable["name"]: variable for variable in dashboard.get("templating", {}).get("list", [])}
 
@@ -27,5 +30,3 @@ def interpolate(expr: str, dashboard: dict, builtins: dict[str, str] = GRAFANA_V
         expr = expr.replace(variable, value)
     values = defaults(dashboard)
     return VARIABLE.sub(lambda m: values.get(m[1] or m[2] or m[3], m[0]), expr)
-
-

@@ -1,6 +1,7 @@
 """prometheus/: the scrape config and alert rules load in promtool, their unit tests pass, and every alert
 has a unit test that fires and one that stays quiet, a severity, and a runbook link (RUNBOOK_BASE_URL#anchor)
 to its heading in the README; prometheus/runbooks.py moves every link to another base and nothing else."""
+
 from __future__ import annotations
 
 import os
@@ -78,16 +79,23 @@ def test_alert_has_severity_annotations_and_runbook(rule):
     anchors = {github_anchor(heading) for heading in headings}
     url = rule["annotations"]["runbook_url"]
     base, _, anchor = url.partition("#")
-    assert base == runbook_base() and anchor == rule["alert"].lower(), \
+    assert base == runbook_base() and anchor == rule["alert"].lower(), (
         f"{rule['alert']}: runbook_url {url!r} is not {runbook_base()}#{rule['alert'].lower()}"
+    )
     assert anchor in anchors, f"README.md has no heading for #{anchor} (add it under '### Runbook')"
 
 
 # --- prometheus/runbooks.py: another runbook base for a deployment ------------------------------------------
 
+
 def runbooks(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUNBOOKS), *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(RUNBOOKS), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def without_runbooks(document: dict) -> tuple[dict, list[str]]:
@@ -124,8 +132,16 @@ def test_the_default_moves_with_the_unit_tests(tmp_path):
     assert "SUCCESS" in promtool("test", "rules", tmp_path / RULE_TESTS.name)
 
 
-@pytest.mark.parametrize("base", ["README.md", "wiki.example.com/runbook", "https://wiki.example.com/r#x", "ftp://x/y",
-                                  "https://wiki.example.com/a b"])
+@pytest.mark.parametrize(
+    "base",
+    [
+        "README.md",
+        "wiki.example.com/runbook",
+        "https://wiki.example.com/r#x",
+        "ftp://x/y",
+        "https://wiki.example.com/a b",
+    ],
+)
 def test_a_base_that_is_no_absolute_url_is_refused(base):
     result = runbooks(base)
     assert result.returncode == 1 and not result.stdout

@@ -2,6 +2,7 @@
 means and queries only the contract's metrics (../shared/CONTRACT.md, Metrics) and those the README adds; every
 query parses in promtool. A dashboard imports into any Grafana: its data source, jobs and instances are template
 variables (defaults: the provisioned data source, the contract's job names, every instance) that every query uses."""
+
 from __future__ import annotations
 
 import difflib
@@ -53,8 +54,13 @@ METRICS = HISTOGRAMS | {
 }
 # Grafana's own variables, replaced by something of the same type for promtool.
 # Gauges of the whole group that every consumer exports: a panel shows their max() over the consumers.
-GROUP_WIDE = ("billing_stream_length", "billing_group_lag", "billing_pending_entries",
-              "billing_oldest_pending_age_seconds", "billing_dead_letters")
+GROUP_WIDE = (
+    "billing_stream_length",
+    "billing_group_lag",
+    "billing_pending_entries",
+    "billing_oldest_pending_age_seconds",
+    "billing_dead_letters",
+)
 INSTANCE_VARIABLES = {"receiver_instance": "receiver_job", "consumer_instance": "consumer_job"}
 
 
@@ -69,12 +75,6 @@ def panels(dashboard: dict) -> list[dict]:
     return found
 
 
-
-
-
-
-
-
 def used_variables(expr: str) -> set[str]:
     return {m[1] or m[2] or m[3] for m in VARIABLE.finditer(expr)} - {name.lstrip("$") for name in GRAFANA_VARIABLES}
 
@@ -86,11 +86,14 @@ def committed() -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory):
     out = tmp_path_factory.mktemp("dashboards")
-    result = subprocess.run([sys.executable, str(ROOT / "grafana" / "generate.py"), str(out)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "grafana" / "generate.py"), str(out)], capture_output=True, text=True, timeout=120
+    )
     if result.returncode != 0:
-        pytest.fail(f"grafana/generate.py failed (is the test extra installed? pip install -e '.[test]'):\n"
-                    f"{result.stderr}", pytrace=False)
+        pytest.fail(
+            f"grafana/generate.py failed (is the test extra installed? pip install -e '.[test]'):\n{result.stderr}",
+            pytrace=False,
+        )
     return out
 
 
@@ -99,10 +102,18 @@ def test_committed_json_is_what_generate_writes(regenerated):
     for name in committed():
         ours, theirs = (DASHBOARDS / name).read_text(), (regenerated / name).read_text()
         if ours != theirs:
-            diff = "".join(list(difflib.unified_diff(ours.splitlines(True), theirs.splitlines(True),
-                                                     f"committed/{name}", f"generated/{name}"))[:60])
-            pytest.fail(f"grafana/dashboards/{name} differs from what grafana/generate.py writes; run "
-                        f".venv/bin/python grafana/generate.py and commit the result:\n{diff}", pytrace=False)
+            diff = "".join(
+                list(
+                    difflib.unified_diff(
+                        ours.splitlines(True), theirs.splitlines(True), f"committed/{name}", f"generated/{name}"
+                    )
+                )[:60]
+            )
+            pytest.fail(
+                f"grafana/dashboards/{name} differs from what grafana/generate.py writes; run "
+                f".venv/bin/python grafana/generate.py and commit the result:\n{diff}",
+                pytrace=False,
+            )
 
 
 def test_there_is_a_dashboard():
@@ -118,8 +129,7 @@ def test_schema_version_is_current(name):
 def test_every_panel_explains_itself_and_queries(name):
     for panel in panels(committed()[name]):
         assert panel.get("description", "").strip(), f"{panel['title']}: no description"
-        assert any(target.get("expr", "").strip() for target in panel.get("targets", [])), \
-            f"{panel['title']}: no query"
+        assert any(target.get("expr", "").strip() for target in panel.get("targets", [])), f"{panel['title']}: no query"
 
 
 @pytest.mark.parametrize("name", sorted(committed()))
@@ -196,7 +206,7 @@ def test_group_wide_gauges_are_shown_as_the_max_over_consumers(name):
         for target in panel["targets"]:
             for metric in GROUP_WIDE:
                 for match in re.finditer(rf"\b{metric}\b", target["expr"]):
-                    assert target["expr"][:match.start()].endswith("max("), f"{panel['title']}: {target['expr']}"
+                    assert target["expr"][: match.start()].endswith("max("), f"{panel['title']}: {target['expr']}"
 
 
 @pytest.mark.parametrize("name", sorted(committed()))

@@ -1,6 +1,7 @@
 """Redis key names: with the default settings every key is the one earlier releases used (existing deployments keep
 their data); KEY_PREFIX moves the deployment's own keys; and two deployments with their own KEY_PREFIX, STREAM_KEY and
 DEAD_LETTER_KEY share one Redis without sharing a key: receiver, consumer, sweep, reconciliation and backfill."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -89,20 +90,41 @@ def names(r) -> set[str]:
 def test_two_deployments_on_one_redis_share_no_key(make_client, settings, db, r):
     event = build_event("checkout.session.completed", "k1", tier="premium")
     first, ids = run_deployment(make_client, settings, db, r, {}, event)
-    assert first == {"dead": "queued", "event": "queued", "failing": "queued", "source": "database", "swept": [],
-                     "reconciled": True, "cursor": None}
-    assert names(r) == {"stripe:events", "stripe:events:dead", *(f"stripe:events:seen:{i}" for i in ids),
-                        "stripe:events:failures", "stripe:events:backfill:cursor", "stripe:events:reconcile:lock",
-                        "billing:sweep:lock", "billing:entitlement-cache:answer:k1",
-                        "billing:entitlement-cache:token:k1"}
+    assert first == {
+        "dead": "queued",
+        "event": "queued",
+        "failing": "queued",
+        "source": "database",
+        "swept": [],
+        "reconciled": True,
+        "cursor": None,
+    }
+    assert names(r) == {
+        "stripe:events",
+        "stripe:events:dead",
+        *(f"stripe:events:seen:{i}" for i in ids),
+        "stripe:events:failures",
+        "stripe:events:backfill:cursor",
+        "stripe:events:reconcile:lock",
+        "billing:sweep:lock",
+        "billing:entitlement-cache:answer:k1",
+        "billing:entitlement-cache:token:k1",
+    }
     before = names(r)
 
     second, ids = run_deployment(make_client, settings, db, r, ACME, event)
     # It met nothing of the first's: the same event queued again, the answer not cached yet, the sweep's and the
     # reconciliation's turns free, no cursor to resume from.
     assert second == first
-    assert names(r) - before == {"acme:events", "acme:events:dead", *(f"acme:events:seen:{i}" for i in ids),
-                                 "acme:events:failures", "acme:events:backfill:cursor", "acme:events:reconcile:lock",
-                                 "acme:sweep:lock", "acme:entitlement-cache:answer:k1",
-                                 "acme:entitlement-cache:token:k1"}
+    assert names(r) - before == {
+        "acme:events",
+        "acme:events:dead",
+        *(f"acme:events:seen:{i}" for i in ids),
+        "acme:events:failures",
+        "acme:events:backfill:cursor",
+        "acme:events:reconcile:lock",
+        "acme:sweep:lock",
+        "acme:entitlement-cache:answer:k1",
+        "acme:entitlement-cache:token:k1",
+    }
     assert before <= names(r)  # the first's keys all still there

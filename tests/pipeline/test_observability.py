@@ -3,6 +3,7 @@ gunicorn workers and two consumers, driven with real traffic (good, duplicate, b
 events, entitlement reads). Every panel query of every dashboard must parse, and the core ones must
 return data; the alert rules must load; healthy traffic must fire no alert but the dead-letter one we
 caused on purpose."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,15 @@ class Prometheus:
         (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self.log = open(tmp / "prometheus.log", "wb")
         self.process = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                "prometheus",
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(lambda: self.api("/-/ready", raw=True), what="prometheus to be ready")
 
     def api(self, path: str, raw: bool = False, **params):
@@ -105,21 +113,30 @@ def stack(redis_server, tmp_path_factory):
     env = service_env(redis_server.url, database_url, MAX_DELIVERIES="2", CLAIM_IDLE_MS="1000")
     receiver, base = start_receiver(env, str(tmp), workers=2)
     ports = [free_port(), free_port()]
-    consumers = [Process(["consumer", "run", "--name", f"obs-{i}", "--block-ms", "200"],
-                         {**env, "METRICS_PORT": str(port)}, str(tmp)) for i, port in enumerate(ports)]
+    consumers = [
+        Process(
+            ["consumer", "run", "--name", f"obs-{i}", "--block-ms", "200"], {**env, "METRICS_PORT": str(port)}, str(tmp)
+        )
+        for i, port in enumerate(ports)
+    ]
     prometheus = None
     try:
         for port in ports:
-            wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).status == 200,
-                     what=f"consumer metrics on {port}")
+            wait_for(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).status == 200,
+                what=f"consumer metrics on {port}",
+            )
         prometheus = Prometheus(tmp, base.removeprefix("http://"), [f"127.0.0.1:{p}" for p in ports])
         drive_traffic(base)
         wait_for(lambda: client.xlen("stripe:events:dead") == 1, timeout=30, what="the broken event's dead letter")
         wait_for(lambda: _scraped_total(prometheus) >= 42, timeout=30, what="prometheus to scrape the traffic")
         # rate() needs two samples in its window: a few more scrapes of every target after the traffic.
         for metric in ("billing_webhook_requests_total", "billing_events_total", "up"):
-            wait_for(lambda: prometheus.query(f"min(count_over_time({metric}[30s])) >= 4"), timeout=30,
-                     what=f"several scrapes of {metric}")
+            wait_for(
+                lambda: prometheus.query(f"min(count_over_time({metric}[30s])) >= 4"),
+                timeout=30,
+                what=f"several scrapes of {metric}",
+            )
         yield prometheus
     finally:
         if prometheus:
@@ -130,7 +147,7 @@ def stack(redis_server, tmp_path_factory):
 
 
 def _scraped_total(prometheus: Prometheus) -> float:
-    result = prometheus.query('sum(billing_events_total)')
+    result = prometheus.query("sum(billing_events_total)")
     return float(result[0]["value"][1]) if result else 0.0
 
 
@@ -138,8 +155,10 @@ def drive_traffic(base: str) -> None:
     """40 good events over 20 communities, 10 duplicates, 5 bad signatures, 1 unknown type, 1 broken
     event (dead-lettered after 2 failures), and entitlement reads that hit and miss the cache."""
     for n in range(20):
-        for event in (build_event("checkout.session.completed", f"obs{n}", tier="premium"),
-                      build_event("invoice.paid", f"obs{n}")):
+        for event in (
+            build_event("checkout.session.completed", f"obs{n}", tier="premium"),
+            build_event("invoice.paid", f"obs{n}"),
+        ):
             body = json.dumps(event).encode()
             assert post(base, body, sign(body)) == 200
             if n < 5:
@@ -164,8 +183,10 @@ def dashboard_panels() -> list[tuple[str, str, list[str]]]:
     found = []
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
-        found.extend((path.name, panel["title"], [concrete(t["expr"], dashboard) for t in panel["targets"]
-                                                  if t.get("expr")]) for panel in panels_of(dashboard))
+        found.extend(
+            (path.name, panel["title"], [concrete(t["expr"], dashboard) for t in panel["targets"] if t.get("expr")])
+            for panel in panels_of(dashboard)
+        )
     return found
 
 
@@ -203,7 +224,7 @@ def test_the_alert_rules_load_and_only_the_dead_letter_alert_fires(stack):
     groups = stack.api("/api/v1/rules")["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"] if rule["type"] == "alerting"]
     assert len(rules) >= 6 and all(rule["health"] == "ok" for rule in rules), rules
-    wait_for(lambda: stack.query('max(billing_dead_letters) == 1'), what="the dead letter to be scraped")
+    wait_for(lambda: stack.query("max(billing_dead_letters) == 1"), what="the dead letter to be scraped")
     alerts = stack.api("/api/v1/alerts")["data"]["alerts"]
     firing = {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
     unexpected = {name for name in firing if "dead" not in name.lower()}

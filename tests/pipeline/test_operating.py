@@ -2,6 +2,7 @@
 ways (WEB_CONCURRENCY, GUNICORN_CMD_ARGS, a gunicorn.conf.py), one configuration precedence (the environment over
 `.env` over defaults), one log format with JSON lines on request, stable consumer names under honcho, console
 scripts with --version, durations with units."""
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,12 @@ def children(pid: int) -> list[int]:
 
 def post(base: str, event: dict, secret: str = SECRET) -> int:
     body = json.dumps(event).encode()
-    request = urllib.request.Request(f"{base}/webhooks/stripe", body, method="POST", headers={
-        "Stripe-Signature": signature_header(body, secret), "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/webhooks/stripe",
+        body,
+        method="POST",
+        headers={"Stripe-Signature": signature_header(body, secret), "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
@@ -123,7 +128,7 @@ def test_json_logs_carry_the_fields_of_what_they_are_about(process_env, redis_se
     assert outcome["entry_id"] and outcome["level"] == "DEBUG" and outcome["time"]
     assert all(line["consumer"] == "json-1" for line in lines)
     receiver_lines = [json.loads(line) for line in receiver.output().splitlines() if line.strip()]
-    assert any("POST /webhooks/stripe HTTP/1.1\" 400" in line["message"] for line in receiver_lines)  # access log
+    assert any('POST /webhooks/stripe HTTP/1.1" 400' in line["message"] for line in receiver_lines)  # access log
     assert all(SECRET not in json.dumps(line) for line in lines + receiver_lines)
     assert all('"object": "event"' not in line["message"] for line in lines + receiver_lines)  # no payloads
 
@@ -134,8 +139,14 @@ def test_the_environment_wins_over_dotenv_which_wins_over_defaults(process_env, 
     send = [sys.executable, "-m", "receiver", "send", "invoice.paid", "--community", "42"]
     clean = {k: v for k, v in process_env.items() if k not in ("STRIPE_WEBHOOK_SECRET", "PORT")}
     try:
-        from_env = subprocess.run(send, cwd=tmp_path, env={**clean, "STRIPE_WEBHOOK_SECRET": SECRET},
-                                  capture_output=True, text=True, timeout=30)
+        from_env = subprocess.run(
+            send,
+            cwd=tmp_path,
+            env={**clean, "STRIPE_WEBHOOK_SECRET": SECRET},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert from_env.returncode == 0 and '"status":"queued"' in from_env.stdout, from_env.stdout + from_env.stderr
         from_dotenv = subprocess.run(send, cwd=tmp_path, env=clean, capture_output=True, text=True, timeout=30)
         assert from_dotenv.returncode == 1 and '"reason":"mismatch"' in from_dotenv.stdout  # .env's secret was used
@@ -150,18 +161,33 @@ def test_bin_run_honours_port_while_8000_is_busy(redis_url, tmp_path):
         blocker.bind(("0.0.0.0", 8000))
         blocker.listen()
     port, metrics_port = free_port(), free_port()
-    env = {**service_env(redis_url, f"sqlite:///{tmp_path}/run.db"), "PORT": str(port),
-           "METRICS_PORT": str(metrics_port)}
-    run = subprocess.Popen([str(REPO / "bin" / "run")], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **service_env(redis_url, f"sqlite:///{tmp_path}/run.db"),
+        "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
+    }
+    run = subprocess.Popen(
+        [str(REPO / "bin" / "run")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200, timeout=120,
-                 what="bin/run's receiver on PORT")
+        wait_for(
+            lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200,
+            timeout=120,
+            what="bin/run's receiver on PORT",
+        )
         assert post(base, build_event("checkout.session.completed", "run-1")) == 200
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).status == 200,
-                 what="the consumer's metrics on METRICS_PORT")
+        wait_for(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).status == 200,
+            what="the consumer's metrics on METRICS_PORT",
+        )
         from models.db import open_database
+
         db = open_database(f"sqlite:///{tmp_path}/run.db")
         wait_for(lambda: Subscription.get_or_none(Subscription.community_id == "run-1"), what="the event applied")
         db.close()
@@ -179,8 +205,18 @@ def test_the_consumer_name_is_stable_under_honcho(monkeypatch):
     assert default_name() == f"{socket.gethostname()}-worker.1"
 
 
-@pytest.mark.parametrize("text,ms", [("5m", 300_000), ("30s", 30_000), ("1500ms", 1500), ("2h", 7_200_000),
-                                     ("1d", 86_400_000), ("250", 250), ("1.5s", 1500)])
+@pytest.mark.parametrize(
+    "text,ms",
+    [
+        ("5m", 300_000),
+        ("30s", 30_000),
+        ("1500ms", 1500),
+        ("2h", 7_200_000),
+        ("1d", 86_400_000),
+        ("250", 250),
+        ("1.5s", 1500),
+    ],
+)
 def test_durations_take_units(text, ms):
     assert DURATION.convert(text, None, None) == ms
 

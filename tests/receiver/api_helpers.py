@@ -1,5 +1,6 @@
 """The /v1 API through the Flask test client: its answers, rows to answer from, and events run through the
 consumer's own steps."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,18 @@ from consumer.stream import EventStream
 from models.tables import Subscription
 
 V1 = "/v1/communities"
-ENTITLEMENT_FIELDS = {"community_id", "tier", "status", "max_members", "features", "in_grace_period", "grace_until",
-                      "source"}
+ENTITLEMENT_FIELDS = {
+    "community_id",
+    "tier",
+    "status",
+    "max_members",
+    "features",
+    "in_grace_period",
+    "grace_until",
+    "source",
+}
+
+
 def ents(client, community_id="c1", **headers) -> dict:
     response = client.get(f"{V1}/{community_id}/entitlements", headers=headers)
     assert response.status_code == 200 and response.is_json, response.data
@@ -38,5 +49,3 @@ def consume(settings, db, r, *events) -> None:
     assert [o.outcome for o in outcomes] == ["processed"] * len(events)
     stream.settle(settlement_of(outcomes, prior))
     assert r.xpending(settings.keys.stream, settings.consumer_group)["pending"] == 0
-
-

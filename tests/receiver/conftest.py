@@ -1,5 +1,6 @@
 """Fixtures of the receiver tests: its app on the test's Redis and database (both databases; make_client is
 in the top-level conftest, since the pipeline tests use it too)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """GET /v1/communities/<id>/subscription and /entitlements through the Flask test client, on a real
 redis-server and both databases: the answers, the cache and its invalidation, grace, Redis down, the token."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,41 +28,73 @@ TOKEN = "s3cret-token"
 KEYS = Settings().keys
 
 
-
-
-
-
 def cache_counts() -> tuple[float, float]:
     sample = REGISTRY.get_sample_value
-    return (sample("billing_entitlement_cache_requests_total", {"result": "hit"}) or 0.0,
-            sample("billing_entitlement_cache_requests_total", {"result": "miss"}) or 0.0)
+    return (
+        sample("billing_entitlement_cache_requests_total", {"result": "hit"}) or 0.0,
+        sample("billing_entitlement_cache_requests_total", {"result": "miss"}) or 0.0,
+    )
 
 
 def test_subscription_answers_every_contract_field(client):
     t = dt.datetime(2026, 3, 16, 11, 3, 41)
-    row("c1", "elite", "past_due", stripe_customer_id="cus_1", stripe_subscription_id="sub_1",
-        grace_until=t + dt.timedelta(days=1), current_period_start=t, current_period_end=t + dt.timedelta(days=30),
-        updated_at=t + dt.timedelta(seconds=5))
+    row(
+        "c1",
+        "elite",
+        "past_due",
+        stripe_customer_id="cus_1",
+        stripe_subscription_id="sub_1",
+        grace_until=t + dt.timedelta(days=1),
+        current_period_start=t,
+        current_period_end=t + dt.timedelta(days=30),
+        updated_at=t + dt.timedelta(seconds=5),
+    )
     response = client.get(f"{V1}/c1/subscription")
     assert response.status_code == 200 and response.is_json
     assert response.get_json() == {
-        "community_id": "c1", "tier": "elite", "status": "past_due", "stripe_customer_id": "cus_1",
-        "stripe_subscription_id": "sub_1", "grace_until": "2026-03-17T11:03:41Z",
-        "current_period_start": "2026-03-16T11:03:41Z", "current_period_end": "2026-04-15T11:03:41Z",
-        "updated_at": "2026-03-16T11:03:46Z"}
+        "community_id": "c1",
+        "tier": "elite",
+        "status": "past_due",
+        "stripe_customer_id": "cus_1",
+        "stripe_subscription_id": "sub_1",
+        "grace_until": "2026-03-17T11:03:41Z",
+        "current_period_start": "2026-03-16T11:03:41Z",
+        "current_period_end": "2026-04-15T11:03:41Z",
+        "updated_at": "2026-03-16T11:03:46Z",
+    }
 
 
 def test_no_subscription_is_404_but_starter_entitlements(client):
     response = client.get(f"{V1}/nobody/subscription")
     assert response.status_code == 404 and response.is_json and response.get_json()["error"]
-    assert ents(client, "nobody") == {"community_id": "nobody", "tier": "starter", "status": None,
-                                      "max_members": 100, "features": STARTER, "in_grace_period": False,
-                                      "grace_until": None, "source": "database"}
+    assert ents(client, "nobody") == {
+        "community_id": "nobody",
+        "tier": "starter",
+        "status": None,
+        "max_members": 100,
+        "features": STARTER,
+        "in_grace_period": False,
+        "grace_until": None,
+        "source": "database",
+    }
 
 
 # Every id billing.community refuses: the consumer cannot store them, and the API says why (the rule).
-MALFORMED_IDS = ["bad%20id!", "a%20b", "x" * 129, "x" * 200, "abc%0A", "caf%C3%A9", "a%00b", "a:b", "guild:42",
-                 "a%2Fb", "a/b", "%E2%80%8Bx", "x%09"]
+MALFORMED_IDS = [
+    "bad%20id!",
+    "a%20b",
+    "x" * 129,
+    "x" * 200,
+    "abc%0A",
+    "caf%C3%A9",
+    "a%00b",
+    "a:b",
+    "guild:42",
+    "a%2Fb",
+    "a/b",
+    "%E2%80%8Bx",
+    "x%09",
+]
 
 
 @pytest.mark.parametrize("community_id", MALFORMED_IDS)
@@ -144,8 +177,12 @@ def test_an_in_grace_answer_is_never_cached_past_grace_until(client, r):
 def test_ended_subscriptions_answer_starter(client, status):
     row("c1", "elite", status)
     answer = ents(client)
-    assert (answer["tier"], answer["status"], answer["features"], answer["max_members"]) == \
-        ("starter", status, STARTER, 100)
+    assert (answer["tier"], answer["status"], answer["features"], answer["max_members"]) == (
+        "starter",
+        status,
+        STARTER,
+        100,
+    )
 
 
 def test_in_grace_keeps_the_tier(client):
@@ -161,8 +198,16 @@ def test_expired_grace_is_starter_unpaid_at_read_time_with_nothing_written(clien
     grace_until = utcnow() - dt.timedelta(seconds=5)
     row("c1", "elite", "past_due", grace_until=grace_until)
     answer = ents(client)
-    assert answer == {"community_id": "c1", "tier": "starter", "status": "unpaid", "max_members": 100,
-                      "features": STARTER, "in_grace_period": False, "grace_until": None, "source": "database"}
+    assert answer == {
+        "community_id": "c1",
+        "tier": "starter",
+        "status": "unpaid",
+        "max_members": 100,
+        "features": STARTER,
+        "in_grace_period": False,
+        "grace_until": None,
+        "source": "database",
+    }
     stored = client.get(f"{V1}/c1/subscription").get_json()
     assert (stored["tier"], stored["status"]) == ("elite", "past_due")  # the sweep writes it, not the reader
     assert Subscription.get(Subscription.community_id == "c1").status == "past_due"
@@ -170,7 +215,6 @@ def test_expired_grace_is_starter_unpaid_at_read_time_with_nothing_written(clien
 
 
 # --- invalidation ------------------------------------------------------------------------------------------
-
 
 
 def event(event_type, created, **kw):
@@ -194,8 +238,15 @@ def test_each_event_type_drops_the_cached_answer(settings, client, db, r, event_
     assert set(CHANGES) == set(EVENT_TYPES)
     before, kwargs, expected = CHANGES[event_type]
     start = int(time.time()) - 100  # recent: a grace period started by these events has not ended
-    consume(settings, db, r, *[event("checkout.session.completed" if e == "checkout" else e, start + i, tier="basic")
-                               for i, e in enumerate(before)])
+    consume(
+        settings,
+        db,
+        r,
+        *[
+            event("checkout.session.completed" if e == "checkout" else e, start + i, tier="basic")
+            for i, e in enumerate(before)
+        ],
+    )
     old = ents(client)
     assert ents(client) == {**old, "source": "cache"}
     consume(settings, db, r, event(event_type, start + 50, **kwargs))
@@ -210,8 +261,15 @@ def test_a_reader_older_than_an_invalidation_cannot_cache_its_answer(client, r):
     cache = client.application.extensions["entitlement_cache"]
     cached, token = cache.get("c1")
     assert cached is None and token
-    stale = {"community_id": "c1", "tier": "elite", "status": "active", "max_members": 10000,
-             "features": ["api_access"], "in_grace_period": False, "grace_until": None}
+    stale = {
+        "community_id": "c1",
+        "tier": "elite",
+        "status": "active",
+        "max_members": 10000,
+        "features": ["api_access"],
+        "in_grace_period": False,
+        "grace_until": None,
+    }
     pipe = r.pipeline(transaction=True)  # the consumer commits a change and invalidates meanwhile
     invalidate_entitlements(pipe, KEYS, "c1")
     pipe.execute()
@@ -225,6 +283,7 @@ def test_a_reader_older_than_an_invalidation_cannot_cache_its_answer(client, r):
 
 
 # --- Redis down ----------------------------------------------------------------------------------------------
+
 
 def timed(client, path):
     started = time.monotonic()
@@ -256,8 +315,21 @@ def test_redis_down_answers_from_the_database_fast(make_client, own_redis, outag
 
 # --- API_TOKEN ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer wrong", f"Bearer {TOKEN}x",
-                                           f"Bearer {TOKEN[:-1]}", f"Basic {TOKEN}", TOKEN, f"Token {TOKEN}"])
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer wrong",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+        f"Basic {TOKEN}",
+        TOKEN,
+        f"Token {TOKEN}",
+    ],
+)
 @pytest.mark.parametrize("path", ["c1/subscription", "c1/entitlements", "bad%20id/entitlements"])
 def test_without_the_right_token_v1_is_401_json(make_client, authorization, path):
     client = make_client(api_token=TOKEN)
@@ -288,6 +360,7 @@ def test_the_token_guards_only_v1(make_client):
 
 # --- without API_TOKEN: loopback only ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
 def test_without_a_token_loopback_clients_are_answered(make_client, address):
     client = make_client(api_token="")
@@ -298,8 +371,21 @@ def test_without_a_token_loopback_clients_are_answered(make_client, address):
     assert response.status_code == 200 and response.get_json()["tier"] == "premium"
 
 
-@pytest.mark.parametrize("address", ["10.0.0.7", "192.168.1.20", "203.0.113.9", "2001:db8::1", "::ffff:10.0.0.7",
-                                     "0.0.0.0", "::", "fe80::1%eth0", "", "localhost"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.7",
+        "192.168.1.20",
+        "203.0.113.9",
+        "2001:db8::1",
+        "::ffff:10.0.0.7",
+        "0.0.0.0",
+        "::",
+        "fe80::1%eth0",
+        "",
+        "localhost",
+    ],
+)
 @pytest.mark.parametrize("path", ["c1/subscription", "c1/entitlements", "bad%20id/entitlements"])
 def test_without_a_token_other_clients_get_403_json(make_client, r, address, path):
     client = make_client(api_token="")
@@ -318,8 +404,9 @@ def test_with_a_token_every_address_needs_it(make_client):
     for address in ["127.0.0.1", "10.0.0.7"]:
         environ = {"REMOTE_ADDR": address}
         assert client.get(f"{V1}/c1/subscription", environ_base=environ).status_code == 401
-        response = client.get(f"{V1}/c1/subscription", environ_base=environ,
-                              headers={"Authorization": f"Bearer {TOKEN}"})
+        response = client.get(
+            f"{V1}/c1/subscription", environ_base=environ, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert response.status_code == 200 and response.get_json()["tier"] == "premium"
 
 
@@ -337,13 +424,17 @@ def test_create_app_warns_when_v1_is_loopback_only(make_client, caplog):
 
 # --- database down -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("database", ["postgresql-unreachable", "sqlite-without-tables"])
 def test_database_down_is_503_json_never_500(settings, redis_url, tmp_path, caplog, database):
     from harness import free_port
 
     port = free_port()
-    url = (f"postgresql://billing:hunter2-pw@127.0.0.1:{port}/billing" if database.startswith("postgresql")
-           else f"sqlite:///{tmp_path}/empty.db")
+    url = (
+        f"postgresql://billing:hunter2-pw@127.0.0.1:{port}/billing"
+        if database.startswith("postgresql")
+        else f"sqlite:///{tmp_path}/empty.db"
+    )
     app = create_app(dataclasses.replace(settings, database_url=url, redis_url=redis_url))
     client = app.test_client()
     try:

@@ -2,6 +2,7 @@
 billing_api_request_duration_seconds{endpoint}, labelled by route name, never by community id. Every answer
 counts (401, 403, 400, 404, 503 and paths that match no route too), in-process and summed over the gunicorn
 workers of a live receiver; the live receiver also says which release it runs (billing_build_info)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -56,10 +57,16 @@ def test_every_answer_is_counted_by_route_and_status(make_client):
     assert client.post(f"{V1}/known/entitlements", headers=auth).status_code == 405
     assert client.get("/healthz").status_code == 200  # not /v1: not counted here
     assert increase(before, counts()) == {
-        ("subscription", "200"): 1, ("subscription", "404"): 2, ("subscription", "400"): 1,
+        ("subscription", "200"): 1,
+        ("subscription", "404"): 2,
+        ("subscription", "400"): 1,
         ("subscription", "seconds"): 4,
-        ("entitlements", "200"): 3, ("entitlements", "401"): 2, ("entitlements", "seconds"): 5,
-        ("unmatched", "404"): 1, ("unmatched", "405"): 1, ("unmatched", "seconds"): 2,
+        ("entitlements", "200"): 3,
+        ("entitlements", "401"): 2,
+        ("entitlements", "seconds"): 5,
+        ("unmatched", "404"): 1,
+        ("unmatched", "405"): 1,
+        ("unmatched", "seconds"): 2,
     }
 
 
@@ -68,8 +75,12 @@ def test_loopback_only_refusals_are_counted(make_client):
     before = counts()
     assert client.get(f"{V1}/c1/subscription", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 403
     assert client.get(f"{V1}/c1/entitlements", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
-    assert increase(before, counts()) == {("subscription", "403"): 1, ("subscription", "seconds"): 1,
-                                          ("entitlements", "200"): 1, ("entitlements", "seconds"): 1}
+    assert increase(before, counts()) == {
+        ("subscription", "403"): 1,
+        ("subscription", "seconds"): 1,
+        ("entitlements", "200"): 1,
+        ("entitlements", "seconds"): 1,
+    }
 
 
 def test_an_unexpected_error_is_counted_as_500(make_client, monkeypatch):
@@ -96,8 +107,12 @@ def test_database_down_is_counted_as_503(redis_url, tmp_path):
     finally:
         app.extensions["redis"].close()
         database_proxy.initialize(None)
-    assert increase(before, counts()) == {("subscription", "503"): 1, ("subscription", "seconds"): 1,
-                                          ("entitlements", "503"): 1, ("entitlements", "seconds"): 1}
+    assert increase(before, counts()) == {
+        ("subscription", "503"): 1,
+        ("subscription", "seconds"): 1,
+        ("entitlements", "503"): 1,
+        ("entitlements", "seconds"): 1,
+    }
 
 
 def test_labels_never_carry_an_id(make_client):
@@ -120,6 +135,7 @@ def test_series_exist_from_the_start():
 
 
 # --- a live receiver: every gunicorn worker counts, any worker's /metrics answers the sum ---------------------
+
 
 def get(url: str, headers: dict | None = None) -> int:
     request = urllib.request.Request(url, headers=headers or {})
@@ -154,15 +170,25 @@ def test_counts_are_summed_over_the_workers_of_a_live_receiver(redis_url, sqlite
         samples = scrape(base)
         for (endpoint, status), count in sent.items():
             assert value(samples, "billing_api_requests_total", endpoint=endpoint, status=status) == count
-        assert value(samples, "billing_api_request_duration_seconds_count", endpoint="entitlements") == \
-            2 * sent["entitlements", "200"]
-        assert value(samples, "billing_api_request_duration_seconds_count", endpoint="subscription") == \
-            sent["subscription", "404"]
-        assert value(samples, "billing_api_request_duration_seconds_bucket", endpoint="subscription", le="+Inf") \
+        assert (
+            value(samples, "billing_api_request_duration_seconds_count", endpoint="entitlements")
+            == 2 * sent["entitlements", "200"]
+        )
+        assert (
+            value(samples, "billing_api_request_duration_seconds_count", endpoint="subscription")
             == sent["subscription", "404"]
+        )
+        assert (
+            value(samples, "billing_api_request_duration_seconds_bucket", endpoint="subscription", le="+Inf")
+            == sent["subscription", "404"]
+        )
 
         build = [(dict(labels), v) for (name, labels), v in samples.items() if name == "billing_build_info"]
-        assert build == [({"version": importlib.metadata.version("stripe-billing-pipeline"),
-                           "python": platform.python_version()}, 1.0)], "one sample, whatever the workers"
+        assert build == [
+            (
+                {"version": importlib.metadata.version("stripe-billing-pipeline"), "python": platform.python_version()},
+                1.0,
+            )
+        ], "one sample, whatever the workers"
     finally:
         proc.stop()

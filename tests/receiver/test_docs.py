@@ -1,5 +1,6 @@
 """GET /docs: Swagger UI over /openapi.json, every script, style and icon served by the app itself from the
 installed flask-swagger-ui package, with the right content types, and nothing loaded from another host."""
+
 from __future__ import annotations
 
 import html.parser
@@ -87,10 +88,8 @@ def test_the_page_shows_the_openapi_document(offline_client):
 def test_everything_the_page_loads_is_served_here_with_its_content_type(offline_client):
     refs = page(offline_client)
     paths = [urllib.parse.urlsplit(url) for url in refs.loaded]
-    assert all(not url.scheme and not url.netloc and url.path.startswith("/docs/assets/") for url in paths), \
-        refs.loaded
-    assert {pathlib.PurePath(url.path).name for url in paths} >= {"swagger-ui-bundle.js", "swagger-ui.css",
-                                                                   "init.js"}
+    assert all(not url.scheme and not url.netloc and url.path.startswith("/docs/assets/") for url in paths), refs.loaded
+    assert {pathlib.PurePath(url.path).name for url in paths} >= {"swagger-ui-bundle.js", "swagger-ui.css", "init.js"}
     for url in refs.loaded:
         response = offline_client.get(url)
         assert response.status_code == 200, url

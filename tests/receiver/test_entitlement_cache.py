@@ -1,6 +1,7 @@
 """The entitlement cache's keys and guard, on real redis-servers: no community id can name another key, a cached
 value that is not an answer is a miss, a key of the wrong type or a full or read-only Redis makes the cache step
 aside (never a 500), and the consumer's invalidation (DEL only) works whatever Redis holds, even when it is full."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,15 @@ from tests.receiver.api_helpers import V1, consume, ents, row
 from tests.redis_memory_helpers import fill_until_refused
 
 KEYS = Settings().keys
-STALE = {"community_id": "42", "tier": "elite", "status": "active", "max_members": 10000, "features": ["api_access"],
-         "in_grace_period": False, "grace_until": None}
-
-
-
-
+STALE = {
+    "community_id": "42",
+    "tier": "elite",
+    "status": "active",
+    "max_members": 10000,
+    "features": ["api_access"],
+    "in_grace_period": False,
+    "grace_until": None,
+}
 
 
 @pytest.fixture
@@ -36,8 +40,19 @@ def full_redis():
     server.close()
 
 
-IDS = ["42", "gen:42", "answer:42", "token:42", "answer", "token", "gen", "answer:token:42", "token:answer:42",
-       "billing:entitlements:42", "x" * 128]
+IDS = [
+    "42",
+    "gen:42",
+    "answer:42",
+    "token:42",
+    "answer",
+    "token",
+    "gen",
+    "answer:token:42",
+    "token:answer:42",
+    "billing:entitlements:42",
+    "x" * 128,
+]
 
 
 def test_no_community_id_names_another_key():
@@ -61,8 +76,20 @@ def test_an_answer_cached_under_a_strange_id_never_breaks_an_invalidation(settin
     row("42", "premium", stripe_subscription_id="sub_42", stripe_customer_id="cus_42")
     assert ents(client, "42")["tier"] == "premium" and ents(client, "42")["source"] == "cache"
     # The consumer applies a change to 42: settling (with its invalidation) must go through.
-    consume(settings, db, r, build_event("customer.subscription.updated", "42", tier="elite", status="active",
-                                         customer_id="cus_42", subscription_id="sub_42", created=int(time.time())))
+    consume(
+        settings,
+        db,
+        r,
+        build_event(
+            "customer.subscription.updated",
+            "42",
+            tier="elite",
+            status="active",
+            customer_id="cus_42",
+            subscription_id="sub_42",
+            created=int(time.time()),
+        ),
+    )
     answer = ents(client, "42")
     assert (answer["tier"], answer["source"]) == ("elite", "database")
     assert client.get(f"{V1}/gen:42/entitlements").status_code in (200, 400)

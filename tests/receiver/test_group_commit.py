@@ -1,5 +1,6 @@
 """The receiver's group commit (receiver/group_commit.py): concurrent enqueues share round trips, and each
 request still gets its own answer, on a real redis-server."""
+
 from __future__ import annotations
 
 import threading
@@ -52,7 +53,8 @@ def test_requests_waiting_behind_a_round_trip_share_the_next_one_and_each_gets_i
     entries = client.xrange(STREAM)
     assert len(entries) == 21
     assert {fields[b"event_id"].decode(): entry.decode() for entry, fields in entries} == {
-        event_id: answer for event_id, answer in [("evt_first", first.result())] + list(zip(ids, answers)) if answer}
+        event_id: answer for event_id, answer in [("evt_first", first.result())] + list(zip(ids, answers)) if answer
+    }
 
 
 def test_every_request_of_a_batch_gets_the_error_when_redis_is_down(own_redis):

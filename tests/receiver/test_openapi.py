@@ -1,6 +1,7 @@
 """/openapi.json describes the whole HTTP interface, and the live app keeps to it: schemathesis sends
 generated requests to every operation of a running receiver (gunicorn, real Redis and database) and
 checks that nothing answers 500 and every answer matches the document."""
+
 from __future__ import annotations
 
 import http.client
@@ -34,10 +35,15 @@ def test_every_operation_keeps_to_the_document(live_receiver):
     # schemathesis' own pytest plugin does not work with this pytest; hypothesis drives each operation.
     schema = schemathesis.openapi.from_url(f"{live_receiver}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /webhooks/stripe", "GET /healthz", "GET /readyz", "GET /docs",
-                                              "GET /docs/assets/{name}",
-                                              "GET /v1/communities/{community_id}/subscription",
-                                              "GET /v1/communities/{community_id}/entitlements"}
+    assert {op.label for op in operations} >= {
+        "POST /webhooks/stripe",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /docs",
+        "GET /docs/assets/{name}",
+        "GET /v1/communities/{community_id}/subscription",
+        "GET /v1/communities/{community_id}/entitlements",
+    }
     for operation in operations:
         headers = {"Authorization": f"Bearer {TOKEN}"} if operation.path.startswith("/v1") else {}
         # No schema can express a valid HMAC signature, so generated webhooks are rightly refused (400):
@@ -56,9 +62,16 @@ def test_the_document_lists_the_whole_interface(live_receiver):
     document = json.load(urllib.request.urlopen(f"{live_receiver}/openapi.json"))
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
-        "/webhooks/stripe", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/assets/{name}",
-        "/v1/communities/{community_id}/subscription", "/v1/communities/{community_id}/entitlements"}
-
+        "/webhooks/stripe",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/docs/assets/{name}",
+        "/v1/communities/{community_id}/subscription",
+        "/v1/communities/{community_id}/entitlements",
+    }
 
 
 @pytest.mark.parametrize("community_id", [".", "..", "...", ".-_", "x" * 128, "-"])

@@ -1,4 +1,5 @@
 """POST /webhooks/stripe through the Flask test client, against a real redis-server."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,12 @@ def test_valid_event_is_queued_with_the_contract_fields(webhook_client, r):
 
     assert response.status_code == 200
     assert response.is_json
-    assert response.get_json() == {"received": True, "status": "queued",
-                                   "event_id": event["id"], "event_type": "invoice.paid"}
+    assert response.get_json() == {
+        "received": True,
+        "status": "queued",
+        "event_id": event["id"],
+        "event_type": "invoice.paid",
+    }
     [entry] = entries(r)
     assert set(entry) - {"_id"} == {"event_id", "event_type", "created", "payload", "received_at"}
     assert entry["event_id"].decode() == event["id"]
@@ -55,8 +60,12 @@ def test_same_event_again_is_a_duplicate_and_stays_one_entry(webhook_client, r):
     assert first.get_json()["status"] == "queued"
     for response in (again, third):
         assert response.status_code == 200
-        assert response.get_json() == {"received": True, "status": "duplicate",
-                                       "event_id": event["id"], "event_type": event["type"]}
+        assert response.get_json() == {
+            "received": True,
+            "status": "duplicate",
+            "event_id": event["id"],
+            "event_type": event["type"],
+        }
     assert [e["payload"] for e in entries(r)] == [body]
 
 
@@ -94,10 +103,16 @@ SIGNATURE_FAILURES = {
     "no-v1": (_BODY, "t=123", "malformed"),
     "v0-only": (_BODY, "t=123,v0=" + "a" * 64, "malformed"),
     "wrong-secret": (_BODY, signature_header(_BODY, "whsec_someone_else"), "mismatch"),
-    "tampered-body": (_BODY.replace(b'"invoice.paid"', b'"invoice.voided"'), signature_header(_BODY, SECRET),
-                      "mismatch"),
-    "signed-for-other-timestamp": (_BODY, signature_header(_BODY, SECRET, _NOW).replace(f"t={_NOW}", f"t={_NOW + 1}"),
-                                   "mismatch"),
+    "tampered-body": (
+        _BODY.replace(b'"invoice.paid"', b'"invoice.voided"'),
+        signature_header(_BODY, SECRET),
+        "mismatch",
+    ),
+    "signed-for-other-timestamp": (
+        _BODY,
+        signature_header(_BODY, SECRET, _NOW).replace(f"t={_NOW}", f"t={_NOW + 1}"),
+        "mismatch",
+    ),
     "not-utf8": (_NOT_UTF8, signature_header(_NOT_UTF8, SECRET), "malformed"),
 }
 
@@ -221,8 +236,10 @@ def test_readyz_names_an_unreachable_database_without_host_port_or_password(make
     app = make_app(database_url=f"postgresql://billing:hunter2-pw@127.0.0.1:{port}/nowhere")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "unavailable",
-                                   "checks": {"redis": "ok", "database": "failed: OperationalError"}}
+    assert response.get_json() == {
+        "status": "unavailable",
+        "checks": {"redis": "ok", "database": "failed: OperationalError"},
+    }
     for secret in [str(port), "127.0.0.1", "hunter2", "billing", "nowhere"]:
         assert secret.encode() not in response.data
     assert "hunter2" not in caplog.text and "database check failed" in caplog.text  # ops still get the cause

@@ -1,4 +1,5 @@
 """The receiver as it runs: `python -m receiver serve` (gunicorn) and `python -m receiver send`."""
+
 from __future__ import annotations
 
 import http.client
@@ -45,8 +46,9 @@ def post(base: str, body: bytes, headers: dict) -> tuple[int, dict]:
 
 
 def run_module(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_twenty_concurrent_deliveries_of_one_event_queue_it_once(live, r):
@@ -94,13 +96,15 @@ def assert_too_large(conn, framing: tuple[str, str], send_body) -> None:
 
 def test_oversized_body_is_refused_before_it_is_all_sent(live, r):
     conn = connection(live, timeout=5)  # were the server to wait for the whole body, this times out
-    assert_too_large(conn, ("Content-Length", str(2 * MAX_BODY_BYTES)),
-                     lambda c: c.send(b" " * 65536))  # 64 KiB of the announced 2 MiB
+    assert_too_large(
+        conn, ("Content-Length", str(2 * MAX_BODY_BYTES)), lambda c: c.send(b" " * 65536)
+    )  # 64 KiB of the announced 2 MiB
     assert r.xlen(STREAM) == 0
 
 
 def test_oversized_chunked_body_is_413(live, r):
     """No Content-Length to judge by: the limit holds on the bytes themselves."""
+
     def send_chunks(conn):
         chunk = b" " * 65536
         for _ in range(MAX_BODY_BYTES // len(chunk) + 1):  # 1 MiB + 64 KiB
@@ -127,10 +131,29 @@ def test_chunked_body_within_the_limit_is_accepted(live, r):
 def test_send_command_delivers_every_type_in_both_api_shapes(live, redis_url, r, tmp_path):
     env = service_env(redis_url, f"sqlite:///{tmp_path}/x.db")
     cases = [(t, v) for t in EVENT_TYPES for v in API_VERSIONS]
-    procs = [subprocess.Popen([sys.executable, "-m", "receiver", "send", t, "--community", "42",
-                               "--api-version", v, "--url", live + WEBHOOK],
-                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for t, v in cases]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "receiver",
+                "send",
+                t,
+                "--community",
+                "42",
+                "--api-version",
+                v,
+                "--url",
+                live + WEBHOOK,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for t, v in cases
+    ]
     sent = {}
     for (event_type, version), proc in zip(cases, procs):
         out, err = proc.communicate(timeout=30)
@@ -152,9 +175,16 @@ def test_send_command_delivers_every_type_in_both_api_shapes(live, redis_url, r,
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:{port}/webhooks/stripe", "not-a-url"])
 def test_send_to_nowhere_fails_in_one_line(redis_url, tmp_path, url):
-    result = run_module("receiver", "send", "invoice.paid", "--community", "42",
-                        "--url", url.format(port=free_port()),
-                        env=service_env(redis_url, f"sqlite:///{tmp_path}/x.db"))
+    result = run_module(
+        "receiver",
+        "send",
+        "invoice.paid",
+        "--community",
+        "42",
+        "--url",
+        url.format(port=free_port()),
+        env=service_env(redis_url, f"sqlite:///{tmp_path}/x.db"),
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

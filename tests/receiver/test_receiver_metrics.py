@@ -1,5 +1,6 @@
 """GET /metrics of a live receiver (gunicorn, 2 workers, real Redis): every answer of POST /webhooks/stripe
 is counted once, whichever worker gave it, and whichever worker answers the scrape gives the exact sum."""
+
 from __future__ import annotations
 
 import collections
@@ -66,14 +67,13 @@ def post_too_big(base: str) -> int:
         conn.close()
 
 
-
-
-
-
 def access_pids(output: str, method: str, path: str) -> set[int]:
     """The pids of the workers that answered `method path`, from gunicorn's access log."""
-    return {int(m["pid"]) for m in map(ACCESS_LINE.search, output.splitlines())
-            if m and m["method"] == method and m["path"] == path}
+    return {
+        int(m["pid"])
+        for m in map(ACCESS_LINE.search, output.splitlines())
+        if m and m["method"] == method and m["path"] == path
+    }
 
 
 def worker_pids(output: str) -> list[int]:
@@ -94,8 +94,10 @@ def test_counts_are_exact_summed_over_both_workers(receiver_env, tmp_path, tmp_d
         bodies: list[tuple[str, bytes]] = []
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             for round_no in range(100):
-                batch = [event_bytes(EVENT_TYPES[(round_no * 8 + i) % len(EVENT_TYPES)], f"m{round_no}-{i}")
-                         for i in range(8)]
+                batch = [
+                    event_bytes(EVENT_TYPES[(round_no * 8 + i) % len(EVENT_TYPES)], f"m{round_no}-{i}")
+                    for i in range(8)
+                ]
                 statuses = list(pool.map(lambda eb: post(base, eb[1], sign(eb[1])), batch))
                 assert statuses == [200] * 8
                 for event, body in batch:
@@ -137,15 +139,20 @@ def test_counts_are_exact_summed_over_both_workers(receiver_env, tmp_path, tmp_d
             assert value(samples, "billing_webhook_requests_total", status="413") == 1
             assert value(samples, "billing_webhook_requests_total", status="503") == 0
             assert value(samples, "billing_webhook_request_duration_seconds_count") == sent + 3 + signature_failures + 2
-            assert value(samples, "billing_webhook_request_duration_seconds_bucket", le="+Inf") == \
-                value(samples, "billing_webhook_request_duration_seconds_count")
+            assert value(samples, "billing_webhook_request_duration_seconds_bucket", le="+Inf") == value(
+                samples, "billing_webhook_request_duration_seconds_count"
+            )
             for reason, statuses in refused.items():
                 assert value(samples, "billing_webhook_signature_failures_total", reason=reason) == len(statuses)
             for event_type in EVENT_TYPES:
-                assert value(samples, "billing_webhook_events_total", event_type=event_type, result="queued") == \
-                    queued[event_type]
-                assert value(samples, "billing_webhook_events_total", event_type=event_type, result="duplicate") == \
-                    duplicates[event_type]
+                assert (
+                    value(samples, "billing_webhook_events_total", event_type=event_type, result="queued")
+                    == queued[event_type]
+                )
+                assert (
+                    value(samples, "billing_webhook_events_total", event_type=event_type, result="duplicate")
+                    == duplicates[event_type]
+                )
             assert value(samples, "billing_webhook_enqueue_failures_total") == 0
         assert len(metrics_dirs(tmp_dir)) == 1
     finally:
@@ -192,7 +199,8 @@ def test_redis_down_is_counted_as_503_and_enqueue_failure(tmp_path, tmp_dir):
 def test_two_receivers_on_one_machine_count_only_their_own(receiver_env, tmp_path, tmp_dir):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # started at once, with the same environment
         (first, first_base), (second, second_base) = pool.map(
-            lambda _: start_receiver(receiver_env, str(tmp_path), workers=2), range(2))
+            lambda _: start_receiver(receiver_env, str(tmp_path), workers=2), range(2)
+        )
     try:
         assert len(metrics_dirs(tmp_dir)) == 2  # a directory each
         for base, count in ((first_base, 2), (second_base, 5)):
@@ -202,10 +210,11 @@ def test_two_receivers_on_one_machine_count_only_their_own(receiver_env, tmp_pat
         for base, count in ((first_base, 2), (second_base, 5)):
             samples = scrape(base)
             assert value(samples, "billing_webhook_requests_total", status="200") == count
-            assert value(samples, "billing_webhook_events_total", event_type="checkout.session.completed",
-                         result="queued") == count
+            assert (
+                value(samples, "billing_webhook_events_total", event_type="checkout.session.completed", result="queued")
+                == count
+            )
     finally:
         first.stop()
         second.stop()
     assert metrics_dirs(tmp_dir) == []
-

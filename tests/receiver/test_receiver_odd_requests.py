@@ -1,6 +1,7 @@
 """Every odd request to POST /webhooks/stripe gets a 4xx, never a 500: non-finite and huge numbers in a
 correctly signed body, ids and types that are not text Redis can store, Stripe-Signature headers that
 are not ASCII or not numbers, odd Content-Length values. Through the Flask test client, on a real Redis."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ NON_FINITE = {
     "created-1e400": with_created("1e400"),
     "created-minus-1e400": with_created("-1e400"),
     "amount-NaN": event_bytes("invoice.paid")[1].replace(b'"amount_paid": ', b'"amount_paid": NaN, "x": ', 1),
-    "huge-exponent-elsewhere": event_bytes("invoice.paid")[1].replace(b'"amount_paid": ',
-                                                                       b'"y": 2e999, "amount_paid": ', 1),
+    "huge-exponent-elsewhere": event_bytes("invoice.paid")[1].replace(
+        b'"amount_paid": ', b'"y": 2e999, "amount_paid": ', 1
+    ),
     "int-over-4300-digits": with_created("1" * 5000),
 }
 
@@ -83,8 +85,22 @@ def test_an_odd_created_is_queued_with_created_0(webhook_client, r, raw, stored)
     assert entry["created"] == stored and entry["payload"] == body
 
 
-ODD_VALUES = [float("nan"), float("inf"), float("-inf"), 1e308, 10**400, -(10**400), 2**63, "x", None, True, [], {},
-              1.5, 2**63 - 1]
+ODD_VALUES = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    1e308,
+    10**400,
+    -(10**400),
+    2**63,
+    "x",
+    None,
+    True,
+    [],
+    {},
+    1.5,
+    2**63 - 1,
+]
 
 
 @pytest.mark.parametrize("value", ODD_VALUES, ids=[repr(v)[:20] for v in ODD_VALUES])
@@ -118,8 +134,9 @@ SIGNATURE_HEADERS = {
 @pytest.mark.parametrize("header,reason", SIGNATURE_HEADERS.items(), ids=[repr(h[:24]) for h in SIGNATURE_HEADERS])
 def test_an_odd_signature_header_is_400_with_its_reason(webhook_client, r, header, reason):
     _, body = event_bytes("invoice.paid")
-    response = webhook_client.post(WEBHOOK, data=body, headers={"Stripe-Signature": header,
-                                                         "Content-Type": "application/json"})
+    response = webhook_client.post(
+        WEBHOOK, data=body, headers={"Stripe-Signature": header, "Content-Type": "application/json"}
+    )
     assert response.status_code == 400, response.data
     assert response.get_json()["reason"] == reason
     assert r.xlen(STREAM) == 0
@@ -128,7 +145,8 @@ def test_an_odd_signature_header_is_400_with_its_reason(webhook_client, r, heade
 @pytest.mark.parametrize("content_length", ["abc", "-1", "", "1e3", " 12", "99999999999999999999999"])
 def test_an_odd_content_length_is_never_a_500(webhook_client, r, content_length):
     _, body = event_bytes("invoice.paid")
-    response = webhook_client.post(WEBHOOK, data=body, headers=sign(body),
-                           environ_overrides={"CONTENT_LENGTH": content_length})
+    response = webhook_client.post(
+        WEBHOOK, data=body, headers=sign(body), environ_overrides={"CONTENT_LENGTH": content_length}
+    )
     assert response.status_code in (400, 413), (response.status_code, response.data)
     assert response.is_json

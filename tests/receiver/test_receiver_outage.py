@@ -1,4 +1,5 @@
 """The receiver when Redis goes away: a quick 503 that Stripe retries, nothing acknowledged then lost."""
+
 from __future__ import annotations
 
 import signal
@@ -16,8 +17,9 @@ from tests.stripe_helpers import sign
 
 @pytest.fixture
 def app(own_redis, tmp_path):
-    app = create_app(Settings(webhook_secrets=(SECRET,), redis_url=own_redis.url,
-                              database_url=f"sqlite:///{tmp_path}/x.db"))
+    app = create_app(
+        Settings(webhook_secrets=(SECRET,), redis_url=own_redis.url, database_url=f"sqlite:///{tmp_path}/x.db")
+    )
     yield app
     app.extensions["redis"].close()
     database_proxy.initialize(None)

@@ -67,9 +67,17 @@ def test_envelope(event_type, api_version):
 
 @pytest.mark.parametrize("event_type,api_version", ALL)
 def test_metadata_and_ids_are_passed_through(event_type, api_version):
-    ev = build_event(event_type, "c42", tier="basic", api_version=api_version, created=T0,
-                     event_id="evt_fixed", customer_id="cus_X", subscription_id="sub_X",
-                     price_id="price_X")
+    ev = build_event(
+        event_type,
+        "c42",
+        tier="basic",
+        api_version=api_version,
+        created=T0,
+        event_id="evt_fixed",
+        customer_id="cus_X",
+        subscription_id="sub_X",
+        price_id="price_X",
+    )
     assert ev["id"] == "evt_fixed"
     o = obj(ev)
     assert o["customer"] == "cus_X"
@@ -101,8 +109,9 @@ def test_tier_none_omits_tier(event_type, api_version):
 
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 def test_checkout_session(api_version):
-    s = obj(build_event("checkout.session.completed", "c1", api_version=api_version,
-                        subscription_id="sub_X", amount=500))
+    s = obj(
+        build_event("checkout.session.completed", "c1", api_version=api_version, subscription_id="sub_X", amount=500)
+    )
     assert s["object"] == "checkout.session" and s["id"].startswith("cs_test_")
     assert s["mode"] == "subscription"
     assert s["payment_status"] == "paid" and s["status"] == "complete"
@@ -114,8 +123,11 @@ def test_checkout_session(api_version):
 
 @pytest.mark.parametrize("event_type", SUB_TYPES)
 def test_subscription_legacy_shape(event_type):
-    sub = obj(build_event(event_type, "c1", api_version="2024-06-20", price_id="price_X",
-                          period_start=T0, period_end=T0 + 31 * DAY))
+    sub = obj(
+        build_event(
+            event_type, "c1", api_version="2024-06-20", price_id="price_X", period_start=T0, period_end=T0 + 31 * DAY
+        )
+    )
     assert sub["object"] == "subscription"
     assert sub["current_period_start"] == T0
     assert sub["current_period_end"] == T0 + 31 * DAY
@@ -127,8 +139,7 @@ def test_subscription_legacy_shape(event_type):
 
 @pytest.mark.parametrize("event_type", SUB_TYPES)
 def test_subscription_current_shape(event_type):
-    sub = obj(build_event(event_type, "c1", price_id="price_X",
-                          period_start=T0, period_end=T0 + 31 * DAY))
+    sub = obj(build_event(event_type, "c1", price_id="price_X", period_start=T0, period_end=T0 + 31 * DAY))
     assert "current_period_start" not in sub and "current_period_end" not in sub
     assert "plan" not in sub
     (item,) = sub["items"]["data"]
@@ -148,27 +159,35 @@ def test_subscription_status_defaults_and_override():
 
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 def test_default_periods(api_version):
-    sub = obj(build_event("customer.subscription.updated", "c1", api_version=api_version,
-                          created=T0))
+    sub = obj(build_event("customer.subscription.updated", "c1", api_version=api_version, created=T0))
     where = sub if api_version == LEGACY_API_VERSION else sub["items"]["data"][0]
     assert where["current_period_start"] == T0
     assert where["current_period_end"] == T0 + 30 * DAY
 
 
 def test_renewal_previous_attributes():
-    legacy = build_event("customer.subscription.updated", "c1", api_version="2024-06-20",
-                         period_start=T0)["data"]["previous_attributes"]
+    legacy = build_event("customer.subscription.updated", "c1", api_version="2024-06-20", period_start=T0)["data"][
+        "previous_attributes"
+    ]
     assert legacy["current_period_end"] == T0
-    current = build_event("customer.subscription.updated", "c1",
-                          period_start=T0)["data"]["previous_attributes"]
+    current = build_event("customer.subscription.updated", "c1", period_start=T0)["data"]["previous_attributes"]
     assert "current_period_end" not in current
     assert current["items"]["data"][0]["current_period_end"] == T0
 
 
 @pytest.mark.parametrize("event_type", INVOICE_TYPES)
 def test_invoice_legacy_shape(event_type):
-    inv = obj(build_event(event_type, "c1", api_version="2024-06-20", subscription_id="sub_X",
-                          price_id="price_X", period_start=T0, period_end=T0 + 30 * DAY))
+    inv = obj(
+        build_event(
+            event_type,
+            "c1",
+            api_version="2024-06-20",
+            subscription_id="sub_X",
+            price_id="price_X",
+            period_start=T0,
+            period_end=T0 + 30 * DAY,
+        )
+    )
     assert inv["object"] == "invoice"
     assert inv["subscription"] == "sub_X"
     assert inv["subscription_details"]["metadata"] == {"community_id": "c1", "tier": "premium"}
@@ -182,8 +201,11 @@ def test_invoice_legacy_shape(event_type):
 
 @pytest.mark.parametrize("event_type", INVOICE_TYPES)
 def test_invoice_current_shape(event_type):
-    inv = obj(build_event(event_type, "c1", subscription_id="sub_X", price_id="price_X",
-                          period_start=T0, period_end=T0 + 30 * DAY))
+    inv = obj(
+        build_event(
+            event_type, "c1", subscription_id="sub_X", price_id="price_X", period_start=T0, period_end=T0 + 30 * DAY
+        )
+    )
     assert "subscription" not in inv and "subscription_details" not in inv and "paid" not in inv
     parent = inv["parent"]
     assert parent["type"] == "subscription_details" and parent["quote_details"] is None
@@ -203,8 +225,7 @@ def test_invoice_current_shape(event_type):
 
 @pytest.mark.parametrize("event_type,api_version", [(t, v) for t in INVOICE_TYPES for v in API_VERSIONS])
 def test_invoice_line_period_is_new_period(event_type, api_version):
-    inv = obj(build_event(event_type, "c1", api_version=api_version,
-                          period_start=T0, period_end=T0 + 30 * DAY))
+    inv = obj(build_event(event_type, "c1", api_version=api_version, period_start=T0, period_end=T0 + 30 * DAY))
     assert (inv["period_start"], inv["period_end"]) == (T0 - 30 * DAY, T0)
     line = inv["lines"]["data"][0]
     assert line["period"] == {"start": T0, "end": T0 + 30 * DAY}
@@ -216,8 +237,9 @@ def test_invoice_paid_vs_failed(api_version):
     paid = obj(build_event("invoice.paid", "c1", api_version=api_version, amount=1234))
     assert paid["status"] == "paid" and paid["amount_paid"] == 1234
     assert paid["attempt_count"] == 1
-    failed = obj(build_event("invoice.payment_failed", "c1", api_version=api_version,
-                             amount=1234, attempt_count=3, created=T0))
+    failed = obj(
+        build_event("invoice.payment_failed", "c1", api_version=api_version, amount=1234, attempt_count=3, created=T0)
+    )
     assert failed["status"] == "open"
     assert failed["amount_paid"] == 0 and failed["amount_due"] == 1234
     assert failed["attempt_count"] == 3

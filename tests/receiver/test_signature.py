@@ -1,5 +1,6 @@
 """receiver.signature on its own: the reason a signature fails comes from the header and the clock, never from
 the wording of the stripe library's messages."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,15 +37,18 @@ def reason(header, secrets=(SECRET,), tolerance=300, body=BODY):
     return "ok"
 
 
-@pytest.mark.parametrize("header,expected", [
-    (None, "missing"),
-    ("", "missing"),
-    ("garbage", "malformed"),
-    ("t=abc,v1=00", "malformed"),
-    (f"t={NOW}", "malformed"),
-    (f"v1={'0' * 64}", "malformed"),
-    (f"t={NOW},v1={'0' * 64}", "mismatch"),
-])
+@pytest.mark.parametrize(
+    "header,expected",
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("garbage", "malformed"),
+        ("t=abc,v1=00", "malformed"),
+        (f"t={NOW}", "malformed"),
+        (f"v1={'0' * 64}", "malformed"),
+        (f"t={NOW},v1={'0' * 64}", "mismatch"),
+    ],
+)
 def test_reasons_from_the_header(library, header, expected):
     assert reason(header) == expected
 

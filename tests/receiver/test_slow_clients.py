@@ -1,5 +1,6 @@
 """Slow or stalled clients cannot starve intake: connections that send a few bytes and stall, or trickle a body,
 must not keep a signed webhook from its 200. Real sockets against a real receiver (gunicorn as `serve` runs it)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,9 +34,11 @@ def stall(address, first_bytes: bytes) -> socket.socket:
 
 def signed_post(address, timeout: float) -> tuple[int, float]:
     body = json.dumps(build_event("invoice.paid", "slow-1")).encode()
-    head = (f"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\nContent-Type: application/json\r\n"
-            f"Stripe-Signature: {signature_header(body, SECRET)}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode()
+    head = (
+        f"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\nContent-Type: application/json\r\n"
+        f"Stripe-Signature: {signature_header(body, SECRET)}\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n"
+    ).encode()
     started = time.monotonic()
     with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(head + body)
@@ -47,9 +50,12 @@ def signed_post(address, timeout: float) -> tuple[int, float]:
 def test_a_webhook_gets_its_200_while_connections_stall(receiver_url, kind):
     address = (receiver_url.hostname, receiver_url.port)
     partial = b"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\n"
-    trickle = b"POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\nContent-Length: 100000\r\n\r\n{\"id\""
-    firsts = {"partial headers": [partial] * STALLED, "trickled body": [trickle] * STALLED,
-              "both": [partial, trickle] * (STALLED // 2)}[kind]
+    trickle = b'POST /webhooks/stripe HTTP/1.1\r\nHost: receiver\r\nContent-Length: 100000\r\n\r\n{"id"'
+    firsts = {
+        "partial headers": [partial] * STALLED,
+        "trickled body": [trickle] * STALLED,
+        "both": [partial, trickle] * (STALLED // 2),
+    }[kind]
     with contextlib.ExitStack() as stack:
         for first in firsts:
             stack.enter_context(stall(address, first))
