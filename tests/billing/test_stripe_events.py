@@ -12,28 +12,13 @@ from billing.stripe_events import (
     read_facts,
 )
 from billing.vocabulary import HANDLED_TYPES
-from receiver.sample_events import API_VERSIONS, EVENT_TYPES, build_event
+from receiver.sample_events import API_VERSIONS, EVENT_TYPES
+from tests.handler_helpers import DAY, P_END, P_START, T0, ev
 from tests.stripe_helpers import load_peer_events
 
-DAY = 86_400
-T0 = 1_760_000_000
-P_START, P_END = T0 + 2 * DAY, T0 + 32 * DAY  # the period being billed / current
 ALL = [(t, v) for t in EVENT_TYPES for v in API_VERSIONS]
 INVOICE_TYPES = ("invoice.paid", "invoice.payment_failed")
 SUB_TYPES = ("customer.subscription.updated", "customer.subscription.deleted")
-
-
-def build(event_type, api_version, community_id="c1", **kw):
-    kw = {
-        "created": T0,
-        "customer_id": "cus_1",
-        "subscription_id": "sub_1",
-        "price_id": "price_1",
-        "period_start": P_START,
-        "period_end": P_END,
-        **kw,
-    }
-    return build_event(event_type, community_id, api_version=api_version, **kw)
 
 
 def obj(event):
@@ -47,7 +32,7 @@ def facts_of(event):
 
 @pytest.mark.parametrize("event_type,api_version", ALL)
 def test_common_facts(event_type, api_version):
-    event = build(event_type, api_version, tier="exclusive")
+    event = ev(event_type, api_version, tier="exclusive")
     facts = facts_of(event)
     assert isinstance(facts, BillingFacts)
     assert (facts.event_id, facts.event_type, facts.created) == (event["id"], event_type, T0)
@@ -60,7 +45,7 @@ def test_common_facts(event_type, api_version):
 
 @pytest.mark.parametrize("event_type,api_version", ALL)
 def test_no_metadata(event_type, api_version):
-    facts = facts_of(build(event_type, api_version, community_id=None, tier=None))
+    facts = facts_of(ev(event_type, api_version, community_id=None, tier=None))
     assert facts.community_id is None and facts.tier is None
     assert facts.subscription_id == "sub_1"  # invoices still name their subscription
 
@@ -68,7 +53,7 @@ def test_no_metadata(event_type, api_version):
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 @pytest.mark.parametrize("event_type", INVOICE_TYPES)
 def test_invoice_period_is_the_subscription_lines(event_type, api_version):
-    event = build(event_type, api_version)
+    event = ev(event_type, api_version)
     invoice = obj(event)
     assert (invoice["period_start"], invoice["period_end"]) != (P_START, P_END)  # the previous period
     facts = facts_of(event)
@@ -79,7 +64,7 @@ def test_invoice_period_is_the_subscription_lines(event_type, api_version):
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 @pytest.mark.parametrize("event_type", SUB_TYPES)
 def test_subscription_period_status_prices(event_type, api_version):
-    event = build(event_type, api_version, status="past_due")
+    event = ev(event_type, api_version, status="past_due")
     sub = obj(event)
     if api_version == "current":  # only on the items
         assert "current_period_start" not in sub and "current_period_end" not in sub
@@ -93,7 +78,7 @@ def test_subscription_period_status_prices(event_type, api_version):
 
 
 def test_current_shape_period_spans_all_items():
-    event = build("customer.subscription.updated", "current")
+    event = ev("customer.subscription.updated", "current")
     items = obj(event)["items"]["data"]
     second = copy.deepcopy(items[0])
     second.update(
@@ -110,7 +95,7 @@ def test_current_shape_period_spans_all_items():
 
 
 def test_legacy_top_level_period_wins_over_items():
-    event = build("customer.subscription.updated", "2024-06-20")
+    event = ev("customer.subscription.updated", "2024-06-20")
     obj(event)["items"]["data"][0].update(current_period_start=1, current_period_end=2)
     assert (facts_of(event).period_start, facts_of(event).period_end) == (P_START, P_END)
 
@@ -120,7 +105,7 @@ def test_legacy_top_level_period_wins_over_items():
     "event_type,amount_field", [("invoice.paid", "amount_paid"), ("invoice.payment_failed", "amount_due")]
 )
 def test_invoice_money(event_type, amount_field, api_version):
-    event = build(event_type, api_version, amount=4900, currency="eur", attempt_count=3)
+    event = ev(event_type, api_version, amount=4900, currency="eur", attempt_count=3)
     facts = facts_of(event)
     assert facts.amount == obj(event)[amount_field] == 4900
     assert (facts.currency, facts.attempt_count) == ("eur", 3)
@@ -129,7 +114,7 @@ def test_invoice_money(event_type, amount_field, api_version):
 
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 def test_checkout_prices_only_when_line_items_expanded(api_version):
-    event = build("checkout.session.completed", api_version)
+    event = ev("checkout.session.completed", api_version)
     assert facts_of(event).price_ids == ()
     obj(event)["line_items"] = {"object": "list", "data": [{"id": "li_1", "price": {"id": "price_9"}}]}
     facts = facts_of(event)
@@ -140,7 +125,7 @@ def test_checkout_prices_only_when_line_items_expanded(api_version):
 
 @pytest.mark.parametrize("event_type,api_version", ALL)
 def test_expanded_objects(event_type, api_version):
-    event = build(event_type, api_version)
+    event = ev(event_type, api_version)
     o = obj(event)
     o["customer"] = {"id": "cus_1", "object": "customer", "email": "x@example.com"}
     if event_type == "checkout.session.completed":
@@ -183,7 +168,7 @@ def _one_off_line(line, api_version, period):
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 @pytest.mark.parametrize("event_type", INVOICE_TYPES)
 def test_invoice_picks_the_subscription_line(event_type, api_version):
-    event = build(event_type, api_version)
+    event = ev(event_type, api_version)
     lines = obj(event)["lines"]["data"]
     later = {"start": P_START + DAY, "end": P_END + 5 * DAY}  # later than the real line: not a tie-break win
     lines.insert(0, _proration_line(lines[0], api_version, later))
@@ -195,7 +180,7 @@ def test_invoice_picks_the_subscription_line(event_type, api_version):
 
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 def test_invoice_without_subscription_line(api_version):
-    event = build("invoice.paid", api_version, community_id=None)
+    event = ev("invoice.paid", api_version, community_id=None)
     lines = obj(event)["lines"]["data"]
     lines[:] = [_one_off_line(lines[0], api_version, {"start": T0, "end": T0})]
     facts = facts_of(event)
@@ -204,7 +189,7 @@ def test_invoice_without_subscription_line(api_version):
 
 
 def test_metadata_values_are_read_as_text():
-    event = build("customer.subscription.updated", "current")
+    event = ev("customer.subscription.updated", "current")
     obj(event)["metadata"] = {"community_id": 42, "tier": True}
     facts = facts_of(event)
     assert (facts.community_id, facts.tier) == ("42", None)

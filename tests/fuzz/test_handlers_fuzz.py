@@ -31,7 +31,7 @@ from tests.fuzz.strategies import (
     fuzz_settings,
     mutated_events,
 )
-from tests.handler_helpers import POLICY, TIERS
+from tests.handler_helpers import POLICY, TIERS, entry_for
 
 STATUSES = {"active", "past_due", "canceled", "trialing", "unpaid"}  # CONTRACT.md, Domain
 OUTCOMES = {"processed", "ignored", "stale", "deferred", "duplicate", "failed"}
@@ -65,19 +65,6 @@ HISTORIES = {
     "another subscription": [("checkout.session.completed", {"subscription_id": "sub_0"})],
     "deferred for sub_1": [("invoice.paid", {"community_id": None})],
 }
-
-
-def entry_of(event: dict, payload: bytes | None = None) -> Entry:
-    """The stream entry the receiver would have written for this event."""
-    ms = int(time.time() * 1000)
-    return Entry(
-        entry_id=f"{ms}-0",
-        event_id=event["id"],
-        event_type=event["type"],
-        created=event_created(event),
-        payload=dumps(event) if payload is None else payload,
-        received_at_ms=ms,
-    )
 
 
 def reset_tables() -> None:
@@ -127,7 +114,7 @@ def assert_recorded(outcome) -> None:
 
 
 def apply_one_batch(db, events_or_entries) -> list:
-    entries = [e if isinstance(e, Entry) else entry_of(e) for e in events_or_entries]
+    entries = [e if isinstance(e, Entry) else entry_for(e, dumps(e)) for e in events_or_entries]
     outcomes = apply_batch(db, entries, PriorState(), POLICY, max_deliveries=5)
     assert not db.in_transaction()
     assert [o.entry for o in outcomes] == entries
