@@ -18,6 +18,10 @@ from billing.tiers import TierFileError, TierMatrix
 T = TypeVar("T")
 
 
+# REDIS_URL schemes of a Redis Cluster.
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
 class ConfigError(ValueError):
     """A variable of the environment has a value we cannot use; the message names it, and shows a
     secret only by its first few characters and a URL without its password (see `shown`)."""
@@ -107,6 +111,8 @@ class Settings:
     consumer_group: str = "billing"
     dead_letter_key: str = "stripe:events:dead"
     key_prefix: str = "billing"
+    stream_partitions: int = 1
+    consumer_partitions: tuple[int, ...] = ()  # the partitions this consumer reads; () for all of them
     max_deliveries: int = 5
     claim_idle_ms: int = 60_000
     grace_period_hours: float = 24
@@ -142,6 +148,8 @@ class Settings:
             consumer_group=reader.get("CONSUMER_GROUP", _name, defaults.consumer_group),
             dead_letter_key=reader.get("DEAD_LETTER_KEY", _name, defaults.dead_letter_key),
             key_prefix=reader.get("KEY_PREFIX", _key_prefix, defaults.key_prefix),
+            stream_partitions=reader.get("STREAM_PARTITIONS", _partitions, defaults.stream_partitions),
+            consumer_partitions=reader.get("CONSUMER_PARTITIONS", _partition_list, ()),
             max_deliveries=reader.get("MAX_DELIVERIES", _positive_int, defaults.max_deliveries),
             claim_idle_ms=reader.get("CLAIM_IDLE_MS", _positive_int, defaults.claim_idle_ms),
             grace_period_hours=reader.get("GRACE_PERIOD_HOURS", _non_negative_float, defaults.grace_period_hours),
@@ -169,6 +177,12 @@ class Settings:
                 f"STRIPE_PRICE_TIERS names tiers not in the tier matrix: "
                 f"{', '.join(f'{p}={t}' for p, t in unknown.items())} (tiers: {', '.join(tiers.names)})"
             )
+        outside = [p for p in settings.consumer_partitions if p >= settings.stream_partitions]
+        if outside:
+            raise ConfigError(
+                f"CONSUMER_PARTITIONS names partitions there are none of: {', '.join(map(str, outside))} "
+                f"(STREAM_PARTITIONS={settings.stream_partitions}: partitions 0 to {settings.stream_partitions - 1})"
+            )
         return settings
 
     def require_webhook_secrets(self) -> None:
@@ -192,7 +206,23 @@ class Settings:
     @property
     def keys(self) -> Keys:
         """The names of every Redis key this deployment uses."""
-        return Keys(prefix=self.key_prefix, stream=self.stream_key, dead_letters=self.dead_letter_key)
+        return Keys(
+            prefix=self.key_prefix,
+            stream=self.stream_key,
+            dead_letters=self.dead_letter_key,
+            partitions=self.stream_partitions,
+            tagged=self.redis_cluster or self.stream_partitions > 1,
+        )
+
+    @property
+    def redis_cluster(self) -> bool:
+        """REDIS_URL names a Redis Cluster (redis+cluster://, rediss+cluster://): its keys are hash-tagged."""
+        return self.redis_url.startswith(CLUSTER_SCHEMES)
+
+    @property
+    def read_partitions(self) -> tuple[int, ...]:
+        """The partitions this consumer reads: CONSUMER_PARTITIONS, or all of them."""
+        return self.consumer_partitions or tuple(range(self.stream_partitions))
 
 
 class _Reader:
@@ -306,6 +336,24 @@ def _key_prefix(raw: str) -> str:
     if raw.endswith(":"):
         raise ValueError("must not end with ':' (the keys add their own: KEY_PREFIX=acme names acme:sweep:lock, ...)")
     return raw
+
+
+def _partitions(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 1024:
+        raise ValueError("must be a whole number from 1 to 1024")
+    return value
+
+
+def _partition_list(raw: str) -> tuple[int, ...]:
+    """`0,2`: partition numbers, comma-separated (an empty value: all of them)."""
+    try:
+        numbers = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError("expected partition numbers separated by commas, e.g. 0,2") from None
+    if any(n < 0 for n in numbers):
+        raise ValueError("partition numbers start at 0")
+    return tuple(sorted(set(numbers)))
 
 
 def _positive_int(raw: str) -> int:

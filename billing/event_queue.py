@@ -63,7 +63,9 @@ class EventQueue:
         return pipe.execute(raise_on_error=False)
 
     def _keys(self, event_id: str) -> tuple[str, str]:
-        return self.keys.seen(event_id), self.keys.stream
+        """The event's partition (by its id): its dedupe mark and that partition's stream, in one slot."""
+        partition = self.keys.partition(self.keys.partition_of(event_id))
+        return partition.seen(event_id), partition.stream
 
     def _args(
         self, event_id: str, event_type: str, created: int, payload: bytes
