@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    entry_id: str
+    entry_id: str  # as `entry_ref` names it: `<partition>:<id in its stream>` when STREAM_PARTITIONS > 1
     event_id: str
     event_type: str
     created: int
@@ -36,13 +36,13 @@ class Entry:
             event_type=text("event_type"),
             created=number("created"),
             payload=payload if isinstance(payload, bytes) else str(payload).encode(),
-            received_at_ms=number("received_at") or int(entry_id.split("-")[0]),
+            received_at_ms=number("received_at") or id_tuple(entry_id)[0],
         )
 
     @property
     def enqueued_at(self) -> float:
         """Epoch seconds at which the entry entered the stream (its id's time)."""
-        return int(self.entry_id.split("-")[0]) / 1000
+        return id_tuple(self.entry_id)[0] / 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +99,13 @@ class PendingEntry:
     """An entry delivered and not acknowledged: who holds it, since when, how often delivered. Its event id and type
     are None when the entry is gone from the stream (trimmed)."""
 
-    entry_id: str
+    entry_id: str  # as `entry_ref` names it
     event_id: str | None
     event_type: str | None
     consumer: str
     idle_ms: int
     deliveries: int
+    partition: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,5 +126,24 @@ def as_text(value: bytes | str) -> str:
 
 
 def id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = as_text(entry_id).partition("-")
+    """An entry id (or an `entry_ref`: its partition is not part of the order) as (ms, seq)."""
+    ms, _, seq = as_text(entry_id).rpartition(":")[2].partition("-")
     return int(ms), int(seq or 0)
+
+
+def entry_ref(partition: int, entry_id: bytes | str, partitions: int) -> str:
+    """How an entry is named outside its stream (in batches, settlements, ops' tables and arguments): its id, and
+    with STREAM_PARTITIONS > 1 its partition first, `<partition>:<id>` (`2:1700000000000-0`), since the same id can
+    be in two partitions' streams."""
+    return f"{partition}:{as_text(entry_id)}" if partitions > 1 else as_text(entry_id)
+
+
+def split_ref(ref: str) -> tuple[int, str]:
+    """An `entry_ref` as (partition, id in the partition's stream); a plain id is partition 0's. Raises ValueError
+    when the partition is not a number."""
+    partition, sep, entry_id = ref.partition(":")
+    if not sep:
+        return 0, ref
+    if not partition.isdigit():
+        raise ValueError(f"{ref!r}: expected <partition>:<entry id>")
+    return int(partition), entry_id

@@ -34,7 +34,7 @@ from billing.redis_io import TRANSIENT_REPLIES, reply_code
 from billing.vocabulary import FAILED_OUTCOMES
 from consumer import metrics
 from consumer.batch import BatchDeadlineExceeded, EntryOutcome, apply_batch, settlement_of
-from consumer.entries import Entry
+from consumer.entries import Entry, split_ref
 from consumer.handlers import Policy
 from consumer.reconcile import ReconcilerThread
 from consumer.stream import EventStream, GroupMissing
@@ -156,16 +156,18 @@ class Worker:
 
     def _finish_own_pending(self) -> None:
         """Entries delivered to this consumer name before a crash or restart come first."""
-        cursor = "0"
+        cursors: dict[int, str] = {}  # by partition: the last entry id resumed
         while not self.stopping.is_set():
             entries = self._retrying(
-                lambda: self.stream.read_own_pending(cursor, self.batch_size), "reading our pending entries"
+                lambda: self.stream.read_own_pending(dict(cursors), self.batch_size), "reading our pending entries"
             )
             if not entries:
                 return
             log.info("resuming %d pending entries", len(entries))
             self.process(entries)
-            cursor = entries[-1].entry_id
+            for entry in entries:  # in each partition's order
+                partition, entry_id = split_ref(entry.entry_id)
+                cursors[partition] = entry_id
 
     def _tick(self) -> None:
         self._next_tick = time.monotonic() + self.timing.tick_ms / 1000
