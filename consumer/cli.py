@@ -143,6 +143,21 @@ def _print_stats(data: dict[str, Any]) -> None:
         ],
         empty="no consumers",
     )
+    if "partitions" in data:  # STREAM_PARTITIONS > 1: the sums above, partition by partition
+        click.echo()
+        print_table(
+            data["partitions"],
+            [
+                ("PARTITION", "partition"),
+                ("STREAM", "stream"),
+                ("ENTRIES", "stream_length"),
+                ("LAG", "group_lag"),
+                ("PENDING", "pending"),
+                ("OLDEST PENDING", "oldest_pending_id", lambda i: i or "-"),
+                ("DEAD LETTERS", "dead_letters"),
+            ],
+            empty="no partitions",
+        )
 
 
 @cli.command()
@@ -158,7 +173,7 @@ def pending(
 ) -> None:
     """Entries delivered but not acknowledged: who holds them, for how long, how often delivered."""
     rows = ops.pending(client, settings, min_idle_ms=min_idle_ms, consumer=consumer, count=count)
-    _show(rows, as_json, ENTRY_COLUMNS, empty="nothing pending")
+    _show(rows, as_json, entry_columns(settings), empty="nothing pending")
 
 
 ENTRY_COLUMNS = [
@@ -169,6 +184,11 @@ ENTRY_COLUMNS = [
     ("IDLE", "idle_ms", lambda ms: _duration(ms)),
     ("DELIVERIES", "deliveries"),
 ]
+
+
+def entry_columns(settings: Settings) -> list[tuple[Any, ...]]:
+    """ENTRY_COLUMNS, and with STREAM_PARTITIONS > 1 a column naming each entry's partition first."""
+    return ([("PARTITION", "partition")] if settings.stream_partitions > 1 else []) + ENTRY_COLUMNS
 
 
 @cli.command()
@@ -206,7 +226,7 @@ def claim(
     if as_json:
         click.echo(json.dumps({"to": to, "dry_run": dry_run, "entries": rows}, indent=2))
         return
-    print_table(rows, ENTRY_COLUMNS, empty="no entry matches")
+    print_table(rows, entry_columns(settings), empty="no entry matches")
     if rows:
         click.echo(f"{'would move' if dry_run else 'moved'} {len(rows)} entries to {to}")
 

@@ -14,8 +14,9 @@ from typing import Any
 import redis
 
 from billing.config import Settings
+from billing.keys import StreamKeys
 from consumer.dead_letters import DeadLetters, StoredLetter
-from consumer.entries import as_text
+from consumer.entries import as_text, entry_ref, id_tuple
 from consumer.stream import EventStream
 from models.tables import AuditLog
 
@@ -25,24 +26,45 @@ class OpsError(Exception):
 
 
 def stats(client: redis.Redis, settings: Settings, now_ms: int | None = None) -> dict[str, Any]:
+    """The group's figures, summed over the partitions (with STREAM_PARTITIONS > 1, each partition's too)."""
     now_ms = now_ms or int(time.time() * 1000)
     stream = EventStream(client, settings)
-    group = _group_info(stream)
+    groups = [_group_info(stream, part) for part in stream.parts]
+    states = stream.partition_states()
     state = stream.group_state()  # the same figures the consumers' gauges show
     consumers = stream.consumers()
     oldest_ms = state.oldest_pending_ms
-    return {
+    last_delivered = [
+        entry_ref(part.partition, group["last-delivered-id"], settings.stream_partitions)
+        for part, group in zip(stream.parts, groups)
+    ]
+    data = {
         "stream": stream.keys.stream,
         "group": stream.group,
         "stream_length": state.stream_length,
         "group_lag": state.group_lag,
-        "last_delivered_id": as_text(group["last-delivered-id"]),
+        "last_delivered_id": max(last_delivered, key=id_tuple),
         "pending": state.pending,
         "oldest_pending_id": state.oldest_pending_id,
         "oldest_pending_age_seconds": round((now_ms - oldest_ms) / 1000, 3) if oldest_ms is not None else None,
         "dead_letters": state.dead_letters,
         "consumers": [dataclasses.asdict(consumer) for consumer in consumers],
     }
+    if settings.stream_partitions > 1:
+        data["partitions"] = [
+            {
+                "partition": part.partition,
+                "stream": part.stream,
+                "stream_length": one.stream_length,
+                "group_lag": one.group_lag,
+                "last_delivered_id": last,
+                "pending": one.pending,
+                "oldest_pending_id": one.oldest_pending_id,
+                "dead_letters": one.dead_letters,
+            }
+            for part, one, last in zip(stream.parts, states, last_delivered)
+        ]
+    return data
 
 
 def pending(
@@ -53,9 +75,16 @@ def pending(
     consumer: str | None = None,
     count: int = 50,
 ) -> list[dict[str, Any]]:
+    """Pending entries of every partition, oldest first; with STREAM_PARTITIONS > 1 each names its partition (and
+    its id is `<partition>:<id>`)."""
     stream = EventStream(client, settings)
-    _group_info(stream)
-    return [dataclasses.asdict(entry) for entry in stream.pending(count, min_idle_ms=min_idle_ms, consumer=consumer)]
+    for part in stream.parts:
+        _group_info(stream, part)
+    rows = [dataclasses.asdict(entry) for entry in stream.pending(count, min_idle_ms=min_idle_ms, consumer=consumer)]
+    if settings.stream_partitions == 1:
+        for row in rows:
+            del row["partition"]
+    return rows
 
 
 def claim(
@@ -72,7 +101,9 @@ def claim(
     `to` must be a consumer of the group (a typo would park the entries where nobody reads them),
     unless `new_consumer` says it is one about to start."""
     stream = EventStream(client, settings)
-    known = [consumer.name for consumer in stream.consumers()] if _group_info(stream) else []
+    for part in stream.parts:
+        _group_info(stream, part)
+    known = [consumer.name for consumer in stream.consumers()]
     if to not in known and not new_consumer:
         raise OpsError(
             f"no consumer {to!r} in group {settings.consumer_group} (consumers: "
@@ -97,7 +128,7 @@ def claim(
 
 
 def dead_list(client: redis.Redis, settings: Settings, count: int = 100) -> list[dict[str, Any]]:
-    return [_dead_row(letter) for letter in DeadLetters(client, settings.keys).read(count)]
+    return [_dead_row(letter, settings.stream_partitions) for letter in DeadLetters(client, settings.keys).read(count)]
 
 
 def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | None) -> list[dict[str, Any]]:
@@ -107,7 +138,10 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
     if not letters:
         return []
     new_ids = dead_letters.retry(letters)
-    retried = [{**_dead_row(letter), "new_entry_id": new_id} for letter, new_id in zip(letters, new_ids)]
+    retried = [
+        {**_dead_row(letter, settings.stream_partitions), "new_entry_id": new_id}
+        for letter, new_id in zip(letters, new_ids)
+    ]
     audit(
         "ops_dead_retry",
         {
@@ -122,7 +156,7 @@ def dead_retry(client: redis.Redis, settings: Settings, entry_ids: list[str] | N
 def dead_drop(client: redis.Redis, settings: Settings, entry_ids: list[str]) -> list[dict[str, Any]]:
     dead_letters = DeadLetters(client, settings.keys)
     letters = _dead_letters(dead_letters, entry_ids)
-    dropped = [_dead_row(letter) for letter in letters]
+    dropped = [_dead_row(letter, settings.stream_partitions) for letter in letters]
     # The audit row first: once the letters are deleted it is the only copy of their payloads.
     audit(
         "ops_dead_drop",
@@ -171,17 +205,18 @@ def _who() -> str:
         return "unknown"
 
 
-def _group_info(stream: EventStream) -> dict[str, Any]:
+def _group_info(stream: EventStream, part: StreamKeys | None = None) -> dict[str, Any]:
+    part = part or stream.parts[0]
     try:
-        groups = stream.groups()
+        groups = stream.groups(part)
     except redis.ResponseError:  # the key is something else than a stream
         groups = None
     if groups is None:
-        raise OpsError(f"no stream {stream.keys.stream!r} (no event has been received yet, or Redis lost it)")
+        raise OpsError(f"no stream {part.stream!r} (no event has been received yet, or Redis lost it)")
     for group in groups:
         if as_text(group["name"]) == stream.group:
             return group
-    raise OpsError(f"no consumer group {stream.group!r} on {stream.keys.stream!r} (no consumer has run yet)")
+    raise OpsError(f"no consumer group {stream.group!r} on {part.stream!r} (no consumer has run yet)")
 
 
 def _dead_letters(dead_letters: DeadLetters, entry_ids: list[str] | None) -> list[StoredLetter]:
@@ -189,12 +224,13 @@ def _dead_letters(dead_letters: DeadLetters, entry_ids: list[str] | None) -> lis
         return dead_letters.read()
     letters, unknown = dead_letters.get(entry_ids)
     if unknown:
-        raise OpsError(f"no dead letter {', '.join(unknown)} in {dead_letters.keys.dead_letters}")
+        where = dead_letters.keys.dead_letters if not dead_letters.keys.tagged else "the partitions' dead letters"
+        raise OpsError(f"no dead letter {', '.join(unknown)} in {where}")
     return letters
 
 
-def _dead_row(letter: StoredLetter) -> dict[str, Any]:
-    return {
+def _dead_row(letter: StoredLetter, partitions: int = 1) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "entry_id": letter.entry_id,
         "event_id": letter.event_id,
         "event_type": letter.event_type,
@@ -203,3 +239,6 @@ def _dead_row(letter: StoredLetter) -> dict[str, Any]:
         "first_failed_at": letter.first_failed_at,
         "source_id": letter.source_id,
     }
+    if partitions > 1:  # its id names it too (`<partition>:<id>`)
+        row["partition"] = letter.partition
+    return row
