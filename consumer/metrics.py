@@ -1,7 +1,8 @@
 """The consumer's Prometheus metrics (names from CONTRACT.md), served on METRICS_PORT by `run`.
 
 The worker counts what it does (events by outcome, their timings, reclaims, errors, its last good
-cycle). The group-wide state (stream length, lag, pending, dead letters) is read from Redis when
+cycle). The group-wide state (stream length, lag, pending, dead letters; summed over the partitions with
+STREAM_PARTITIONS > 1, under the same names) is read from Redis when
 Prometheus scrapes, by StreamCollector, so every consumer exports the same values (dashboards take
 max()) and they are never staler than the scrape."""
 
