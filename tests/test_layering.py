@@ -84,3 +84,12 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from consumer.batch import apply_batch\n    import receiver.webhooks\n")
     assert imports_of(source, {"consumer.batch"}) == {"consumer.batch", "receiver.webhooks"}
+
+
+def test_no_test_module_imports_a_test_module_or_a_conftest():
+    """Shared test code lives in helper modules (`*_helpers.py`) and fixtures in conftest.py, never imported."""
+    wrong = {
+        module: sorted(name for name in imports_of(path) if name.rpartition(".")[2].startswith(("test_", "conftest")))
+        for module, path in modules("tests").items()
+    }
+    assert not {module: names for module, names in wrong.items() if names}

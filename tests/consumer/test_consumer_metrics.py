@@ -3,7 +3,6 @@ timings, the group-wide gauges read from Redis at scrape time, reclaims, and a M
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 import urllib.request
@@ -11,9 +10,9 @@ import urllib.request
 import pytest
 
 from billing.config import Settings
-from billing.event_queue import EventQueue
-from harness import Process, free_port, service_env, wait_for
+from harness import free_port, service_env, wait_for
 from receiver.sample_events import build_event
+from tests.consumer.process_helpers import consumer, enqueue
 from tests.consumer_metrics_helpers import events_by, scrape, scrape_when, value
 
 STREAM, GROUP, DEAD = "stripe:events", "billing", "stripe:events:dead"
@@ -28,14 +27,6 @@ def port():
 @pytest.fixture
 def metrics_env(consumer_env, port):
     return {**consumer_env, "METRICS_PORT": str(port)}
-
-
-def enqueue(queue: EventQueue, event: dict) -> str:
-    return queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
-
-
-def consumer(env: dict, tmp_path, name: str = "c1", **env_extra: str) -> Process:
-    return Process(["consumer", "run", "--name", name, "--block-ms", "200"], {**env, **env_extra}, str(tmp_path))
 
 
 def test_events_by_outcome_timings_and_backlog(metrics_env, queue, r, port, tmp_path):

@@ -9,39 +9,14 @@ import subprocess
 import sys
 
 from billing.config import Settings
-from billing.event_queue import EventQueue
-from harness import REPO, Process, start_receiver, wait_for
+from harness import REPO, start_receiver, wait_for
 from models.tables import AuditLog, Subscription, WebhookEvent
 from receiver.sample_events import build_event
+from tests.consumer.process_helpers import consumer, enqueue, lifecycle
 from tests.stripe_helpers import load_peer_events, sign
 
 STREAM, GROUP = "stripe:events", "billing"
 KEYS = Settings().keys
-
-
-def enqueue(queue: EventQueue, event: dict) -> str:
-    return queue.enqueue(event["id"], event["type"], event["created"], json.dumps(event).encode())
-
-
-def lifecycle(community: str, start: int, api_version: str = "current") -> list[dict]:
-    """A subscription's life in five events, one second apart: created, paid, failed, updated, paid."""
-    ids = dict(customer_id=f"cus_{community}", subscription_id=f"sub_{community}", api_version=api_version)
-    return [
-        build_event("checkout.session.completed", community, tier="basic", created=start, **ids),
-        build_event("invoice.paid", community, tier="basic", created=start + 1, **ids),
-        build_event("invoice.payment_failed", community, tier="basic", created=start + 2, **ids),
-        build_event(
-            "customer.subscription.updated", community, tier="elite", status="active", created=start + 3, **ids
-        ),
-        # The invoice's subscription metadata mirrors the subscription's, which the update moved to elite.
-        build_event("invoice.paid", community, tier="elite", created=start + 4, **ids),
-    ]
-
-
-def consumer(env: dict, tmp_path, name: str = "c1", *extra: str, **env_extra: str) -> Process:
-    return Process(
-        ["consumer", "run", "--name", name, "--block-ms", "200", *extra], {**env, **env_extra}, str(tmp_path)
-    )
 
 
 def pending(client) -> int:

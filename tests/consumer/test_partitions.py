@@ -18,7 +18,7 @@ from harness import start_receiver, wait_for
 from models.tables import WebhookEvent
 from receiver.sample_events import build_event
 from tests.consumer.ops_helpers import invoke
-from tests.consumer.test_consumer_process import consumer, lifecycle
+from tests.consumer.process_helpers import consumer, lifecycle
 from tests.stripe_helpers import sign
 
 PARTS = Settings(stream_partitions=4).keys
