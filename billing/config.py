@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
@@ -32,6 +33,7 @@ class ConfigError(ValueError):
 SECRET_VARIABLES = frozenset({"STRIPE_WEBHOOK_SECRET", "API_TOKEN", "STRIPE_API_KEY"})
 _SECRET_SUFFIXES = ("_SECRET", "_TOKEN", "_API_KEY", "_PASSWORD")
 _PREFIX_CHARS = 8
+MAX_REDIS_WAIT_MS = 4000
 
 
 def is_secret_variable(name: str) -> bool:
@@ -44,7 +46,8 @@ def short(secret: str) -> str:
     return secret[: min(_PREFIX_CHARS, len(secret) // 2)] + "…"
 
 
-_PASSWORD_PARAM = re.compile(r"(?i)([?&;](?:password|passwd|pass|pwd)=)[^&;#]*")
+# `password=`, and any `<something>_password=` (a Sentinel URL's `sentinel_password=`).
+_PASSWORD_PARAM = re.compile(r"(?i)([?&;](?:[a-z]+_)*(?:password|passwd|pass|pwd)=)[^&;#]*")
 
 
 def redact_url(url: str) -> str:
@@ -55,10 +58,10 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
+    rest = _PASSWORD_PARAM.sub(r"\1***", rest)  # first: a query password may hold an unencoded '@'
     userinfo, at, host = rest.rpartition("@")
     if at and ":" in userinfo:
         rest = f"{userinfo.partition(':')[0]}:***@{host}"
-    rest = _PASSWORD_PARAM.sub(r"\1***", rest)
     return f"{scheme}{sep}{rest}"
 
 
@@ -126,6 +129,8 @@ class Settings:
     stripe_api_key: str = dataclasses.field(default="", repr=False)
     stripe_api_base: str = "https://api.stripe.com"
     reconcile_interval_seconds: int = 300
+    redis_min_replicas: int = 0  # replicas that must confirm each enqueue (WAIT) before a 200
+    redis_wait_ms: int = 500  # how long the enqueue's WAIT waits for them
     tiers: TierMatrix = dataclasses.field(default_factory=TierMatrix.default)
 
     @classmethod
@@ -170,6 +175,8 @@ class Settings:
             reconcile_interval_seconds=reader.get(
                 "RECONCILE_INTERVAL_SECONDS", _positive_int, defaults.reconcile_interval_seconds
             ),
+            redis_min_replicas=reader.get("REDIS_MIN_REPLICAS", _non_negative_int, defaults.redis_min_replicas),
+            redis_wait_ms=reader.get("REDIS_WAIT_MS", _wait_ms, defaults.redis_wait_ms),
         )
         unknown = {price: tier for price, tier in settings.price_tiers.items() if tier not in tiers}
         if unknown:
@@ -297,12 +304,124 @@ def _price_tiers(raw: str) -> dict[str, str]:
     return mapping
 
 
+REDIS_URL_FORMS = (
+    "redis://[user:password@]host:port[/db] (rediss:// for TLS) or unix:///path/to/redis.sock for one Redis; "
+    "redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// for TLS) for a Redis Cluster; "
+    "redis+sentinel://[user:password@]host:port[,host:port...]/<service name>[/<db>][?sentinel_password=...] "
+    "(rediss+sentinel:// for TLS) for Redis Sentinel"
+)
+_DEFAULT_PORTS = {"cluster": 6379, "sentinel": 26379}
+
+
+class RedisTopology(str, enum.Enum):
+    """What REDIS_URL names: one Redis, a Redis Cluster, or the primary that Redis Sentinel points to."""
+
+    SINGLE = "single"
+    CLUSTER = "cluster"
+    SENTINEL = "sentinel"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisAddress:
+    """REDIS_URL, read. For a single Redis only `url` and `topology` matter: redis-py reads the URL itself."""
+
+    topology: RedisTopology
+    url: str = dataclasses.field(repr=False)
+    nodes: tuple[tuple[str, int], ...] = ()  # a Cluster's startup nodes, or the Sentinels
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # the Redis servers' (not the Sentinels')
+    tls: bool = False
+    service: str = ""  # Sentinel: the monitored primary's name
+    db: int = 0
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """REDIS_URL in any of its forms (REDIS_URL_FORMS); ValueError, with no password in it, when it is none."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis", "rediss", "unix"):
+        _port_of(url)
+        redis.connection.parse_url(url)  # the query's options ("Invalid value for 'db' in connection URL.")
+        return RedisAddress(RedisTopology.SINGLE, url)
+    base, _, kind = scheme.partition("+")
+    if base not in ("redis", "rediss") or kind not in _DEFAULT_PORTS or "://" not in url:
+        raise ValueError(f"expected one of: {REDIS_URL_FORMS}")
+    userinfo, at, tail = rest.rpartition("@")
+    hosts, _, query = tail.partition("?")
+    hosts, _, path = hosts.partition("/")
+    username, _, password = userinfo.partition(":") if at else ("", "", "")
+    nodes = tuple(_node(part, number, _DEFAULT_PORTS[kind]) for number, part in enumerate(hosts.split(","), 1))
+    options = {name: values[-1] for name, values in urllib.parse.parse_qs(query, keep_blank_values=True).items()}
+    allowed = {"sentinel_password"} if kind == "sentinel" else set()
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no options"
+        raise ValueError(f"unknown option {unknown[0]!r} in the query: a {scheme}:// URL takes {takes}")
+    service, db = "", 0
+    if kind == "sentinel":
+        service, _, db_text = path.partition("/")
+        if not service:
+            raise ValueError(
+                "name the service Sentinel monitors: redis+sentinel://host:port,.../<service name>[/<db>] "
+                "(and percent-encode a '@' in a password)"
+            )
+        db = _db(db_text)
+    elif path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0: give no /<db>, or /0")
+    return RedisAddress(
+        RedisTopology(kind),
+        url,
+        nodes=nodes,
+        username=urllib.parse.unquote(username) or None,
+        password=urllib.parse.unquote(password) or None,
+        tls=base == "rediss",
+        service=urllib.parse.unquote(service),
+        db=db,
+        sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def _node(part: str, number: int, default_port: int) -> tuple[str, int]:
+    """One host:port of a comma-separated list ([::1]:port for IPv6)."""
+    host, colon, port = part.strip().rpartition(":")
+    if not colon or host.endswith(":"):  # no port, or a bare IPv6 address
+        host, port = part.strip(), str(default_port)
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"host {number} is empty: expected host:port[,host:port...]")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"the port of host {number} is not a number from 1 to 65535 (or a password holds '/', '?', '#' or '@' "
+            "unencoded: percent-encode it)"
+        )
+    return host, int(port)
+
+
+def _db(text: str) -> int:
+    text = text.strip("/")
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ValueError("the database after the service name must be a number (…/<service name>/<db>)")
+    return int(text)
+
+
 def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("expected redis://, rediss:// or unix://")
-    _port_of(raw)
-    redis.connection.parse_url(raw)  # the query's options ("Invalid value for 'db' in connection URL.")
+    parse_redis_url(raw)
     return raw
+
+
+def _wait_ms(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value <= MAX_REDIS_WAIT_MS:
+        raise ValueError(
+            f"must be a whole number of milliseconds from 1 to {MAX_REDIS_WAIT_MS} (0 would make WAIT block forever; "
+            "the answer must come back within the 5 s the consumer's commands wait for Redis)"
+        )
+    return value
 
 
 def _database_url(raw: str) -> str:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from billing.keys import Keys
 
@@ -25,18 +26,34 @@ return id
 """
 
 
+class ReplicaWaitError(redis.RedisError):
+    """The event is stored on the primary (entry and dedupe mark, by one script), but fewer replicas than
+    REDIS_MIN_REPLICAS confirmed it within REDIS_WAIT_MS: a failover now could lose it, so it is not confirmed.
+    A retry finds it a duplicate if it survived, or queues it again if it did not."""
+
+
 class EventQueue:
-    def __init__(self, client: redis.Redis, keys: Keys, dedupe_ttl_seconds: int):
+    """`min_replicas` (REDIS_MIN_REPLICAS) > 0: each round trip ends with `WAIT min_replicas wait_ms` on the
+    connection that ran its scripts, and an event it queued is answered ReplicaWaitError unless that many replicas
+    confirmed it. On a Redis Cluster, each node's events are one round trip on that node's own connection."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, dedupe_ttl_seconds: int, min_replicas: int = 0, wait_ms: int = 500
+    ):
         self.client = client
         self.keys = keys
         self.dedupe_ttl_seconds = dedupe_ttl_seconds
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
         self._script = client.register_script(_ENQUEUE)
 
     def enqueue(self, event_id: str, event_type: str, created: int, payload: bytes) -> str | None:
         """The new entry's id, or None when the event was already queued or processed.
         Raises redis.RedisError when Redis cannot confirm the entry is stored."""
-        entry_id = self._script(keys=self._keys(event_id), args=self._args(event_id, event_type, created, payload))
-        return _entry_id(entry_id)
+        (reply,) = self.enqueue_many([(event_id, event_type, created, payload)])
+        if isinstance(reply, redis.RedisError):
+            raise reply
+        return reply
 
     def enqueue_many(self, events: list[Event]) -> list[str | None | redis.RedisError]:
         """`enqueue` for several events in one round trip (a pipeline, run in order, so a second copy of an
@@ -51,7 +68,13 @@ class EventQueue:
         return [reply if isinstance(reply, redis.RedisError) else _entry_id(reply) for reply in replies]
 
     def _run(self, events: list[Event]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
+        if self.min_replicas and isinstance(self.client, RedisCluster):
+            return self._run_by_node(self.client, events)
+        return self._run_on(self.client, events)
+
+    def _run_on(self, client: redis.Redis, events: list[Event]) -> list[Any]:
+        """One pipeline on `client`: the scripts, then WAIT when replicas must confirm them."""
+        pipe = client.pipeline(transaction=False)
         for event_id, event_type, created, payload in events:
             pipe.execute_command(
                 "EVALSHA",
@@ -60,7 +83,49 @@ class EventQueue:
                 *self._keys(event_id),
                 *self._args(event_id, event_type, created, payload),
             )
-        return pipe.execute(raise_on_error=False)
+        if not self.min_replicas:
+            return pipe.execute(raise_on_error=False)
+        pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+        *replies, confirmed = pipe.execute(raise_on_error=False)
+        if isinstance(confirmed, int) and confirmed >= self.min_replicas:
+            return replies
+        error = ReplicaWaitError(
+            f"stored on the primary, but {confirmed if isinstance(confirmed, int) else 'no'} of the "
+            f"{self.min_replicas} replica(s) REDIS_MIN_REPLICAS asks for confirmed it within {self.wait_ms} ms"
+            + (f" ({confirmed})" if isinstance(confirmed, Exception) else "")
+        )
+        # Only what this round trip queued is in doubt: a duplicate's entry was confirmed (or not) before.
+        return [error if isinstance(reply, (bytes, str)) else reply for reply in replies]
+
+    def _run_by_node(self, cluster: RedisCluster, events: list[Event]) -> list[Any]:
+        """WAIT counts the replicas of the node it is sent to, for the writes of its own connection: so each
+        node's events go, in their order, down that node's own connection (one round trip per node), not through
+        RedisCluster's pipeline. A node that is gone or no longer serves the slot (MOVED) fails its own events,
+        and the cluster's slots are read again for the next round trip."""
+        replies: list[Any] = [None] * len(events)
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for number, event in enumerate(events):
+            try:
+                node = cluster.get_node_from_key(self.keys.seen(event[0]))
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                replies[number] = redis.ConnectionError(f"Redis Cluster: {exc}")
+                continue
+            by_node.setdefault(node.name, (node, []))[1].append(number)
+        stale = any(reply is not None for reply in replies)
+        for node, numbers in by_node.values():
+            try:
+                got = self._run_on(cluster.get_redis_connection(node), [events[n] for n in numbers])
+            except redis.RedisError as exc:  # the node is gone or hangs: its events are not stored
+                got, stale = [exc] * len(numbers), True
+            for number, reply in zip(numbers, got):
+                replies[number] = reply
+                stale = stale or isinstance(reply, (redis.exceptions.MovedError, redis.exceptions.AskError))
+        if stale:
+            try:
+                cluster.nodes_manager.initialize()
+            except (redis.RedisError, redis.exceptions.RedisClusterException):
+                pass  # no node answers: the next round trip tries again
+        return replies
 
     def _keys(self, event_id: str) -> tuple[str, str]:
         """The event's partition (by its id): its dedupe mark and that partition's stream, in one slot."""

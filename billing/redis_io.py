@@ -3,10 +3,17 @@ billing.keys')."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any, cast
+
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
+from billing.config import RedisTopology, parse_redis_url
 from billing.keys import Keys
 
 # Fields of a stream entry (and, with the dead-letter fields, of a dead letter): see CONTRACT.md.
@@ -14,15 +21,76 @@ ENTRY_FIELDS = ("event_id", "event_type", "created", "payload", "received_at")
 
 
 def connect_redis(url: str, *, timeout: float | None = 1.0) -> redis.Redis:
-    """A client that fails fast: one attempt, short timeouts, so callers decide what an outage means."""
-    return redis.Redis.from_url(
-        url,
+    """A client that fails fast: one attempt, short timeouts, so callers decide what an outage means.
+
+    REDIS_URL's forms (billing.config.REDIS_URL_FORMS): one Redis (redis://, rediss://, unix://); a Redis Cluster
+    (redis+cluster://), a `RedisCluster` that routes each command to the node of its key's slot; or Sentinel
+    (redis+sentinel://), a client of the primary the Sentinels name, which asks them again after a failover.
+    A RedisCluster is no redis.Redis, but answers the commands we send the same way: it is typed as one so that
+    callers need not care (EventQueue, which must, asks with isinstance)."""
+    options: dict[str, Any] = dict(
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
         health_check_interval=30,
     )
+    address = parse_redis_url(url)
+    if address.topology is RedisTopology.SINGLE:
+        return redis.Redis.from_url(url, **options)
+    credentials: dict[str, Any] = dict(username=address.username, password=address.password)
+    if address.tls:
+        credentials["ssl"] = True
+    if address.topology is RedisTopology.CLUSTER:
+        # One attempt here too: a refused or timed-out node makes the client read the slots again (for the next
+        # call) and raise, instead of retrying inside the request.
+        with _cluster_errors():
+            cluster = _Cluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+                **credentials,
+                **{name: value for name, value in options.items() if name != "retry_on_timeout"},  # deprecated there
+            )
+        return cast(redis.Redis, cluster)
+    sentinels = Sentinel(
+        list(address.nodes),
+        sentinel_kwargs=dict(
+            password=address.sentinel_password,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            **({"ssl": True} if address.tls else {}),
+        ),
+        **credentials,
+    )
+    return cast(redis.Redis, sentinels.master_for(address.service, db=address.db, **options))
+
+
+@contextlib.contextmanager
+def _cluster_errors() -> Iterator[None]:
+    """redis-py's cluster errors that are no RedisError (no node reachable, a slot no node serves) as the
+    ConnectionError every caller already treats as an outage."""
+    try:
+        yield
+    except redis.exceptions.RedisClusterException as exc:
+        raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+
+
+class _Cluster(RedisCluster):
+    """A RedisCluster whose every failure is a redis.RedisError, like a redis.Redis's."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        with _cluster_errors():
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        execute = pipe.execute
+
+        def translated(raise_on_error: bool = True) -> Any:
+            with _cluster_errors():
+                return execute(raise_on_error)
+
+        pipe.execute = translated
+        return pipe
 
 
 # How long a reader's guard token (Keys.entitlement_token) lives: far longer than a database read takes. A reader

@@ -46,10 +46,12 @@ class Found(str, enum.Enum):
 class Enqueuer:
     """Queues the events we do not have; shared by the backfill and the reconciler."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, dedupe_ttl_seconds: int):
+    def __init__(
+        self, client: redis.Redis, keys: Keys, dedupe_ttl_seconds: int, min_replicas: int = 0, wait_ms: int = 500
+    ):
         self.client = client
         self.keys = keys
-        self.queue = EventQueue(client, keys, dedupe_ttl_seconds)
+        self.queue = EventQueue(client, keys, dedupe_ttl_seconds, min_replicas, wait_ms)
 
     def place(self, events: Iterable[dict[str, Any]], dry_run: bool = False) -> Iterator[tuple[dict[str, Any], Found]]:
         """Queue each event unless we have it, in the order given; yields each with what became of it once

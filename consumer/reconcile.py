@@ -93,7 +93,9 @@ def reconciler_for(settings: Settings, owner: str) -> ReconcilerThread | None:
         sleep=stopping.wait,
     )
     client = connect_redis(settings.redis_url, timeout=5.0)
-    enqueuer = Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds)
+    enqueuer = Enqueuer(
+        client, settings.keys, settings.dedupe_ttl_seconds, settings.redis_min_replicas, settings.redis_wait_ms
+    )
     reconciler = Reconciler(api, enqueuer, client, settings.keys, interval, owner)
     return ReconcilerThread(reconciler, interval, stopping, urls=(settings.redis_url, settings.database_url))
 

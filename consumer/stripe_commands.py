@@ -79,7 +79,9 @@ def backfill(
     progress = BarProgress() if sys.stderr.isatty() and not as_json else LineProgress(progress_every, dry_run)
     job = Backfill(
         api,
-        Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds),
+        Enqueuer(
+            client, settings.keys, settings.dedupe_ttl_seconds, settings.redis_min_replicas, settings.redis_wait_ms
+        ),
         Cursor(client, settings.keys),
         window,
         progress,
@@ -206,7 +208,9 @@ def reconcile_events(settings: Settings, client: redis.Redis, timeout: float, as
     api = StripeApi.from_settings(settings, timeout=timeout)
     reconciler = Reconciler(
         api,
-        Enqueuer(client, settings.keys, settings.dedupe_ttl_seconds),
+        Enqueuer(
+            client, settings.keys, settings.dedupe_ttl_seconds, settings.redis_min_replicas, settings.redis_wait_ms
+        ),
         client,
         settings.keys,
         settings.reconcile_interval_seconds,

@@ -1,6 +1,7 @@
 """Real services for the tests and the benchmarks: redis-server, PostgreSQL and our own processes. Not shipped."""
 
 from harness.processes import REPO, SECRET, Process, default_sigint, service_env, start_receiver
+from harness.redis_topologies import RedisCluster, RedisReplicated, RedisSentinel
 from harness.services import (
     PostgresServer,
     RedisServer,
@@ -15,6 +16,9 @@ __all__ = [
     "SECRET",
     "PostgresServer",
     "Process",
+    "RedisCluster",
+    "RedisReplicated",
+    "RedisSentinel",
     "RedisServer",
     "default_sigint",
     "free_port",

@@ -43,12 +43,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, interval: f
 class RedisServer:
     """A redis-server process on a free port, which a test may stop, kill and start again."""
 
-    def __init__(self, appendonly: bool = False):
+    def __init__(self, appendonly: bool = False, extra_args: tuple[str, ...] = ()):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.dir = tempfile.mkdtemp(prefix="billing-redis-")
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra_args = extra_args  # more redis-server options (--cluster-enabled yes, --replicaof host port, ...)
         self.fsync = "always"  # with appendonly: fsync before answering each write (bin/run's setting)
         self.process: subprocess.Popen | None = None
 
@@ -76,10 +77,20 @@ class RedisServer:
             self.fsync,
             "--logfile",
             os.path.join(self.dir, "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), what=f"redis-server on {self.port}")
         return self
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds its connections but answers nothing (a hung or partitioned Redis)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

@@ -25,9 +25,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
 
-    client = connect_redis(settings.redis_url, timeout=0.5)
+    # With REDIS_MIN_REPLICAS, an enqueue's answer may wait REDIS_WAIT_MS for the replicas on top of the 0.5 s.
+    wait = settings.redis_wait_ms / 1000 if settings.redis_min_replicas else 0
+    client = connect_redis(settings.redis_url, timeout=0.5 + wait)
     app.extensions["redis"] = client
-    app.extensions["event_queue"] = EventQueue(client, settings.keys, settings.dedupe_ttl_seconds)
+    app.extensions["event_queue"] = EventQueue(
+        client, settings.keys, settings.dedupe_ttl_seconds, settings.redis_min_replicas, settings.redis_wait_ms
+    )
     app.extensions["entitlement_cache"] = EntitlementCache(client, settings.keys)
     open_database(settings.database_url)
 

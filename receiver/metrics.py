@@ -35,6 +35,11 @@ EVENTS = Counter(
 )
 SIGNATURE_FAILURES = Counter("billing_webhook_signature_failures", "Rejected signatures, by reason", ["reason"])
 ENQUEUE_FAILURES = Counter("billing_webhook_enqueue_failures", "Events not queued because Redis failed (503)")
+REPLICA_WAIT_FAILURES = Counter(
+    "billing_webhook_replica_wait_failures",
+    "Events stored on the primary but answered 503 because fewer than REDIS_MIN_REPLICAS replicas confirmed them "
+    "within REDIS_WAIT_MS (each also counts in billing_webhook_enqueue_failures_total)",
+)
 CACHE_REQUESTS = Counter(
     "billing_entitlement_cache_requests", "Entitlement reads, by cache result (hit, miss)", ["result"]
 )

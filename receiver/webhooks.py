@@ -16,10 +16,18 @@ from collections.abc import Callable, Iterable
 import redis
 
 from billing.config import Settings, scrub
+from billing.event_queue import ReplicaWaitError
 from billing.stripe_events import event_created, parse_envelope
 from billing.vocabulary import Receipt
 from receiver.group_commit import GroupCommit
-from receiver.metrics import ENQUEUE_FAILURES, EVENTS, REQUEST_SECONDS, REQUESTS, SIGNATURE_FAILURES
+from receiver.metrics import (
+    ENQUEUE_FAILURES,
+    EVENTS,
+    REPLICA_WAIT_FAILURES,
+    REQUEST_SECONDS,
+    REQUESTS,
+    SIGNATURE_FAILURES,
+)
 from receiver.signature import SignatureRejected, verify
 
 log = logging.getLogger(__name__)
@@ -92,6 +100,10 @@ class WebhookRoute:
                 extra={"event_id": event_id, "event_type": event_type},
             )
             ENQUEUE_FAILURES.inc()
+            if isinstance(exc, ReplicaWaitError):
+                REPLICA_WAIT_FAILURES.inc()
+                error = "event stored on the primary but not confirmed by its replicas; retry later"
+                return 503, {"error": error}, [("Retry-After", "5")]
             return 503, {"error": "event queue unavailable; not stored, retry later"}, [("Retry-After", "5")]
         status = Receipt.QUEUED if entry_id else Receipt.DUPLICATE
         EVENTS.labels(event_type, status).inc()

@@ -42,6 +42,19 @@ BAD_VALUES = [
     ("STRIPE_API_BASE", "http://127.0.0.1:port"),
     ("RECONCILE_INTERVAL_SECONDS", "0"),
     ("RECONCILE_INTERVAL_SECONDS", "5m"),
+    ("REDIS_URL", "redis+cluster://10.0.0.1:port"),
+    ("REDIS_URL", "redis+cluster://10.0.0.1:7000,:7001"),
+    ("REDIS_URL", "redis+cluster://10.0.0.1:7000/3"),
+    ("REDIS_URL", "redis+cluster://10.0.0.1:7000?sentinel_password=x"),
+    ("REDIS_URL", "redis+sentinel://10.0.0.1:26379"),
+    ("REDIS_URL", "redis+sentinel://10.0.0.1:26379/mymaster/zero"),
+    ("REDIS_URL", "redis+sentinel://10.0.0.1:26379/mymaster?socket_timeout=1"),
+    ("REDIS_URL", "redis+replica://10.0.0.1:6379"),
+    ("REDIS_MIN_REPLICAS", "-1"),
+    ("REDIS_MIN_REPLICAS", "one"),
+    ("REDIS_WAIT_MS", "0"),
+    ("REDIS_WAIT_MS", "4001"),
+    ("REDIS_WAIT_MS", "0.5s"),
 ]
 
 
@@ -51,6 +64,62 @@ def test_a_bad_value_names_its_variable(name, value):
         Settings.from_env({name: value})
     assert name in str(raised.value)
     assert isinstance(raised.value, ValueError)
+
+
+def test_an_unknown_redis_url_scheme_lists_the_accepted_forms():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"REDIS_URL": "redis+replica://10.0.0.1:6379"})
+    message = str(raised.value)
+    for form in ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://", "redis+sentinel://"):
+        assert form in message, message
+    assert "sentinel_password" in message, message
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("redis://cache:6380/2", dict(topology="single")),
+        ("unix:///run/redis.sock?db=1", dict(topology="single")),
+        (
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7001,10.0.0.3",
+            dict(topology="cluster", nodes=(("10.0.0.1", 7000), ("10.0.0.2", 7001), ("10.0.0.3", 6379)), tls=False),
+        ),
+        (
+            "rediss+cluster://app:p%40ss@10.0.0.1:7000/0",
+            dict(topology="cluster", nodes=(("10.0.0.1", 7000),), username="app", password="p@ss", tls=True),
+        ),
+        (
+            "redis+sentinel://:pw@s1:26379,s2,[::1]:26380/mymaster",
+            dict(
+                topology="sentinel",
+                nodes=(("s1", 26379), ("s2", 26379), ("::1", 26380)),
+                username=None,
+                password="pw",
+                service="mymaster",
+                db=0,
+                sentinel_password=None,
+            ),
+        ),
+        (
+            "rediss+sentinel://s1:26379/billing-primary/3?sentinel_password=s%40nt",
+            dict(topology="sentinel", tls=True, service="billing-primary", db=3, sentinel_password="s@nt"),
+        ),
+    ],
+)
+def test_redis_url_forms(url, expected):
+    from billing.config import parse_redis_url
+
+    address = parse_redis_url(url)
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+    assert {name: getattr(address, name) for name in expected} == expected
+    assert "pw" not in repr(address) and "p@ss" not in repr(address) and "s@nt" not in repr(address)
+
+
+def test_replica_settings():
+    settings = Settings.from_env({"REDIS_MIN_REPLICAS": "2", "REDIS_WAIT_MS": "250"})
+    assert (settings.redis_min_replicas, settings.redis_wait_ms) == (2, 250)
+    assert (Settings().redis_min_replicas, Settings().redis_wait_ms) == (0, 500)
+    assert Settings.from_env({"REDIS_WAIT_MS": "4000"}).redis_wait_ms == 4000
 
 
 def test_empty_environment_gives_the_documented_defaults():
@@ -156,6 +225,15 @@ SECRET_VALUES = [
     ("REDIS_URL", "redis://default:hunter2@cache.internal/0?socket_timeout=soon", "hunter2", "socket_timeout"),
     ("REDIS_URL", "redis://:hun/ter2@cache.internal:6379/0", "hun", "redis://:***@cache.internal:6379/0"),
     ("REDIS_URL", "hunter2@cache.internal", "hunter2", "REDIS_URL"),
+    ("REDIS_URL", "redis+cluster://:hunter2@10.0.0.1:port", "hunter2", "redis+cluster://:***@10.0.0.1:port"),
+    ("REDIS_URL", "redis+cluster://:hun/ter2@10.0.0.1:7000/5", "hun", "redis+cluster://:***@10.0.0.1:7000/5"),
+    ("REDIS_URL", "redis+sentinel://:hunter2@s1:26379", "hunter2", "redis+sentinel://:***@s1:26379"),
+    (
+        "REDIS_URL",
+        "redis+sentinel://s1:26379,s2:26379/mymaster?sentinel_password=hunter2&x=1",
+        "hunter2",
+        "sentinel_password=***",
+    ),
     ("DATABASE_URL", "mysql://u:pw0rd_s3cret@db.internal/billing", "pw0rd_s3cret", "mysql://u:***@db.internal/billing"),
     ("DATABASE_URL", "postgresql://u:pw0rd_s3cret@db.internal:fivefourthreetwo/db", "pw0rd_s3cret", "u:***@"),
     ("DATABASE_URL", "postgresql://u:pw0/rd_s3cret@db.internal:5432/db", "pw0", "u:***@db.internal"),
@@ -188,6 +266,12 @@ def test_a_future_secret_variable_shows_only_a_prefix(value):
         ("redis://default:hunter2@host/0", "redis://default:***@host/0"),
         ("rediss://:p@ss/w#rd@host:6380", "rediss://:***@host:6380"),
         ("unix://:hunter2@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis+cluster://u:hunter2@h1:7000,h2:7001", "redis+cluster://u:***@h1:7000,h2:7001"),
+        (
+            "rediss+sentinel://:pw@s1:26379,s2:26379/svc/1?sentinel_password=sp",
+            "rediss+sentinel://:***@s1:26379,s2:26379/svc/1?sentinel_password=***",
+        ),
+        ("redis+sentinel://s1:26379/svc?sentinel_password=p@ss", "redis+sentinel://s1:26379/svc?sentinel_password=***"),
         ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u@h/db?password=pw&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),

@@ -37,6 +37,10 @@ def models_cli():
         f"redis://default:{PASSWORD}@127.0.0.1:{{port}}/0",
         # unencoded '/' in the password: urllib takes "hunter2-Z" for the port and says so
         "redis://:hunter2-Z/q8@127.0.0.1:{port}/0",
+        f"redis+cluster://:{PASSWORD}@127.0.0.1:{{port}},127.0.0.1:{{port}}",
+        f"redis+sentinel://:{PASSWORD}@127.0.0.1:{{port}}/mymaster?sentinel_password={PASSWORD}",
+        f"redis+sentinel://127.0.0.1:{{port}}/mymaster?sentinel_password={PASSWORD}",
+        "redis+cluster://:hunter2-Z/q8@127.0.0.1:{port}/5",
     ],
 )
 def test_consumer_commands_never_print_the_redis_password(tmp_path, redis_url):
@@ -47,7 +51,7 @@ def test_consumer_commands_never_print_the_redis_password(tmp_path, redis_url):
         DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
     )
     assert "hunter2" not in output and "q8@" not in output, output
-    assert "REDIS_URL" in output or "Redis unreachable at redis://" in output, output
+    assert "REDIS_URL" in output or "Redis unreachable at redis" in output, output
 
 
 def test_an_unreachable_database_is_named_without_its_password():
