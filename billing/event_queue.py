@@ -46,6 +46,7 @@ class EventQueue:
         self.min_replicas = min_replicas
         self.wait_ms = wait_ms
         self._script = client.register_script(_ENQUEUE)
+        self._partitions = keys.all_partitions  # built once: _keys runs for every event
 
     def enqueue(self, event_id: str, event_type: str, created: int, payload: bytes) -> str | None:
         """The new entry's id, or None when the event was already queued or processed.
@@ -129,7 +130,7 @@ class EventQueue:
 
     def _keys(self, event_id: str) -> tuple[str, str]:
         """The event's partition (by its id): its dedupe mark and that partition's stream, in one slot."""
-        partition = self.keys.partition(self.keys.partition_of(event_id))
+        partition = self._partitions[self.keys.partition_of(event_id)]
         return partition.seen(event_id), partition.stream
 
     def _args(
