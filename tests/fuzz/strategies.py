@@ -190,42 +190,13 @@ def _base_events() -> list[dict]:
     examples replay), plus the peer projects' events of the handled types."""
     events = []
     for api in API_VERSIONS:
-        ids = dict(
-            api_version=api,
-            created=T0,
-            event_id="evt_base",
-            customer_id="cus_1",
-            subscription_id="sub_1",
-            price_id="price_1",
-            invoice_id="in_1",
-        )
+        ids = dict(api_version=api, created=T0, event_id="evt_base", customer_id="cus_1", subscription_id="sub_1")
+        billed = dict(ids, price_id="price_1", invoice_id="in_1")
         for event_type in EVENT_TYPES:
-            events.append(build_event(event_type, "c1", period_start=T0 + DAY, period_end=T0 + 31 * DAY, **ids))
-        events.append(build_event("checkout.session.completed", "c1", payment_status="unpaid", **ids))
-        events.append(
-            build_event(
-                "customer.subscription.updated",
-                None,
-                api_version=api,
-                created=T0,
-                event_id="evt_base",
-                customer_id="cus_1",
-                subscription_id="sub_1",
-                status="past_due",
-            )
-        )
-        events.append(
-            build_event(
-                "invoice.payment_failed",
-                None,
-                api_version=api,
-                created=T0,
-                event_id="evt_base",
-                customer_id="cus_1",
-                subscription_id="sub_1",
-                billing_reason="subscription_create",
-            )
-        )
+            events.append(build_event(event_type, "c1", period_start=T0 + DAY, period_end=T0 + 31 * DAY, **billed))
+        events.append(build_event("checkout.session.completed", "c1", payment_status="unpaid", **billed))
+        events.append(build_event("customer.subscription.updated", None, status="past_due", **ids))
+        events.append(build_event("invoice.payment_failed", None, billing_reason="subscription_create", **ids))
     return events
 
 
