@@ -345,19 +345,20 @@ class EventStream:
         for event_id in events:
             by_mark.setdefault(self.keys.partition_of(event_id), []).append(event_id)
         by_entry = self._by_part(entry.entry_id for entry in entries)
-        marks = [(event_id, self.keys.partition(p).seen(event_id)) for p, ids in by_mark.items() for event_id in ids]
-        if self.cluster:  # redis-py refuses MGET in a cluster's pipeline: a GET each, still one round trip per node
-            for _, key in marks:
-                pipe.get(key)
-        else:
-            for p, event_ids in by_mark.items():
-                pipe.mget([self.keys.partition(p).seen(event_id) for event_id in event_ids])
+        mark_keys = [[self.keys.partition(p).seen(event_id) for event_id in ids] for p, ids in by_mark.items()]
+        for keys in mark_keys:
+            if self.cluster:  # redis-py refuses MGET in a cluster's pipeline: a GET each, one round trip per node
+                for key in keys:
+                    pipe.get(key)
+            else:
+                pipe.mget(keys)
         for p, ids in by_entry.items():
             pipe.hmget(self.keys.partition(p).failures, ids)
         replies = pipe.execute()
-        mark_replies = len(marks) if self.cluster else len(by_mark)
-        values = replies[:mark_replies] if self.cluster else [v for values in replies[:mark_replies] for v in values]
-        processed = {event_id for (event_id, _), value in zip(marks, values) if value == b"processed"}
+        mark_replies = sum(map(len, mark_keys)) if self.cluster else len(mark_keys)
+        values = replies[:mark_replies] if self.cluster else [v for got in replies[:mark_replies] for v in got]
+        marked = [event_id for ids in by_mark.values() for event_id in ids]  # in the order of `values`
+        processed = {event_id for event_id, value in zip(marked, values) if value == b"processed"}
         failures = {
             entry_ref(p, entry_id, self.keys.partitions): parse_failure(value)
             for (p, ids), values in zip(by_entry.items(), replies[mark_replies:])
